@@ -1,0 +1,113 @@
+"""The ``Cache`` port, implemented in memory and on Redis with the same semantics.
+
+Guarantees (``tests/contract/test_cache_contract.py`` proves each on both adapters):
+
+* Values are bytes. A key set with a TTL reads as absent once the TTL has passed.
+* ``compare_and_set``, ``increment`` and ``run_script`` are atomic: concurrent callers never
+  lose an update. A script touches several keys as one step (Lua on Redis; on the memory
+  adapter the Python twin runs without yielding to the event loop).
+* ``hit_rate_limit`` is a sliding-window counter: a hit is admitted when fewer than ``limit``
+  hits were admitted in the last ``window`` seconds; refused hits are not counted.
+* Pub/sub holds ONE upstream subscription per process whatever the number of local
+  subscribers; messages are fanned out in-process, in the order received, by calling each local
+  subscriber's callback on the event loop. A callback must not block; one that raises is
+  logged and counted and the others still get the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+ScriptValue = bytes | int | str | None
+
+
+class ScriptStore(Protocol):
+    """The view of the cache a Python script twin works on (synchronous, inside the atomic step).
+
+    It mirrors the few Redis commands scripts use, with Redis's conventions: values come
+    back as bytes, a missing key as None, counters are integers stored as decimal text.
+    """
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def set(self, key: str, value: bytes, ttl: float | None = None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def incrby(self, key: str, amount: int) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CacheScript:
+    """One atomic multi-key operation, written twice: Lua for Redis, Python for memory.
+
+    Both must behave alike for the same ``keys`` and ``args``; the contract suite runs each
+    script of the platform against both. Arguments reach Lua as strings (``ARGV``) and the
+    Python twin as the same strings. Return values are limited to what Lua can return to
+    Redis faithfully: integers, bytes/strings, None, or a flat list of those.
+    """
+
+    name: str
+    lua: str
+    python: Callable[[ScriptStore, Sequence[str], Sequence[str]], object]
+
+
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    count: int  # admitted hits in the window, this one included when allowed
+    retry_after: float  # seconds until a hit would be admitted; 0 when allowed
+
+
+MessageCallback = Callable[[str, bytes], None]
+
+
+class LocalSubscription(Protocol):
+    """A local subscriber's registration; ``close`` removes it (idempotent)."""
+
+    async def close(self) -> None: ...
+
+
+class Cache(Protocol):
+    async def start(self) -> None:
+        """Connect. Called once before anything else."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise if the cache cannot be reached."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value``; with ``ttl`` (seconds) it expires, without it it stays."""
+
+    async def delete(self, key: str) -> bool:
+        """Remove ``key``; True when it existed."""
+
+    async def compare_and_set(
+        self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
+    ) -> bool:
+        """Set ``key`` to ``value`` only if it currently holds ``expected`` (None: absent)."""
+
+    async def increment(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add ``amount`` atomically and return the new value; a missing key counts as 0.
+        ``ttl`` is applied when the increment creates the key."""
+
+    async def run_script(
+        self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
+    ) -> object:
+        """Run ``script`` atomically over ``keys``."""
+
+    async def hit_rate_limit(self, key: str, limit: int, window: float) -> RateDecision:
+        """Count one hit against a sliding window of ``window`` seconds."""
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """Send ``message`` to every subscriber of ``channel`` in every process."""
+
+    async def subscribe(self, channel: str, callback: MessageCallback) -> LocalSubscription:
+        """Register a local subscriber; returns once the upstream subscription is active."""

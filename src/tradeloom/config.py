@@ -1,0 +1,103 @@
+"""Settings, from ``TRADELOOM_*`` environment variables or the command line.
+
+A bad value stops start-up with one line naming the variable and what was expected
+(:func:`load_settings` raises :class:`ConfigError`; the CLI prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "TRADELOOM_"
+
+_DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+
+
+class ConfigError(Exception):
+    """A setting has a value Tradeloom cannot use. The message is one line, fit for a user."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        default="sqlite:///var/tradeloom.db",
+        description="sqlite:///PATH (embedded default) or postgresql://USER@HOST:PORT/DB",
+    )
+    bus_url: str = Field(default="memory://", description="memory:// or nats://HOST:PORT")
+    cache_url: str = Field(default="memory://", description="memory:// or redis://HOST:PORT/DB")
+    archive_url: str = Field(default="var/archive", description="a folder for the audit archive")
+    service_name: str = Field(default="tradeloom", description="the service name in logs")
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
+    bus_partitions: int = Field(
+        default=8, ge=1, le=256, description="partitions per topic (NATS subjects per topic)"
+    )
+    bus_max_replicas: int = Field(
+        default=1, ge=1, le=5, description="replicas the NATS cluster can hold per stream"
+    )
+    http_host: str = Field(default="127.0.0.1", description="address the web app listens on")
+    http_port: int = Field(default=8000, ge=1, le=65535, description="port the web app uses")
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in _DATABASE_SCHEMES:
+            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+        return value
+
+    @field_validator("bus_url")
+    @classmethod
+    def _bus_url(cls, value: str) -> str:
+        if value != "memory://" and not value.startswith(("nats://", "tls://")):
+            raise ValueError("expected memory:// or nats://HOST:PORT")
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url(cls, value: str) -> str:
+        if value != "memory://" and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected memory:// or redis://HOST:PORT/DB")
+        return value
+
+    @field_validator("archive_url")
+    @classmethod
+    def _archive_url(cls, value: str) -> str:
+        if "://" in value and not value.startswith("file://"):
+            raise ValueError("expected a folder path or file:///PATH")
+        if not value.strip():
+            raise ValueError("expected a folder path")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @property
+    def archive_path(self) -> Path:
+        return Path(self.archive_url.removeprefix("file://"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; ``overrides`` (from the command line) win.
+
+    Overrides that are None are ignored, so CLI options can be passed through unconditionally.
+    """
+    given = {name: value for name, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise ConfigError(
+            f"{ENV_PREFIX}{field.upper()}={error.get('input')!r} is invalid: {message}"
+        ) from None

@@ -1,0 +1,209 @@
+"""Events: immutable facts, one envelope with a typed payload.
+
+Every event has a UUIDv7 id (its text sorts by creation time), an ``occurred_at`` in UTC, the
+correlation id of the user action behind it, the id of the event or command that caused it,
+and the account it concerns. The payload is one of the tagged structs below; its tag is the
+event's ``type``. ``encode_event``/``decode_event`` are the single serialization used on the
+bus and in the archive, and they round-trip every event exactly (decimals as strings,
+timestamps with their zone).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any, TypeAlias
+
+import msgspec
+
+from tradeloom.domain.ids import new_id
+from tradeloom.domain.orders import OrderType, Side, TimeInForce
+from tradeloom.domain.time import require_utc
+
+UtcDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Payload(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every payload. The subclass's ``tag`` is the event type."""
+
+
+class OrderSubmitted(Payload, frozen=True, kw_only=True, tag="order.submitted"):
+    order_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+class OrderCancelRequested(Payload, frozen=True, kw_only=True, tag="order.cancel_requested"):
+    order_id: str
+
+
+class OrderAmendRequested(Payload, frozen=True, kw_only=True, tag="order.amend_requested"):
+    order_id: str
+    quantity: Decimal | None = None
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+class OrderAccepted(Payload, frozen=True, kw_only=True, tag="order.accepted"):
+    order_id: str
+    broker_order_id: str
+
+
+class OrderRejected(Payload, frozen=True, kw_only=True, tag="order.rejected"):
+    order_id: str
+    code: str
+    reason: str
+
+
+class _Fill(Payload, frozen=True, kw_only=True):
+    order_id: str
+    fill_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    fee: Decimal = Decimal(0)
+    filled_at: UtcDatetime
+    cumulative_quantity: Decimal
+    leaves_quantity: Decimal
+
+
+class OrderPartiallyFilled(_Fill, frozen=True, kw_only=True, tag="order.partially_filled"):
+    pass
+
+
+class OrderFilled(_Fill, frozen=True, kw_only=True, tag="order.filled"):
+    pass
+
+
+class OrderCanceled(Payload, frozen=True, kw_only=True, tag="order.canceled"):
+    order_id: str
+    reason: str
+
+
+class OrderCancelRejected(Payload, frozen=True, kw_only=True, tag="order.cancel_rejected"):
+    order_id: str
+    reason: str
+
+
+class OrderExpired(Payload, frozen=True, kw_only=True, tag="order.expired"):
+    order_id: str
+
+
+class OrderReplaced(Payload, frozen=True, kw_only=True, tag="order.replaced"):
+    order_id: str
+    quantity: Decimal
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+
+
+class PriceUpdated(Payload, frozen=True, kw_only=True, tag="market.price"):
+    symbol: str
+    bid: Decimal | None
+    ask: Decimal | None
+    last: Decimal | None
+    volume: Decimal
+    exchange_time: UtcDatetime
+    venue: str
+
+
+class DeadLettered(Payload, frozen=True, kw_only=True, tag="dead_letter"):
+    """An event that could not be handled (or delivered), kept with why.
+
+    ``original`` is the encoded original event, byte for byte, so it can be replayed.
+    """
+
+    topic: str
+    group: str | None
+    reason: str
+    error: str
+    attempts: int
+    original_event_id: str
+    original_type: str
+    original: bytes
+
+
+AnyPayload: TypeAlias = (
+    OrderSubmitted
+    | OrderCancelRequested
+    | OrderAmendRequested
+    | OrderAccepted
+    | OrderRejected
+    | OrderPartiallyFilled
+    | OrderFilled
+    | OrderCanceled
+    | OrderCancelRejected
+    | OrderExpired
+    | OrderReplaced
+    | PriceUpdated
+    | DeadLettered
+)
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True):
+    """The envelope every event travels in."""
+
+    id: str
+    occurred_at: UtcDatetime
+    correlation_id: str
+    causation_id: str | None = None
+    account_id: str | None = None
+    payload: AnyPayload
+
+    def __post_init__(self) -> None:
+        require_utc(self.occurred_at, field="occurred_at")
+
+    @property
+    def type(self) -> str:
+        return event_type(self.payload)
+
+
+def event_type(payload: Payload) -> str:
+    tag = type(payload).__struct_config__.tag
+    if not isinstance(tag, str):
+        raise TypeError(f"{type(payload).__name__} has no event type tag")
+    return tag
+
+
+def new_event(
+    payload: AnyPayload,
+    *,
+    occurred_at: datetime,
+    correlation_id: str,
+    causation_id: str | None = None,
+    account_id: str | None = None,
+) -> Event:
+    """Build an event with a fresh time-ordered id."""
+    return Event(
+        id=new_id(),
+        occurred_at=occurred_at,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        account_id=account_id,
+        payload=payload,
+    )
+
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+_decoder = msgspec.json.Decoder(Event)
+
+
+def encode_event(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes | bytearray | memoryview) -> Event:
+    """Decode bytes made by :func:`encode_event`; raises ``msgspec.ValidationError`` on junk."""
+    return _decoder.decode(data)
+
+
+def payload_fields(event: Event) -> dict[str, Any]:
+    """The payload as plain builtins (decimals as strings), for logs and tables."""
+    result: dict[str, Any] = msgspec.to_builtins(event.payload)
+    return result

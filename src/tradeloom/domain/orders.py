@@ -1,0 +1,252 @@
+"""Orders and their lifecycle.
+
+The lifecycle is an explicit transition table (``ORDER_TRANSITIONS``): an order moves only along
+its edges and anything else raises :class:`IllegalTransition`. Fills are applied by fill id, so
+a fill reported twice, in any order relative to other fills, is counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from tradeloom.domain.errors import IllegalTransition, InvalidOrder, Overfill
+from tradeloom.domain.numbers import ZERO, exact
+from tradeloom.domain.time import require_utc
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+    IOC = "ioc"
+    FOK = "fok"
+
+
+class OrderStatus(StrEnum):
+    PENDING_NEW = "pending_new"
+    ACCEPTED = "accepted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    PENDING_CANCEL = "pending_cancel"
+    PENDING_REPLACE = "pending_replace"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+S = OrderStatus
+
+TERMINAL_STATUSES: frozenset[OrderStatus] = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED})
+OPEN_STATUSES: frozenset[OrderStatus] = frozenset(OrderStatus) - TERMINAL_STATUSES
+
+# A broker may report a fill before its acknowledgement, and a fill may race a cancel or a
+# replace request: those edges are legal. Leaving a pending_* status without the request
+# taking effect (a cancel or replace refused by the broker) goes back to the status the order
+# had before the request, which ``Order`` remembers.
+ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
+    S.PENDING_NEW: frozenset(
+        {
+            S.ACCEPTED,
+            S.REJECTED,
+            S.PARTIALLY_FILLED,
+            S.FILLED,
+            S.PENDING_CANCEL,
+            S.CANCELED,
+            S.EXPIRED,
+        }
+    ),
+    S.ACCEPTED: frozenset(
+        {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.PENDING_REPLACE, S.CANCELED, S.EXPIRED}
+    ),
+    S.PARTIALLY_FILLED: frozenset(
+        {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.PENDING_REPLACE, S.CANCELED, S.EXPIRED}
+    ),
+    S.PENDING_CANCEL: frozenset(
+        {S.CANCELED, S.PENDING_NEW, S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.EXPIRED, S.REJECTED}
+    ),
+    S.PENDING_REPLACE: frozenset(
+        {S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELED, S.EXPIRED}
+    ),
+    S.FILLED: frozenset(),
+    S.CANCELED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+
+_ALLOWED_TIF: dict[OrderType, frozenset[TimeInForce]] = {
+    OrderType.MARKET: frozenset({TimeInForce.DAY, TimeInForce.IOC, TimeInForce.FOK}),
+    OrderType.LIMIT: frozenset(TimeInForce),
+    OrderType.STOP: frozenset({TimeInForce.DAY, TimeInForce.GTC}),
+    OrderType.STOP_LIMIT: frozenset({TimeInForce.DAY, TimeInForce.GTC}),
+}
+
+
+def can_transition(current: OrderStatus, target: OrderStatus) -> bool:
+    return target in ORDER_TRANSITIONS[current]
+
+
+def check_order_terms(
+    order_type: OrderType,
+    time_in_force: TimeInForce,
+    quantity: Decimal,
+    limit_price: Decimal | None,
+    stop_price: Decimal | None,
+) -> None:
+    """Raise :class:`InvalidOrder` when the terms of an order do not fit together.
+
+    Market orders carry no prices and never rest (no GTC); stop orders trigger later, so they
+    cannot be IOC or FOK; a limit price is required exactly for limit and stop-limit orders,
+    a stop price exactly for stop and stop-limit orders. Every price and quantity is positive.
+    """
+    if quantity <= ZERO:
+        raise InvalidOrder(f"quantity must be positive, got {quantity}", code="invalid_quantity")
+    needs_limit = order_type in (OrderType.LIMIT, OrderType.STOP_LIMIT)
+    needs_stop = order_type in (OrderType.STOP, OrderType.STOP_LIMIT)
+    if needs_limit != (limit_price is not None):
+        verb = "requires" if needs_limit else "does not take"
+        raise InvalidOrder(f"a {order_type} order {verb} a limit price", code="invalid_limit_price")
+    if needs_stop != (stop_price is not None):
+        verb = "requires" if needs_stop else "does not take"
+        raise InvalidOrder(f"a {order_type} order {verb} a stop price", code="invalid_stop_price")
+    for name, price in (("limit price", limit_price), ("stop price", stop_price)):
+        if price is not None and price <= ZERO:
+            raise InvalidOrder(f"{name} must be positive, got {price}", code="invalid_price")
+    if time_in_force not in _ALLOWED_TIF[order_type]:
+        raise InvalidOrder(
+            f"time in force {time_in_force} does not fit a {order_type} order",
+            code="invalid_time_in_force",
+        )
+
+
+@dataclass(slots=True)
+class Order:
+    """One order and its state. Mutated only through its methods, which enforce the table."""
+
+    order_id: str
+    account_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    order_type: OrderType
+    quantity: Decimal
+    time_in_force: TimeInForce
+    created_at: datetime
+    correlation_id: str
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    status: OrderStatus = OrderStatus.PENDING_NEW
+    filled_quantity: Decimal = ZERO
+    average_fill_price: Decimal | None = None
+    reason: str | None = None
+    fill_ids: set[str] = field(default_factory=set)
+    status_before_request: OrderStatus | None = None
+
+    def __post_init__(self) -> None:
+        self.quantity = exact(self.quantity, field="quantity")
+        require_utc(self.created_at, field="created_at")
+        check_order_terms(
+            self.order_type, self.time_in_force, self.quantity, self.limit_price, self.stop_price
+        )
+
+    @property
+    def remaining_quantity(self) -> Decimal:
+        return self.quantity - self.filled_quantity
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    def accept(self) -> None:
+        self._move(OrderStatus.ACCEPTED)
+
+    def reject(self, reason: str) -> None:
+        self._move(OrderStatus.REJECTED)
+        self.reason = reason
+
+    def expire(self) -> None:
+        self._move(OrderStatus.EXPIRED)
+
+    def cancel(self, reason: str = "canceled") -> None:
+        self._move(OrderStatus.CANCELED)
+        self.reason = reason
+
+    def request_cancel(self) -> None:
+        previous = self.status
+        self._move(OrderStatus.PENDING_CANCEL)
+        self.status_before_request = previous
+
+    def request_replace(self) -> None:
+        previous = self.status
+        self._move(OrderStatus.PENDING_REPLACE)
+        self.status_before_request = previous
+
+    def refuse_request(self, reason: str) -> None:
+        """A cancel or replace request was refused: go back to where the order was."""
+        if self.status not in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+            raise IllegalTransition(f"order {self.order_id} has no request pending")
+        previous = self.status_before_request or OrderStatus.ACCEPTED
+        self.status = previous
+        self.status_before_request = None
+        self.reason = reason
+
+    def replace(
+        self,
+        quantity: Decimal | None = None,
+        limit_price: Decimal | None = None,
+        stop_price: Decimal | None = None,
+    ) -> None:
+        """Apply replaced terms; the order returns to accepted or partially filled."""
+        new_quantity = self.quantity if quantity is None else exact(quantity, field="quantity")
+        new_limit = self.limit_price if limit_price is None else limit_price
+        new_stop = self.stop_price if stop_price is None else stop_price
+        check_order_terms(self.order_type, self.time_in_force, new_quantity, new_limit, new_stop)
+        if new_quantity <= self.filled_quantity:
+            raise InvalidOrder(
+                f"new quantity {new_quantity} is not above the filled {self.filled_quantity}",
+                code="invalid_quantity",
+            )
+        target = OrderStatus.PARTIALLY_FILLED if self.filled_quantity else OrderStatus.ACCEPTED
+        self._move(target)
+        self.quantity, self.limit_price, self.stop_price = new_quantity, new_limit, new_stop
+
+    def apply_fill(self, fill_id: str, quantity: Decimal, price: Decimal) -> bool:
+        """Apply one fill. Returns False, changing nothing, when ``fill_id`` was applied before."""
+        if fill_id in self.fill_ids:
+            return False
+        quantity = exact(quantity, field="fill quantity")
+        price = exact(price, field="fill price")
+        if quantity <= ZERO:
+            raise InvalidOrder(f"fill quantity must be positive, got {quantity}")
+        filled = self.filled_quantity + quantity
+        if filled > self.quantity:
+            raise Overfill(f"order {self.order_id}: fill of {quantity} exceeds {self.quantity}")
+        target = OrderStatus.FILLED if filled == self.quantity else OrderStatus.PARTIALLY_FILLED
+        self._move(target)
+        notional = (self.average_fill_price or ZERO) * self.filled_quantity + price * quantity
+        self.average_fill_price = notional / filled
+        self.filled_quantity = filled
+        self.fill_ids.add(fill_id)
+        return True
+
+    def _move(self, target: OrderStatus) -> None:
+        if not can_transition(self.status, target):
+            raise IllegalTransition(
+                f"order {self.order_id} cannot go from {self.status} to {target}"
+            )
+        self.status = target
+        if target not in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+            self.status_before_request = None

@@ -1,0 +1,50 @@
+"""Fixtures shared by every test layer: real-server URLs and throwaway databases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from tests.servers import NATS_URL, POSTGRES_ADMIN_URL, REDIS_URL, require_server
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, dropped at the end."""
+    require_server("PostgreSQL", POSTGRES_ADMIN_URL)
+    import asyncio
+
+    name = f"tradeloom_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_url() -> str:
+    require_server("Redis", REDIS_URL)
+    return REDIS_URL
+
+
+@pytest.fixture
+def nats_url() -> str:
+    require_server("NATS", NATS_URL)
+    return NATS_URL
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique token for naming streams, keys and groups so tests never collide."""
+    return uuid.uuid4().hex[:10]
