@@ -15,7 +15,7 @@ class DomainError(Exception):
         self.message = message
 
 
-class InvalidNumber(DomainError):
+class InvalidNumber(DomainError, ValueError):
     """A price, quantity or amount that is not an exact finite decimal."""
 
     code = "invalid_number"
@@ -39,7 +39,10 @@ class Overfill(DomainError):
     code = "overfill"
 
 
-class NaiveTimestamp(DomainError):
-    """A timestamp without a timezone, or not in UTC, reached the domain."""
+class NaiveTimestamp(DomainError, ValueError):
+    """A timestamp without a timezone, or not in UTC, reached the domain.
+
+    A ValueError too, so decoding an event with such a timestamp fails as a validation error.
+    """
 
     code = "naive_timestamp"

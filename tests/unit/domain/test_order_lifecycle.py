@@ -1,0 +1,215 @@
+"""The order state machine: the transition table is the only way an order moves."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradeloom.domain.errors import IllegalTransition, InvalidOrder, NaiveTimestamp, Overfill
+from tradeloom.domain.orders import (
+    ORDER_TRANSITIONS,
+    TERMINAL_STATUSES,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+    can_transition,
+    check_order_terms,
+)
+
+NOW = datetime(2026, 11, 25, 14, 30, tzinfo=UTC)
+
+
+def limit_order(quantity: str = "10", **changes: object) -> Order:
+    fields: dict[str, object] = {
+        "order_id": "o-1",
+        "account_id": "acc-1",
+        "client_order_id": "c-1",
+        "symbol": "AAPL",
+        "side": Side.BUY,
+        "order_type": OrderType.LIMIT,
+        "quantity": Decimal(quantity),
+        "time_in_force": TimeInForce.DAY,
+        "created_at": NOW,
+        "correlation_id": "corr-1",
+        "limit_price": Decimal("187.25"),
+    }
+    fields.update(changes)
+    return Order(**fields)  # type: ignore[arg-type]
+
+
+def test_a_new_order_is_pending_new() -> None:
+    assert limit_order().status is OrderStatus.PENDING_NEW
+
+
+def test_the_table_covers_every_status_and_terminal_statuses_lead_nowhere() -> None:
+    assert set(ORDER_TRANSITIONS) == set(OrderStatus)
+    for status in TERMINAL_STATUSES:
+        assert ORDER_TRANSITIONS[status] == frozenset()
+
+
+def test_accept_then_fill_in_two_parts_averages_the_price() -> None:
+    order = limit_order()
+    order.accept()
+    assert order.apply_fill("f1", Decimal("4"), Decimal("187.00"))
+    assert order.status is OrderStatus.PARTIALLY_FILLED
+    assert order.apply_fill("f2", Decimal("6"), Decimal("187.25"))
+    assert order.status is OrderStatus.FILLED
+    assert order.filled_quantity == Decimal("10")
+    assert order.average_fill_price == Decimal("187.15")
+    assert order.remaining_quantity == 0
+
+
+def test_a_fill_reported_twice_counts_once_even_after_later_fills() -> None:
+    order = limit_order()
+    order.apply_fill("f1", Decimal("3"), Decimal("187"))
+    order.apply_fill("f2", Decimal("3"), Decimal("187"))
+    assert order.apply_fill("f1", Decimal("3"), Decimal("187")) is False
+    assert order.filled_quantity == Decimal("6")
+
+
+def test_a_fill_past_the_ordered_quantity_is_refused() -> None:
+    order = limit_order()
+    with pytest.raises(Overfill):
+        order.apply_fill("f1", Decimal("11"), Decimal("187"))
+    assert order.filled_quantity == 0
+
+
+def test_a_filled_order_cannot_be_canceled() -> None:
+    order = limit_order()
+    order.apply_fill("f1", Decimal("10"), Decimal("187"))
+    with pytest.raises(IllegalTransition, match="filled to canceled"):
+        order.cancel()
+
+
+def test_a_refused_cancel_returns_the_order_to_where_it_was() -> None:
+    order = limit_order()
+    order.accept()
+    order.apply_fill("f1", Decimal("2"), Decimal("187"))
+    order.request_cancel()
+    assert order.status is OrderStatus.PENDING_CANCEL
+    order.refuse_request("too late to cancel")
+    assert order.status is OrderStatus.PARTIALLY_FILLED
+
+
+def test_replace_changes_terms_and_returns_to_accepted() -> None:
+    order = limit_order()
+    order.accept()
+    order.request_replace()
+    order.replace(quantity=Decimal("20"), limit_price=Decimal("186.50"))
+    assert (order.status, order.quantity, order.limit_price) == (
+        OrderStatus.ACCEPTED,
+        Decimal("20"),
+        Decimal("186.50"),
+    )
+
+
+def test_replace_cannot_shrink_below_the_filled_quantity() -> None:
+    order = limit_order()
+    order.accept()
+    order.apply_fill("f1", Decimal("5"), Decimal("187"))
+    order.request_replace()
+    with pytest.raises(InvalidOrder):
+        order.replace(quantity=Decimal("5"))
+
+
+def test_an_order_created_with_a_naive_or_non_utc_time_is_refused() -> None:
+    with pytest.raises(NaiveTimestamp):
+        limit_order(created_at=datetime(2026, 11, 25, 14, 30))  # noqa: DTZ001
+    with pytest.raises(NaiveTimestamp):
+        limit_order(created_at=datetime(2026, 11, 25, tzinfo=timezone(timedelta(hours=1))))
+
+
+@pytest.mark.parametrize(
+    ("order_type", "tif", "limit", "stop", "code"),
+    [
+        (OrderType.LIMIT, TimeInForce.DAY, None, None, "invalid_limit_price"),
+        (OrderType.MARKET, TimeInForce.DAY, Decimal("1"), None, "invalid_limit_price"),
+        (OrderType.STOP, TimeInForce.DAY, None, None, "invalid_stop_price"),
+        (OrderType.STOP_LIMIT, TimeInForce.DAY, Decimal("1"), None, "invalid_stop_price"),
+        (OrderType.MARKET, TimeInForce.GTC, None, None, "invalid_time_in_force"),
+        (OrderType.STOP, TimeInForce.IOC, None, Decimal("1"), "invalid_time_in_force"),
+        (OrderType.LIMIT, TimeInForce.DAY, Decimal("-1"), None, "invalid_price"),
+    ],
+)
+def test_terms_that_do_not_fit_are_refused_with_a_code(
+    order_type: OrderType,
+    tif: TimeInForce,
+    limit: Decimal | None,
+    stop: Decimal | None,
+    code: str,
+) -> None:
+    with pytest.raises(InvalidOrder) as raised:
+        check_order_terms(order_type, tif, Decimal("1"), limit, stop)
+    assert raised.value.code == code
+
+
+def test_zero_quantity_is_refused() -> None:
+    with pytest.raises(InvalidOrder) as raised:
+        limit_order(quantity="0")
+    assert raised.value.code == "invalid_quantity"
+
+
+# --- properties --------------------------------------------------------------------------
+
+ACTIONS = ("accept", "reject", "expire", "cancel", "request_cancel", "request_replace",
+           "refuse", "replace", "fill")
+
+
+def act(order: Order, action: str, step: int) -> None:
+    if action == "accept":
+        order.accept()
+    elif action == "reject":
+        order.reject("broker said no")
+    elif action == "expire":
+        order.expire()
+    elif action == "cancel":
+        order.cancel()
+    elif action == "request_cancel":
+        order.request_cancel()
+    elif action == "request_replace":
+        order.request_replace()
+    elif action == "refuse":
+        order.refuse_request("refused")
+    elif action == "replace":
+        order.replace(quantity=order.quantity + 1)
+    elif action == "fill":
+        order.apply_fill(f"fill-{step}", min(Decimal(1), order.remaining_quantity), Decimal("10"))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(ACTIONS), max_size=25))
+def test_any_sequence_of_actions_only_ever_follows_the_table(actions: list[str]) -> None:
+    """Whatever is attempted, each status change the order makes is an edge of the table
+    (or a refused request returning to its earlier status), an illegal attempt changes
+    nothing, and the filled quantity never passes the ordered quantity."""
+    order = limit_order(quantity="5")
+    for step, action in enumerate(actions):
+        before = (order.status, order.filled_quantity, order.quantity)
+        try:
+            act(order, action, step)
+        except (IllegalTransition, InvalidOrder, Overfill):
+            assert (order.status, order.filled_quantity, order.quantity) == before
+            continue
+        if action != "refuse":
+            assert can_transition(before[0], order.status), (before[0], action, order.status)
+        assert Decimal(0) <= order.filled_quantity <= order.quantity
+        if order.status in TERMINAL_STATUSES:
+            assert order.status_before_request is None
+
+
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 3)), max_size=30))
+def test_redelivered_fills_in_any_order_count_once(deliveries: list[tuple[int, int]]) -> None:
+    order = limit_order(quantity="1000")
+    order.accept()
+    seen: dict[str, int] = {}
+    for fill_no, qty in deliveries:
+        fill_id = f"f{fill_no}"
+        quantity = seen.setdefault(fill_id, qty)  # a redelivery repeats the original fill
+        order.apply_fill(fill_id, Decimal(quantity), Decimal("10"))
+    assert order.filled_quantity == sum(seen.values())

@@ -1,0 +1,55 @@
+"""Settings: defaults that need no servers, and one clear line for a bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from tradeloom.config import ConfigError, load_settings
+
+
+def test_the_defaults_are_the_embedded_platform(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "BUS_URL", "CACHE_URL", "ARCHIVE_URL"):
+        monkeypatch.delenv(f"TRADELOOM_{name}", raising=False)
+    settings = load_settings()
+    assert settings.database_url.startswith("sqlite:///")
+    assert (settings.bus_url, settings.cache_url) == ("memory://", "memory://")
+    assert str(settings.archive_path) == "var/archive"
+
+
+def test_the_environment_sets_production_urls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADELOOM_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    monkeypatch.setenv("TRADELOOM_BUS_URL", "nats://127.0.0.1:4222")
+    monkeypatch.setenv("TRADELOOM_CACHE_URL", "redis://127.0.0.1:6379/0")
+    settings = load_settings()
+    assert settings.database_url == "postgresql://postgres@127.0.0.1:5432/test"
+    assert settings.bus_url == "nats://127.0.0.1:4222"
+    assert settings.cache_url == "redis://127.0.0.1:6379/0"
+
+
+def test_command_line_overrides_win_and_none_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRADELOOM_BUS_URL", "nats://127.0.0.1:4222")
+    assert load_settings(bus_url="memory://").bus_url == "memory://"
+    assert load_settings(bus_url=None).bus_url == "nats://127.0.0.1:4222"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("TRADELOOM_DATABASE_URL", "mysql://root@localhost/x", "sqlite:///PATH or postgresql://"),
+        ("TRADELOOM_BUS_URL", "kafka://broker:9092", "memory:// or nats://"),
+        ("TRADELOOM_CACHE_URL", "memcached://x", "memory:// or redis://"),
+        ("TRADELOOM_ARCHIVE_URL", "s3://bucket", "folder path"),
+        ("TRADELOOM_HTTP_PORT", "eighty", "integer"),
+        ("TRADELOOM_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_was_expected(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert message.startswith(f"{variable}={value!r} is invalid")
+    assert expected in message
+    assert "\n" not in message
