@@ -1,0 +1,138 @@
+"""The relational database: one async engine for SQLite (embedded) or PostgreSQL (production).
+
+Guarantees:
+
+* ``transaction()`` yields a connection inside one transaction that commits when the block
+  exits and rolls back when it raises. Everything written through it (state and outbox rows)
+  becomes visible together or not at all.
+* **SQLite has one writer.** Write transactions are serialised inside the process by an
+  ``asyncio.Lock`` (writers queue instead of failing with "database is locked"), and each
+  starts with ``BEGIN IMMEDIATE`` so the file's write lock is taken up front rather than on the
+  first write, where SQLite could only fail the upgrade. Another process writing the same file
+  is waited for up to ``busy_timeout``. Readers never take the lock: WAL mode lets them read a
+  consistent snapshot while a writer works. A consequence used by the outbox: on SQLite
+  commit order equals outbox sequence order.
+* On PostgreSQL transactions run concurrently under READ COMMITTED, from a pool of
+  ``pool_size`` connections (plus ``max_overflow``), pre-pinged so a restarted server does not
+  hand out dead connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+_WRITE_OPTION = "tradeloom_write"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+    "PRAGMA synchronous=NORMAL",
+)
+
+
+def async_url(url: str) -> URL:
+    """Map a settings URL (``sqlite:///PATH``, ``postgresql://...``, ``postgres://...``) to the
+    async driver SQLAlchemy needs. A SQLite database must be a file: an in-memory database is
+    private to each pooled connection, which would silently split the data."""
+    parsed = make_url(url.replace("postgres://", "postgresql://", 1))
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise ValueError(f"{url!r}: SQLite needs a file path, e.g. sqlite:///var/tradeloom.db")
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if backend == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    raise ValueError(f"{url!r}: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+
+
+class Database:
+    """An ``AsyncEngine`` with the transaction discipline described in the module docstring."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+        self._url = async_url(url)
+        self._write_lock: asyncio.Lock | None = None
+        if self._url.get_backend_name() == "sqlite":
+            assert self._url.database is not None
+            Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            self._engine = create_async_engine(self._url)
+            _configure_sqlite(self._engine)
+            self._write_lock = asyncio.Lock()
+        else:
+            self._engine = create_async_engine(
+                self._url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+            )
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._engine.dialect.name
+
+    @property
+    def url(self) -> str:
+        """The URL without its password, for logs."""
+        return self._url.render_as_string(hide_password=True)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction: commits when the block exits, rolls back if it raises."""
+        async with self._writer_turn(), self._engine.connect() as conn:
+            if self._write_lock is not None:
+                await conn.execution_options(**{_WRITE_OPTION: True})
+            async with conn.begin():
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads; whatever it began is rolled back when the block exits."""
+        async with self._engine.connect() as conn:
+            yield conn
+
+    async def ping(self) -> None:
+        """Raise unless the database answers ``SELECT 1``; for readiness checks."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    def _writer_turn(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        if self._write_lock is None:
+            return contextlib.nullcontext()
+        return self._write_lock
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """Take transaction control away from the sqlite3 driver, which would begin transactions
+    lazily (and not at all for DDL), and begin them ourselves: ``BEGIN IMMEDIATE`` for writers,
+    plain ``BEGIN`` for readers."""
+
+    # Sync seam: pool and connection events run inside the driver's greenlet, synchronously.
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            for pragma in _SQLITE_PRAGMAS:
+                cursor.execute(pragma)
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        writer = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writer else "BEGIN")

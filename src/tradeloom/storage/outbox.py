@@ -1,0 +1,280 @@
+"""The transactional outbox: events commit with the state change that caused them, and a relay
+publishes them afterwards.
+
+Writers call :meth:`Outbox.add` inside their own ``Database.transaction()``, so an order row
+and its ``order.submitted`` event commit together or not at all (no dual write). After the
+commit they call :meth:`OutboxRelay.notify` so the relay publishes at once; if they crash
+first, the relay finds the rows at its next start or poll. Nothing is lost between commit and
+publish.
+
+Delivery is **at least once**: a row is marked published only after the bus acknowledged it,
+so a crash between publish and mark publishes it again with the same event id, and the bus's
+event-id deduplication absorbs the copy.
+
+**Order.** The relay publishes in ``sequence`` order, and the bus keeps per-key order within a
+topic, so the events of one key arrive in sequence order. Sequence order is commit order for
+one key because:
+
+* on SQLite writers are serialised (see :mod:`tradeloom.storage.database`);
+* on PostgreSQL :meth:`Outbox.add` takes a transaction-level advisory lock per key before
+  inserting, so a second transaction writing the same key gets its sequence number only after
+  the first committed. The lock is held to the end of the caller's transaction: add outbox
+  rows after taking any other row locks, and PostgreSQL's deadlock detector turns a
+  conflicting order into an error the caller can retry.
+* across processes only one relay publishes at a time: a pass holds a session-level advisory
+  lock (``pg_try_advisory_lock``); a relay that cannot get it skips the pass and tries again at
+  its next notify or poll. Rows committed by another process therefore go out within
+  ``poll_interval``. On SQLite run one relay per database file (the embedded deployment).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tradeloom.domain.events import Event, decode_event, encode_event
+from tradeloom.domain.time import Clock, SystemClock
+from tradeloom.messaging.port import EventBus
+from tradeloom.storage.database import Database
+from tradeloom.storage.schema import outbox
+
+log = structlog.get_logger("tradeloom.storage.outbox")
+
+# Advisory lock names. The one-key (bigint) and two-key (int, int) spaces do not overlap.
+_RELAY_LOCK_ID = 0x7472_6C6D_0002
+_KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
+
+
+def _key_lock_id(key: str) -> int:
+    """A stable signed 32-bit number for ``key``; a collision only serialises two keys."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), signed=True)
+
+
+class Outbox:
+    """Writes events into the caller's transaction."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock = clock or SystemClock()
+
+    async def add(self, conn: AsyncConnection, topic: str, key: str, event: Event) -> None:
+        """Record ``event`` for publication on ``topic`` under ``key`` when ``conn``'s
+        transaction commits. An event id already in the outbox raises ``IntegrityError``."""
+        await self.add_many(conn, [(topic, key, event)])
+
+    async def add_many(
+        self, conn: AsyncConnection, items: Iterable[tuple[str, str, Event]]
+    ) -> None:
+        """Record ``(topic, key, event)`` triples; they get sequence numbers in this order."""
+        items = list(items)
+        now = self._clock.now()
+        rows = [
+            {
+                "event_id": event.id,
+                "topic": topic,
+                "key": key,
+                "event_type": event.type,
+                "payload": encode_event(event),
+                "created_at": now,
+            }
+            for topic, key, event in items
+        ]
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            # Sorted, so two transactions locking the same keys cannot deadlock each other.
+            for lock_id in sorted({_key_lock_id(key) for _, key, _ in items}):
+                await conn.execute(select(func.pg_advisory_xact_lock(_KEY_LOCK_CLASS, lock_id)))
+        await conn.execute(insert(outbox), rows)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    sequence: int
+    topic: str
+    key: str
+    event: Event
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows to the bus, in sequence order, at least once.
+
+    ``start`` runs a background task: it first publishes whatever a previous process left
+    behind, then wakes on :meth:`notify` or every ``poll_interval`` seconds. A failing bus is
+    retried with exponential backoff (``retry_backoff`` doubling up to ``max_backoff``);
+    nothing is marked published until the bus acknowledged it.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        bus: EventBus,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        retry_backoff: float = 0.1,
+        max_backoff: float = 5.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self._database = database
+        self._bus = bus
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._retry_backoff = retry_backoff
+        self._max_backoff = max_backoff
+        self._clock = clock or SystemClock()
+        self._wakeup = asyncio.Event()
+        self._one_pass_at_a_time = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Launch the background task (once); it starts with the backlog a previous process
+        left. Returns at once: the backlog goes out in the background."""
+        if self._task is not None:
+            raise RuntimeError("the outbox relay is already started")
+        self._stop.clear()
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    def notify(self) -> None:
+        """Tell the relay new rows were committed. Cheap; call right after the commit, on the
+        event loop's thread (it is not thread-safe)."""
+        self._wakeup.set()
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop the task: let a pass in progress finish for up to ``grace`` seconds, then
+        cancel it. Rows it published but did not mark are published again at the next start."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._stop.set()
+        self._wakeup.set()
+        await asyncio.wait({task}, timeout=grace)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def publish_pending(self) -> int:
+        """Publish everything unpublished, batch by batch; return how many were published.
+
+        Returns 0 without publishing when another relay holds the PostgreSQL relay lock.
+        Raises whatever the bus raised, after marking the batches it did acknowledge.
+        """
+        published = 0
+        async with self._one_pass_at_a_time, self._relay_lock() as held:
+            if not held:
+                return 0
+            while True:
+                count = await self._publish_batch()
+                published += count
+                if count < self._batch_size or self._stop.is_set():
+                    return published
+        return published
+
+    async def purge_published(self, older_than: timedelta) -> int:
+        """Delete rows published more than ``older_than`` ago; return how many. Housekeeping:
+        once published, a row is only needed to explain what happened, and the audit archive
+        keeps every event for that."""
+        cutoff = self._clock.now() - older_than
+        async with self._database.transaction() as conn:
+            result = await conn.execute(
+                delete(outbox).where(
+                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
+                )
+            )
+        return result.rowcount
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            self._wakeup.clear()
+            try:
+                await self.publish_pending()
+            except Exception as exc:
+                failures += 1
+                delay = min(self._max_backoff, self._retry_backoff * 2 ** (failures - 1))
+                log.warning(
+                    "outbox.publish_failed",
+                    attempt=failures,
+                    retry_in=delay,
+                    error=repr(exc),
+                    exc_info=True,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                continue
+            failures = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+
+    async def _publish_batch(self) -> int:
+        batch = await self._read_batch()
+        acknowledged: list[int] = []
+        try:
+            for topic, items in _by_topic(batch).items():
+                await self._bus.publish_many(topic, [(p.event, p.key) for p in items])
+                acknowledged.extend(p.sequence for p in items)
+        finally:
+            if acknowledged:
+                await self._mark_published(acknowledged)
+        return len(batch)
+
+    async def _read_batch(self) -> list[_Pending]:
+        query = (
+            select(outbox.c.sequence, outbox.c.topic, outbox.c.key, outbox.c.payload)
+            .where(outbox.c.published_at.is_(None))
+            .order_by(outbox.c.sequence)
+            .limit(self._batch_size)
+        )
+        async with self._database.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_Pending(row[0], row[1], row[2], decode_event(row[3])) for row in rows]
+
+    async def _mark_published(self, sequences: Sequence[int]) -> None:
+        # By explicit sequence numbers, never by range: on PostgreSQL a row with a lower
+        # number may commit after this batch was read, and it has not been published.
+        async with self._database.transaction() as conn:
+            await conn.execute(
+                update(outbox)
+                .where(outbox.c.sequence.in_(sequences))
+                .values(published_at=self._clock.now())
+            )
+
+    @contextlib.asynccontextmanager
+    async def _relay_lock(self) -> AsyncIterator[bool]:
+        """Hold PostgreSQL's relay lock for one pass; yields whether it was obtained."""
+        if self._database.dialect != "postgresql":
+            yield True
+            return
+        async with self._database.connect() as conn:
+            held = bool(await conn.scalar(select(func.pg_try_advisory_lock(_RELAY_LOCK_ID))))
+            await conn.commit()
+            if not held:
+                yield False
+                return
+            try:
+                yield True
+            except BaseException:
+                # A session lock outlives rollback; closing the connection is the sure release.
+                await conn.invalidate()
+                raise
+            await conn.scalar(select(func.pg_advisory_unlock(_RELAY_LOCK_ID)))
+            await conn.commit()
+
+
+def _by_topic(batch: Iterable[_Pending]) -> dict[str, list[_Pending]]:
+    """Split a batch per topic, keeping sequence order inside each; the bus orders per key
+    within a topic only, so nothing is lost by publishing topic by topic."""
+    groups: dict[str, list[_Pending]] = {}
+    for pending in batch:
+        groups.setdefault(pending.topic, []).append(pending)
+    return groups
