@@ -21,7 +21,7 @@ from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
 from tradeloom.messaging.port import EventBus
 from tradeloom.storage.database import Database
-from tradeloom.storage.migrate import current_revision, head_revision, upgrade_database
+from tradeloom.storage.migrate import current_revision, head_revision, upgrade
 from tradeloom.storage.outbox import Outbox, OutboxRelay
 
 log = structlog.get_logger()
@@ -91,11 +91,10 @@ class Platform:
         """The embedded SQLite database is migrated on start (zero setup); PostgreSQL must
         already be at the latest revision (``tradeloom db upgrade``), so two processes never
         race a migration."""
-        url = self.settings.database_url
         if self.database.dialect == "sqlite":
-            await upgrade_database(url)
+            await upgrade(self.database)
             return
-        current, head = await current_revision(url), head_revision()
+        current, head = await current_revision(self.settings.database_url), head_revision()
         if current != head:
             raise StartupError(
                 f"database schema is at {current or 'nothing'}, expected {head}: "
@@ -112,9 +111,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         database=database,
         bus=bus,
         cache=build_cache(settings),
-        outbox=Outbox(),
+        outbox=Outbox(clock),
         relay=OutboxRelay(database, bus, clock=clock),
         clock=clock,
     )
-
-

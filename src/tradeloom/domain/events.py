@@ -103,7 +103,9 @@ class OrderReplaced(Payload, frozen=True, kw_only=True, tag="order.replaced"):
     stop_price: Decimal | None = None
 
 
-class PriceUpdated(Payload, frozen=True, kw_only=True, tag="market.price"):
+class PriceUpdate(Payload, frozen=True, kw_only=True, tag="market.price"):
+    """The one canonical quote/trade update every feed is normalized into."""
+
     symbol: str
     bid: Decimal | None
     ask: Decimal | None
@@ -111,6 +113,20 @@ class PriceUpdated(Payload, frozen=True, kw_only=True, tag="market.price"):
     volume: Decimal
     exchange_time: UtcDatetime
     venue: str
+
+
+class CandleClosed(Payload, frozen=True, kw_only=True, tag="candle.closed"):
+    """A bar that will not change any more. ``interval`` is its name: 1m, 5m or 1h."""
+
+    symbol: str
+    interval: str
+    start: UtcDatetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trades: int
 
 
 class DeadLettered(Payload, frozen=True, kw_only=True, tag="dead_letter"):
@@ -141,7 +157,8 @@ AnyPayload: TypeAlias = (
     | OrderCancelRejected
     | OrderExpired
     | OrderReplaced
-    | PriceUpdated
+    | PriceUpdate
+    | CandleClosed
     | DeadLettered
 )
 

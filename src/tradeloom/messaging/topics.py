@@ -67,6 +67,14 @@ MARKET_PRICE = Topic(
     1,
     "normalized price updates; a lost update is superseded by the next one",
 )
+MARKET_CANDLES = Topic(
+    "market.candles",
+    KeyKind.SYMBOL,
+    Durability.ACKED_BY_ALL,
+    7 * _DAY,
+    3,
+    "candle.closed: a 1m, 5m or 1h bar that will not change any more",
+)
 AUDIT_EVENTS = Topic(
     "audit.events",
     KeyKind.NONE,
@@ -91,6 +99,7 @@ TOPICS: dict[str, Topic] = {
         ORDER_EVENTS,
         POSITION_UPDATED,
         MARKET_PRICE,
+        MARKET_CANDLES,
         AUDIT_EVENTS,
         DEAD_LETTER,
     )

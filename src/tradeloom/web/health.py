@@ -19,15 +19,15 @@ READINESS_TIMEOUT = 2.0
 
 
 async def check_backends(
-    checks: Mapping[str, ReadinessCheck], timeout: float = READINESS_TIMEOUT
+    checks: Mapping[str, ReadinessCheck], within: float = READINESS_TIMEOUT
 ) -> dict[str, str]:
     """Run every check concurrently; return ``{backend: reason}`` for each one that failed."""
 
     async def run(check: ReadinessCheck) -> str | None:
         try:
-            await asyncio.wait_for(check(), timeout)
+            await asyncio.wait_for(check(), within)
         except TimeoutError:
-            return f"no answer within {timeout:g} s"
+            return f"no answer within {within:g} s"
         except Exception as exc:
             return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return None

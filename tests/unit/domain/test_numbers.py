@@ -14,7 +14,7 @@ from tradeloom.domain.numbers import Money, exact, is_multiple_of
 
 @pytest.mark.parametrize("bad", [0.1, True, "NaN", "Infinity", "-inf", "abc", "", Decimal("NaN")])
 def test_inexact_or_non_finite_values_are_refused_naming_the_field(bad: object) -> None:
-    with pytest.raises(InvalidNumber, match="^qty: "):
+    with pytest.raises(InvalidNumber, match=r"^qty: "):
         exact(bad, field="qty")  # type: ignore[arg-type]
 
 

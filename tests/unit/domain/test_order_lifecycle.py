@@ -157,8 +157,17 @@ def test_zero_quantity_is_refused() -> None:
 
 # --- properties --------------------------------------------------------------------------
 
-ACTIONS = ("accept", "reject", "expire", "cancel", "request_cancel", "request_replace",
-           "refuse", "replace", "fill")
+ACTIONS = (
+    "accept",
+    "reject",
+    "expire",
+    "cancel",
+    "request_cancel",
+    "request_replace",
+    "refuse",
+    "replace",
+    "fill",
+)
 
 
 def act(order: Order, action: str, step: int) -> None:

@@ -1,0 +1,308 @@
+"""The EventBus contract (see ``tradeloom.messaging.port``), on every adapter.
+
+Each test runs against the in-memory bus and against NATS JetStream; a point of the port's
+docstring that is not proved here is not guaranteed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from tests.contract.conftest import BusFactory
+from tests.helpers import eventually
+from tradeloom.domain.events import DeadLettered, Event, OrderAccepted, decode_event, new_event
+from tradeloom.messaging.port import ConsumerOptions, RetryPolicy
+from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
+
+TOPIC = ORDER_EVENTS.name
+FAST_RETRY = RetryPolicy(max_attempts=3, first_backoff=0.01, max_backoff=0.05)
+FAST = ConsumerOptions(retry=FAST_RETRY, ack_wait=1.0)
+
+
+def order_event(account: str, seq: int, *, note: str = "") -> Event:
+    return new_event(
+        OrderAccepted(order_id=f"{account}-{seq}", broker_order_id=note or str(seq)),
+        occurred_at=datetime.now(UTC),
+        correlation_id=f"corr-{account}-{seq}",
+        account_id=account,
+    )
+
+
+def seq_of(event: Event) -> tuple[str, int]:
+    assert isinstance(event.payload, OrderAccepted)
+    account, _, seq = event.payload.order_id.rpartition("-")
+    return account, int(seq)
+
+
+class Recorder:
+    """A handler that records what it got."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.batches: list[list[Event]] = []
+
+    async def __call__(self, event: Event) -> None:
+        self.events.append(event)
+
+    async def batch(self, events: Sequence[Event]) -> None:
+        self.batches.append(list(events))
+        self.events.extend(events)
+
+    def ids(self) -> list[str]:
+        return [event.id for event in self.events]
+
+
+async def test_publish_then_consume(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    got = Recorder()
+    await bus.subscribe(TOPIC, "g", got, FAST)
+    event = order_event("acc1", 1)
+
+    await bus.publish(TOPIC, event, "acc1")
+
+    await eventually(lambda: len(got.events) == 1, message=lambda: f"received {got.events}")
+    assert got.events == [event]
+    await bus.ping()
+
+
+async def test_every_group_gets_every_event(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    first, second = Recorder(), Recorder()
+    await bus.subscribe(TOPIC, "first", first, FAST)
+    await bus.subscribe(TOPIC, "second", second, FAST)
+    events = [order_event(f"acc{i % 5}", i) for i in range(20)]
+
+    await bus.publish_many(TOPIC, [(event, event.account_id or "") for event in events])
+
+    expected = {event.id for event in events}
+    await eventually(lambda: set(first.ids()) == expected and set(second.ids()) == expected)
+    assert len(first.events) == len(second.events) == 20
+
+
+async def test_members_of_a_group_share_the_work(bus_factory: BusFactory) -> None:
+    one, two = await bus_factory.new(), await bus_factory.new()
+    got_one, got_two = Recorder(), Recorder()
+    await one.subscribe(TOPIC, "shared", got_one, FAST)
+    await two.subscribe(TOPIC, "shared", got_two, FAST)
+    published: list[Event] = []
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not (got_one.events and got_two.events):
+        assert loop.time() < deadline, "the second member never got any work"
+        wave = [order_event(f"acc{i}", len(published) + i) for i in range(16)]
+        await one.publish_many(TOPIC, [(event, event.account_id or "") for event in wave])
+        published.extend(wave)
+        total = len(published)
+        await eventually(lambda n=total: len(got_one.events) + len(got_two.events) >= n)
+
+    received = got_one.ids() + got_two.ids()
+    assert Counter(received).most_common(1)[0][1] == 1, "an event was handled twice"
+    assert set(received) == {event.id for event in published}
+
+
+async def test_per_key_order_under_concurrent_publishers(bus_factory: BusFactory) -> None:
+    consumers = [await bus_factory.new(), await bus_factory.new()]
+    publisher = await bus_factory.new()
+    got = Recorder()
+
+    async def slow_handler(event: Event) -> None:
+        await asyncio.sleep(0)  # let other partitions interleave
+        await got(event)
+
+    for bus in consumers:
+        await bus.subscribe(TOPIC, "ordered", slow_handler, FAST)
+    keys = [f"acc{k}" for k in range(10)]
+
+    async def publish_keys(mine: list[str], pipelined: bool) -> None:
+        for seq in range(50):
+            if pipelined:
+                items = [(order_event(key, seq), key) for key in mine]
+                await publisher.publish_many(TOPIC, items)
+            else:
+                for key in mine:
+                    await publisher.publish(TOPIC, order_event(key, seq), key)
+
+    await asyncio.gather(
+        *(publish_keys(keys[i : i + 2], pipelined=i % 4 == 0) for i in range(0, 10, 2))
+    )
+
+    await eventually(lambda: len(got.events) >= 500, within=20)
+    per_key: dict[str, list[int]] = defaultdict(list)
+    for event in got.events:
+        account, seq = seq_of(event)
+        per_key[account].append(seq)
+    for key in keys:
+        assert per_key[key] == list(range(50)), f"{key} arrived out of order: {per_key[key]}"
+    switches = sum(
+        1 for a, b in zip(got.events, got.events[1:], strict=False) if a.account_id != b.account_id
+    )
+    assert switches > len(keys), "keys did not interleave"
+
+
+async def test_a_failing_handler_gets_the_event_again(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    attempts: list[str] = []
+    done: list[Event] = []
+
+    async def flaky(event: Event) -> None:
+        attempts.append(event.id)
+        if len(attempts) < 3:
+            raise RuntimeError("database is briefly unavailable")
+        done.append(event)
+
+    await bus.subscribe(TOPIC, "flaky", flaky, FAST)
+    event = order_event("acc1", 1)
+    await bus.publish(TOPIC, event, "acc1")
+
+    await eventually(lambda: len(done) == 1)
+    assert attempts == [event.id] * 3
+    assert bus.stats.handler_failures == 2
+    assert bus.stats.dead_lettered == 0
+
+
+async def test_a_dead_members_unacked_event_goes_to_another_member(
+    bus_factory: BusFactory,
+) -> None:
+    doomed, survivor = await bus_factory.new(), await bus_factory.new()
+    stuck: list[Event] = []
+    never = asyncio.Event()
+
+    async def hang(event: Event) -> None:
+        stuck.append(event)
+        await never.wait()
+
+    await doomed.subscribe(TOPIC, "workers", hang, FAST)
+    event = order_event("acc1", 1)
+    await doomed.publish(TOPIC, event, "acc1")
+    await eventually(lambda: len(stuck) == 1)
+    rescued = Recorder()
+    await survivor.subscribe(TOPIC, "workers", rescued, FAST)
+
+    await bus_factory.kill(doomed)
+
+    await eventually(lambda: len(rescued.events) == 1, within=15)
+    assert rescued.events == [event]
+
+
+async def test_a_republished_event_id_is_delivered_once(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    got = Recorder()
+    await bus.subscribe(TOPIC, "dedup", got, FAST)
+    event, marker = order_event("acc1", 1), order_event("acc1", 2)
+
+    await bus.publish(TOPIC, event, "acc1")
+    await bus.publish(TOPIC, event, "acc1")
+    await bus.publish_many(TOPIC, [(event, "acc1"), (marker, "acc1")])
+
+    await eventually(lambda: marker.id in got.ids())
+    assert got.ids() == [event.id, marker.id]
+
+
+async def test_exhausted_retries_go_to_the_dead_letter_topic(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    letters = Recorder()
+    handled: list[Event] = []
+    poison = order_event("acc1", 1, note="poison")
+
+    async def picky(event: Event) -> None:
+        if event.id == poison.id:
+            raise ValueError("cannot handle this one")
+        handled.append(event)
+
+    await bus.subscribe(DEAD_LETTER.name, "dlq", letters, FAST)
+    await bus.subscribe(TOPIC, "picky", picky, FAST)
+    after = order_event("acc1", 2)
+
+    await bus.publish_many(TOPIC, [(poison, "acc1"), (after, "acc1")])
+
+    await eventually(lambda: len(letters.events) == 1 and len(handled) == 1)
+    letter = letters.events[0].payload
+    assert isinstance(letter, DeadLettered)
+    assert letter.topic == TOPIC
+    assert letter.group == "picky"
+    assert letter.attempts == FAST_RETRY.max_attempts
+    assert "cannot handle this one" in letter.error
+    assert letter.original_event_id == poison.id
+    assert letter.original_type == "order.accepted"
+    assert decode_event(letter.original) == poison
+    assert handled == [after], "the event behind the poison one must follow once it is gone"
+    assert bus.stats.dead_lettered == 1
+
+
+async def test_batch_handler_gets_batches(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    got = Recorder()
+    events = [order_event(f"acc{i % 3}", i) for i in range(120)]
+    await bus.publish_many(TOPIC, [(event, event.account_id or "") for event in events])
+
+    options = ConsumerOptions(retry=FAST_RETRY, ack_wait=1.0, max_batch=25, max_wait=0.05)
+    await bus.subscribe_batch(TOPIC, "batches", got.batch, options)
+
+    await eventually(lambda: len(got.events) >= 120)
+    assert sorted(got.ids()) == sorted(event.id for event in events)
+    assert max(len(batch) for batch in got.batches) > 1
+    assert max(len(batch) for batch in got.batches) <= 25
+    per_key: dict[str | None, list[int]] = defaultdict(list)
+    for event in got.events:
+        per_key[event.account_id].append(seq_of(event)[1])
+    assert all(seqs == sorted(seqs) for seqs in per_key.values()), per_key
+
+
+async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    letters = Recorder()
+    handled: list[Event] = []
+    events = [order_event("acc1", i) for i in range(10)]
+    poison = events[4]
+
+    async def store(batch: Sequence[Event]) -> None:
+        if any(event.id == poison.id for event in batch):
+            raise ValueError("constraint violated")
+        handled.extend(batch)
+
+    await bus.subscribe(DEAD_LETTER.name, "dlq", letters, FAST)
+    await bus.publish_many(TOPIC, [(event, "acc1") for event in events])
+    options = ConsumerOptions(retry=FAST_RETRY, ack_wait=1.0, max_batch=10, max_wait=0.05)
+    await bus.subscribe_batch(TOPIC, "store", store, options)
+
+    await eventually(lambda: len(handled) == 9 and len(letters.events) == 1)
+    assert [event.id for event in handled] == [e.id for e in events if e.id != poison.id]
+    letter = letters.events[0].payload
+    assert isinstance(letter, DeadLettered)
+    assert letter.original_event_id == poison.id
+
+
+async def test_unknown_topics_and_unserializable_events_are_refused(
+    bus_factory: BusFactory,
+) -> None:
+    bus = await bus_factory.new()
+    with pytest.raises(KeyError, match="unknown topic"):
+        await bus.publish("no.such.topic", order_event("acc1", 1), "acc1")
+    with pytest.raises(KeyError, match="unknown topic"):
+        await bus.subscribe("no.such.topic", "g", Recorder(), FAST)
+    broken = Event(
+        id="not-serializable",
+        occurred_at=datetime.now(UTC),
+        correlation_id="c",
+        payload=OrderAccepted(order_id=object(), broker_order_id="b"),  # type: ignore[arg-type]
+    )
+    with pytest.raises((TypeError, msgspec.EncodeError)):
+        await bus.publish(TOPIC, broken, "acc1")
+    with pytest.raises((TypeError, msgspec.EncodeError)):
+        await bus.publish_many(TOPIC, [(order_event("acc1", 1), "acc1"), (broken, "acc1")])
+
+
+async def test_a_closed_bus_refuses_work(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    await bus.close()
+    with pytest.raises(ConnectionError):
+        await bus.ping()
+    with pytest.raises(ConnectionError):
+        await bus.publish(TOPIC, order_event("acc1", 1), "acc1")

@@ -1,0 +1,26 @@
+"""Small test helpers shared by every layer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+
+async def eventually(
+    predicate: Callable[[], bool],
+    within: float = 10.0,
+    *,
+    interval: float = 0.01,
+    message: str | Callable[[], str] = "condition",
+) -> None:
+    """Poll ``predicate`` until it is true; fail with ``message`` after ``within`` seconds.
+
+    This is the one way tests wait for something asynchronous: no fixed sleeps.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"not true within {within:.1f}s: {text}")
+        await asyncio.sleep(interval)
