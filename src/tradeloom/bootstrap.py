@@ -38,13 +38,14 @@ def build_bus(settings: Settings) -> EventBus:
         settings.bus_url,
         partitions=settings.bus_partitions,
         max_replicas=settings.bus_max_replicas,
+        stream_prefix=settings.namespace.upper(),
     )
 
 
 def build_cache(settings: Settings) -> Cache:
     if settings.cache_url == "memory://":
         return MemoryCache()
-    return RedisCache(settings.cache_url, prefix="tl:")
+    return RedisCache(settings.cache_url, prefix=f"{settings.namespace}:")
 
 
 @dataclass

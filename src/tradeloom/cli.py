@@ -122,3 +122,7 @@ def _without_password(value: str) -> str:
         return value
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+if __name__ == "__main__":
+    app()

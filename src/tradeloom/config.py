@@ -31,6 +31,11 @@ class Settings(BaseSettings):
     bus_url: str = Field(default="memory://", description="memory:// or nats://HOST:PORT")
     cache_url: str = Field(default="memory://", description="memory:// or redis://HOST:PORT/DB")
     archive_url: str = Field(default="var/archive", description="a folder for the audit archive")
+    namespace: str = Field(
+        default="tl",
+        pattern=r"^[a-z][a-z0-9_]{0,30}$",
+        description="prefix of NATS streams and Redis keys, so environments can share servers",
+    )
     service_name: str = Field(default="tradeloom", description="the service name in logs")
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
     bus_partitions: int = Field(
