@@ -142,6 +142,48 @@ async def test_a_ttl_must_be_positive(subject: Subject, ttl: float) -> None:
         await subject.cache.set("k", b"v", ttl=ttl)
 
 
+async def test_set_many_stores_every_key_and_drops_earlier_expiries(subject: Subject) -> None:
+    cache: Cache = subject.cache
+    await cache.set("renewed", b"old", ttl=0.2)
+    await cache.set_many({"a": b"1", "b": b"\x00\xff binary", "renewed": b"new"})
+    assert await cache.get_many(["a", "b", "renewed"]) == [b"1", b"\x00\xff binary", b"new"]
+    await cache.set_many({"a": b"2"})
+    assert await cache.get("a") == b"2", "set_many overwrites like set"
+
+    async def all_kept() -> bool:
+        return await cache.get_many(["a", "b", "renewed"]) == [b"2", b"\x00\xff binary", b"new"]
+
+    await subject.let_pass(0.3)
+    assert await all_kept(), "keys set without ttl stay, an earlier ttl included"
+
+
+async def test_set_many_with_a_ttl_expires_every_key(subject: Subject) -> None:
+    cache: Cache = subject.cache
+    prices = {f"price:{n}": f"{100 + n}.25".encode() for n in range(50)}
+    await cache.set("kept", b"y")
+    await cache.set_many(prices, ttl=0.2)
+    assert await cache.get_many(list(prices)) == list(prices.values())
+
+    async def all_expired() -> bool:
+        return await cache.get_many(list(prices)) == [None] * len(prices)
+
+    await subject.once(0.2, all_expired, "every key set_many wrote with ttl=0.2 s expires")
+    assert await cache.get("kept") == b"y", "keys outside the batch are untouched"
+
+
+async def test_set_many_of_nothing_is_a_no_op_and_a_bad_ttl_writes_nothing(
+    subject: Subject,
+) -> None:
+    cache: Cache = subject.cache
+    await cache.set_many({})
+    await cache.set_many({}, ttl=1.0)
+    with pytest.raises(ValueError, match="ttl"):
+        await cache.set_many({"k": b"v", "j": b"w"}, ttl=0)
+    assert await cache.get_many(["k", "j"]) == [None, None]
+    if subject.admin is not None:
+        assert [key async for key in subject.admin.scan_iter(match=f"{subject.prefix}*")] == []
+
+
 async def test_compare_and_set(subject: Subject) -> None:
     cache: Cache = subject.cache
     assert await cache.compare_and_set("k", None, b"first") is True, "absent key, expected None"
@@ -364,6 +406,50 @@ async def test_every_local_subscriber_gets_every_message_in_order(subject: Subje
     for inbox in inboxes:
         assert inbox.messages == [("prices", m) for m in sent]
     assert other.messages == [], "a subscriber of another channel gets nothing"
+
+
+async def test_publish_many_delivers_in_the_given_order_across_channels(
+    subject: Subject,
+) -> None:
+    """The market-data pattern: one batch of price updates spread over per-symbol channels."""
+    cache = subject.cache
+    symbols = ["prices:AAA", "prices:BBB", "prices:CCC"]
+    per_channel = {symbol: Inbox() for symbol in symbols}
+    everything = Inbox()  # one callback on every channel sees the interleaving
+    for symbol in symbols:
+        await cache.subscribe(symbol, per_channel[symbol])
+        await cache.subscribe(symbol, everything)
+    unrelated = Inbox()
+    await cache.subscribe("orders", unrelated)
+    batch = [(symbols[n % 3 if n % 5 else 0], f"tick-{n}".encode()) for n in range(60)]
+    await cache.publish("prices:BBB", b"before")
+    await cache.publish_many(batch)
+    await cache.publish_many([])
+    await cache.publish("prices:BBB", b"after")
+    expected = [("prices:BBB", b"before"), *batch, ("prices:BBB", b"after")]
+
+    async def all_delivered() -> bool:
+        return len(everything.messages) == len(expected)
+
+    await eventually(all_delivered, 3.0, "a batch of 60 reaches every subscriber")
+    assert everything.messages == expected, "the batch keeps its order across channels"
+    for symbol, inbox in per_channel.items():
+        assert inbox.messages == [m for m in expected if m[0] == symbol], symbol
+    assert unrelated.messages == [], "a subscriber of another channel gets nothing"
+
+
+async def test_publish_many_of_nothing_delivers_nothing(subject: Subject) -> None:
+    cache = subject.cache
+    inbox = Inbox()
+    await cache.subscribe("ch", inbox)
+    await cache.publish_many([])
+    await cache.publish("ch", b"marker")
+
+    async def marker_arrived() -> bool:
+        return bool(inbox.messages)
+
+    await eventually(marker_arrived, 3.0, "a message published after an empty batch arrives")
+    assert inbox.messages == [("ch", b"marker")]
 
 
 async def test_a_closed_subscription_gets_nothing_more(subject: Subject) -> None:

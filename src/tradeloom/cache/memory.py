@@ -21,48 +21,18 @@ from __future__ import annotations
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-import structlog
-
+from tradeloom.cache.fanout import fan_out
 from tradeloom.cache.port import CacheScript, MessageCallback, RateDecision
-
-log = structlog.get_logger(__name__)
+from tradeloom.cache.validation import check_rate_limit, check_ttl
 
 MonotonicClock = Callable[[], float]
 
 
 class WrongKind(TypeError):
     """A key was used as a value while it holds a rate-limit window, or the reverse."""
-
-
-def fan_out(channel: str, message: bytes, callbacks: Iterable[MessageCallback]) -> int:
-    """Hand ``message`` to each callback in turn, on the calling task; return how many raised.
-
-    A callback that raises is logged with its traceback and the next one still runs: one bad
-    subscriber must never starve the others. Shared by both adapters so they fail alike.
-    """
-    failures = 0
-    for callback in callbacks:
-        try:
-            callback(channel, message)
-        except Exception:
-            failures += 1
-            log.exception("cache.subscriber_failed", channel=channel, callback=repr(callback))
-    return failures
-
-
-def check_ttl(ttl: float | None) -> None:
-    if ttl is not None and ttl <= 0:
-        raise ValueError(f"ttl must be positive seconds, got {ttl!r}")
-
-
-def check_rate_limit(limit: int, window: float) -> None:
-    if limit < 1:
-        raise ValueError(f"limit must be at least 1, got {limit!r}")
-    if window <= 0:
-        raise ValueError(f"window must be positive seconds, got {window!r}")
 
 
 @dataclass(slots=True)
@@ -211,6 +181,14 @@ class MemoryCache:
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         self._keys.set(key, value, ttl)
 
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        """Every key as ``set`` would; all arguments are checked before any key is written,
+        and the writes happen in one step (no other coroutine runs in between)."""
+        check_ttl(ttl)
+        values = [(key, bytes(value)) for key, value in items.items()]
+        for key, value in values:
+            self._keys.set(key, value, ttl)
+
     async def delete(self, key: str) -> bool:
         return self._keys.remove(key)
 
@@ -263,7 +241,12 @@ class MemoryCache:
     async def publish(self, channel: str, message: bytes) -> None:
         """Deliver to every local subscriber before returning (see the module docstring for
         messages published from inside a callback)."""
-        self._outbox.append((channel, bytes(message)))
+        await self.publish_many([(channel, message)])
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Deliver each message in turn to every local subscriber before returning, exactly as
+        successive ``publish`` calls would (inside a callback they are queued, in order)."""
+        self._outbox.extend([(channel, bytes(message)) for channel, message in messages])
         if self._delivering:
             return
         self._delivering = True

@@ -8,6 +8,9 @@ Guarantees (``tests/contract/test_cache_contract.py`` proves each on both adapte
   adapter the Python twin runs without yielding to the event loop).
 * ``hit_rate_limit`` is a sliding-window counter: a hit is admitted when fewer than ``limit``
   hits were admitted in the last ``window`` seconds; refused hits are not counted.
+* ``set_many`` and ``publish_many`` are the batched hot path (one round trip each on Redis):
+  not atomic across keys or messages, but a call that returns did all of it and one that
+  fails raises. ``publish_many`` keeps the given order, as successive ``publish`` calls would.
 * Pub/sub holds ONE upstream subscription per process whatever the number of local
   subscribers; messages are fanned out in-process, in the order received, by calling each local
   subscriber's callback on the event loop. A callback must not block; one that raises is
@@ -16,7 +19,7 @@ Guarantees (``tests/contract/test_cache_contract.py`` proves each on both adapte
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -86,6 +89,16 @@ class Cache(Protocol):
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value``; with ``ttl`` (seconds) it expires, without it it stays."""
 
+    async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
+        """Store every ``key: value`` of ``items``, each as ``set`` would, in one round trip.
+
+        With ``ttl`` every key expires after it; without it every key stays (an earlier expiry
+        is dropped, as with ``set``). Not atomic across keys: another client may see some keys
+        written and others not yet. All or exception: when this returns every key was
+        written; when it raises, any subset may have been, and the caller must not assume
+        which. An invalid ``ttl`` raises before anything is written. Empty ``items``: nothing.
+        """
+
     async def delete(self, key: str) -> bool:
         """Remove ``key``; True when it existed."""
 
@@ -108,6 +121,16 @@ class Cache(Protocol):
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Send ``message`` to every subscriber of ``channel`` in every process."""
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish each ``(channel, message)`` in one round trip, in the order given.
+
+        Equivalent to awaiting ``publish`` for each pair in turn: every subscriber gets its
+        channel's messages in the given order, and local subscribers in this process see the
+        whole sequence in that order across channels, exactly as with ``publish``. Not atomic:
+        when this raises, any prefix of ``messages`` may have been published, at most once
+        each (nothing is retried). Empty ``messages``: nothing is sent.
+        """
 
     async def subscribe(self, channel: str, callback: MessageCallback) -> LocalSubscription:
         """Register a local subscriber; returns once the upstream subscription is active."""

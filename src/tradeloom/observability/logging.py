@@ -18,9 +18,7 @@ import structlog
 CONTEXT_KEYS = ("correlation_id", "user_id")
 
 
-def configure_logging(
-    service: str, level: str = "INFO", stream: TextIO | None = None
-) -> None:
+def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send structlog and standard-library logs as one JSON object per line to ``stream``."""
     numeric_level = logging.getLevelName(level.upper())
     shared: list[Any] = [
