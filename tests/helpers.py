@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def eventually(
@@ -24,3 +27,15 @@ async def eventually(
             text = message() if callable(message) else message
             raise AssertionError(f"not true within {within:.1f}s: {text}")
         await asyncio.sleep(interval)
+
+
+async def eventually_equals(
+    read: Callable[[], Awaitable[T]], expected: T, within: float = 10.0
+) -> None:
+    """Poll the coroutine ``read`` until it returns ``expected``; fail showing the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (value := await read()) != expected:
+        if loop.time() > deadline:
+            raise AssertionError(f"expected {expected!r}, still {value!r} after {within:.1f}s")
+        await asyncio.sleep(0.01)

@@ -17,9 +17,11 @@ from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
 from tradeloom.config import Settings
 from tradeloom.domain.time import Clock, SystemClock
+from tradeloom.market_data.service import MarketData
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
 from tradeloom.messaging.port import EventBus
+from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import current_revision, head_revision, upgrade
 from tradeloom.storage.outbox import Outbox, OutboxRelay
@@ -59,6 +61,8 @@ class Platform:
     outbox: Outbox
     relay: OutboxRelay
     clock: Clock
+    metrics: Metrics
+    market_data: MarketData
     _started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -71,6 +75,8 @@ class Platform:
             self._started.append(self.bus.close)
             await self.relay.start()
             self._started.append(self.relay.close)
+            await self.market_data.start()
+            self._started.append(self.market_data.stop)
         except BaseException:
             await self.close()
             raise
@@ -107,12 +113,27 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
     clock = clock or SystemClock()
     database = Database(settings.database_url)
     bus = build_bus(settings)
+    cache = build_cache(settings)
+    outbox = Outbox(clock)
+    relay = OutboxRelay(database, bus, clock=clock)
+    metrics = Metrics()
+    market_data = MarketData(
+        bus=bus,
+        cache=cache,
+        database=database,
+        outbox=outbox,
+        metrics=metrics,
+        clock=clock,
+        notify_outbox=relay.notify,
+    )
     return Platform(
         settings=settings,
         database=database,
         bus=bus,
-        cache=build_cache(settings),
-        outbox=Outbox(clock),
-        relay=OutboxRelay(database, bus, clock=clock),
+        cache=cache,
+        outbox=outbox,
+        relay=relay,
         clock=clock,
+        metrics=metrics,
+        market_data=market_data,
     )

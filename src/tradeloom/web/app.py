@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import tradeloom
 from tradeloom.bootstrap import Platform
@@ -33,4 +34,10 @@ def create_app(platform: Platform) -> FastAPI:
     )
     app.state.platform = platform
     app.include_router(health_router(platform.readiness_checks()))
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        body = generate_latest(platform.metrics.registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+
     return app

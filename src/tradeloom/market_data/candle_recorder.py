@@ -1,0 +1,151 @@
+"""Builds 1m/5m/1h candles from consumed prices and keeps them in the database.
+
+Each batch is folded into the :class:`~tradeloom.domain.market.CandleAggregator`; the bars it
+changed are upserted and the bars it closed are written as final together with their
+``candle.closed`` events, in ONE transaction through the outbox (no dual write). A clock tick
+closes the bars of quiet symbols ``grace`` seconds after their end, so a bar closes even when
+no later trade arrives. On start, the bars left open by a previous process are resumed, so a
+restart does not lose the part of a bar it had already seen.
+
+Idempotent: the ids of recently applied events are remembered, so a batch the bus delivers
+again (after a crash or a partition changing hands) is not counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+import structlog
+
+from tradeloom.domain.events import CandleClosed, Event, new_event
+from tradeloom.domain.market import Candle, CandleAggregator
+from tradeloom.domain.time import Clock
+from tradeloom.market_data.candle_store import CandleQueries, save_candles
+from tradeloom.market_data.consumer import PriceTick
+from tradeloom.messaging.topics import MARKET_CANDLES
+from tradeloom.observability.metrics import Metrics
+from tradeloom.storage.database import Database
+from tradeloom.storage.outbox import Outbox
+
+log = structlog.get_logger("tradeloom.market_data.candles")
+
+REMEMBERED_EVENT_IDS = 200_000
+
+
+class CandleRecorder:
+    name = "candles"
+
+    def __init__(
+        self,
+        database: Database,
+        outbox: Outbox,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        notify: Callable[[], None] = lambda: None,
+        close_idle_bars: bool = True,
+        grace: float = 2.0,
+        tick_interval: float = 1.0,
+    ) -> None:
+        self._database = database
+        self._outbox = outbox
+        self._metrics = metrics
+        self._clock = clock
+        self._notify = notify
+        self._close_idle_bars = close_idle_bars
+        self._grace = timedelta(seconds=grace)
+        self._tick_interval = tick_interval
+        self._aggregator = CandleAggregator()
+        self._applied: OrderedDict[str, None] = OrderedDict()
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Resume the bars a previous process left open, then start closing idle bars."""
+        for bar in await CandleQueries(self._database).open_bars():
+            self._aggregator.resume(bar)
+        if self._close_idle_bars:
+            self._ticker = asyncio.create_task(self._close_idle(), name="candle-ticker")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+
+    def open_bars(self) -> tuple[Candle, ...]:
+        return self._aggregator.open_bars()
+
+    async def on_prices(self, ticks: Sequence[PriceTick]) -> None:
+        changed: dict[tuple[str, str, object], Candle] = {}
+        closed: list[Candle] = []
+        for tick in ticks:
+            if not self._first_time(tick.event_id):
+                continue
+            changes = self._aggregator.apply(tick.update)
+            for candle in changes.updated:
+                changed[(candle.symbol, candle.interval.value, candle.start)] = candle
+            closed.extend(changes.closed)
+        await self._write(list(changed.values()), closed)
+
+    async def close_through_now(self) -> int:
+        """Close every bar that ended ``grace`` ago or earlier; returns how many closed."""
+        closed = self._aggregator.close_through(self._clock.now() - self._grace)
+        await self._write([], list(closed))
+        return len(closed)
+
+    async def close_all(self) -> int:
+        """Close every open bar (the end of a replay); returns how many closed."""
+        bars = self._aggregator.open_bars()
+        if not bars:
+            return 0
+        latest_end = max(bar.end for bar in bars)
+        closed = self._aggregator.close_through(latest_end)
+        await self._write([], list(closed))
+        return len(closed)
+
+    async def _write(self, open_bars: Sequence[Candle], closed: Sequence[Candle]) -> None:
+        if not open_bars and not closed:
+            return
+        events = [(MARKET_CANDLES.name, bar.symbol, self._closed_event(bar)) for bar in closed]
+        async with self._database.transaction() as conn:
+            await save_candles(conn, open_bars, closed)
+            await self._outbox.add_many(conn, events)
+        for bar in closed:
+            self._metrics.candles_closed.labels(bar.interval.value).inc()
+        if events:
+            self._notify()
+
+    def _closed_event(self, bar: Candle) -> Event:
+        payload = CandleClosed(
+            symbol=bar.symbol,
+            interval=bar.interval.value,
+            start=bar.start,
+            open=bar.open,
+            high=bar.high,
+            low=bar.low,
+            close=bar.close,
+            volume=bar.volume,
+            trades=bar.trades,
+        )
+        return new_event(payload, occurred_at=self._clock.now(), correlation_id="candles")
+
+    def _first_time(self, event_id: str) -> bool:
+        if event_id in self._applied:
+            return False
+        self._applied[event_id] = None
+        if len(self._applied) > REMEMBERED_EVENT_IDS:
+            self._applied.popitem(last=False)
+        return True
+
+    async def _close_idle(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_interval)
+            try:
+                await self.close_through_now()
+            except Exception:
+                log.exception("market_data.candle_tick_failed")

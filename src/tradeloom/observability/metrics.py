@@ -1,0 +1,59 @@
+"""Prometheus metrics of one process.
+
+The metrics live on a registry owned by the platform (not the library's global one), so two
+platforms in one test never share counters. ``/metrics`` on the web app exposes it.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Metrics:
+    """Every metric the platform records, created once per process on ``registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.handler_failures = Counter(
+            "tradeloom_handler_failures",
+            "Observer handlers that raised, by consumer and handler",
+            ["consumer", "handler"],
+            registry=self.registry,
+        )
+        self.feed_messages = Counter(
+            "tradeloom_feed_messages",
+            "Messages read from market-data feeds, by feed and outcome (ok, malformed)",
+            ["feed", "outcome"],
+            registry=self.registry,
+        )
+        self.feed_reconnects = Counter(
+            "tradeloom_feed_reconnects",
+            "Reconnections of market-data feeds",
+            ["feed"],
+            registry=self.registry,
+        )
+        self.price_updates = Counter(
+            "tradeloom_price_updates",
+            "Price updates by stage (published, consumed, stale)",
+            ["stage"],
+            registry=self.registry,
+        )
+        self.candles_closed = Counter(
+            "tradeloom_candles_closed",
+            "Candles closed, by interval",
+            ["interval"],
+            registry=self.registry,
+        )
+        self.feed_to_cache_seconds = Histogram(
+            "tradeloom_feed_to_cache_seconds",
+            "From a price update's receipt by a feed to its last price in the cache",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.price_subscribers = Gauge(
+            "tradeloom_price_subscribers",
+            "Local subscribers of per-symbol price channels",
+            registry=self.registry,
+        )
