@@ -33,6 +33,32 @@ class StartupError(Exception):
     """The platform cannot start as configured; the message says what to do."""
 
 
+async def prepare_database(database: Database, settings: Settings) -> None:
+    """The embedded SQLite database is migrated on start (zero setup); PostgreSQL must
+    already be at the latest revision (``tradeloom db upgrade``), so two processes never race
+    a migration and a process never runs on a schema it does not know."""
+    if database.dialect == "sqlite":
+        await upgrade(database)
+        return
+    current, head = await current_revision(settings.database_url), head_revision()
+    if current != head:
+        raise StartupError(
+            f"database schema is at {current or 'nothing'}, expected {head}: "
+            "run `tradeloom db upgrade` first"
+        )
+
+
+async def open_database(settings: Settings) -> Database:
+    """A database ready for queries, prepared as a starting platform would prepare it."""
+    database = Database(settings.database_url)
+    try:
+        await prepare_database(database, settings)
+    except BaseException:
+        await database.dispose()
+        raise
+    return database
+
+
 def build_bus(settings: Settings) -> EventBus:
     if settings.bus_url == "memory://":
         return MemoryBus(MemoryBroker(partitions=settings.bus_partitions))
@@ -68,7 +94,7 @@ class Platform:
     async def start(self) -> None:
         """Connect every backend; on failure close what was opened and raise."""
         try:
-            await self._prepare_database()
+            await prepare_database(self.database, self.settings)
             await self.cache.start()
             self._started.append(self.cache.close)
             await self.bus.start()
@@ -94,22 +120,12 @@ class Platform:
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {"database": self.database.ping, "bus": self.bus.ping, "cache": self.cache.ping}
 
-    async def _prepare_database(self) -> None:
-        """The embedded SQLite database is migrated on start (zero setup); PostgreSQL must
-        already be at the latest revision (``tradeloom db upgrade``), so two processes never
-        race a migration."""
-        if self.database.dialect == "sqlite":
-            await upgrade(self.database)
-            return
-        current, head = await current_revision(self.settings.database_url), head_revision()
-        if current != head:
-            raise StartupError(
-                f"database schema is at {current or 'nothing'}, expected {head}: "
-                "run `tradeloom db upgrade` first"
-            )
 
-
-def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
+def build_platform(
+    settings: Settings, clock: Clock | None = None, *, close_idle_bars: bool = True
+) -> Platform:
+    """Wire one process's platform. ``close_idle_bars=False`` is for replays of recorded
+    data, whose bars must close by their own trades rather than by the wall clock."""
     clock = clock or SystemClock()
     database = Database(settings.database_url)
     bus = build_bus(settings)
@@ -125,6 +141,7 @@ def build_platform(settings: Settings, clock: Clock | None = None) -> Platform:
         metrics=metrics,
         clock=clock,
         notify_outbox=relay.notify,
+        close_idle_bars=close_idle_bars,
     )
     return Platform(
         settings=settings,

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from tradeloom.cli_market import market_app
 from tradeloom.config import ConfigError, Settings, load_settings
 from tradeloom.observability.logging import configure_logging
 
@@ -24,6 +25,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(market_app, name="market")
 app.add_typer(config_app, name="config")
 
 

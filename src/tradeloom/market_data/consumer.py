@@ -66,6 +66,8 @@ class PriceConsumer:
             retry=RetryPolicy(max_attempts=3), max_batch=max_batch, max_wait=max_wait
         )
         self._subscription: Subscription | None = None
+        self.consumed = 0
+        self._progress = asyncio.Event()
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe_batch(
@@ -86,10 +88,19 @@ class PriceConsumer:
         ]
         if len(ticks) != len(events):
             log.warning("market_data.unexpected_events", count=len(events) - len(ticks))
-        if not ticks:
-            return
-        self._metrics.price_updates.labels("consumed").inc(len(ticks))
-        await asyncio.gather(*(self._notify(observer, ticks) for observer in self._observers))
+        if ticks:
+            await asyncio.gather(*(self._notify(o, ticks) for o in self._observers))
+            self._metrics.price_updates.labels("consumed").inc(len(ticks))
+        self.consumed += len(events)
+        self._progress.set()
+
+    async def wait_until_consumed(self, count: int, within: float = 60.0) -> None:
+        """Wait until ``count`` events were handled by every observer (the end of a replay);
+        raises TimeoutError after ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while self.consumed < count:
+                self._progress.clear()
+                await self._progress.wait()
 
     async def _notify(self, observer: PriceObserver, ticks: Sequence[PriceTick]) -> None:
         try:

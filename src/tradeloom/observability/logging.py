@@ -19,7 +19,8 @@ CONTEXT_KEYS = ("correlation_id", "user_id")
 
 
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Send structlog and standard-library logs as one JSON object per line to ``stream``."""
+    """Send structlog and standard-library logs as one JSON object per line to ``stream``
+    (standard error by default, so a command's own output on standard out stays clean)."""
     numeric_level = logging.getLevelName(level.upper())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -34,10 +35,10 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
@@ -50,6 +51,8 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    # Alembic narrates every migration step at INFO; only its warnings are worth a line.
+    logging.getLogger("alembic").setLevel(max(numeric_level, logging.WARNING))
 
 
 def _add_service(service: str) -> structlog.types.Processor:
