@@ -144,7 +144,7 @@ async def _replay(platform: Platform, feed: ReplayFeed) -> None:
     counters = feed.counters
     console.print(
         f"replayed {counters.received} rows into {counters.updates} updates "
-        f"({counters.malformed} malformed rows skipped); closed {closed} candles"
+        f"({counters.malformed} malformed rows skipped); closed the {closed} bars still open"
     )
 
 

@@ -12,7 +12,19 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["serve"], ["db"], ["db", "upgrade"], ["db", "current"], ["config"], ["config", "show"]],
+    [
+        [],
+        ["serve"],
+        ["db"],
+        ["db", "upgrade"],
+        ["db", "current"],
+        ["config"],
+        ["config", "show"],
+        ["market"],
+        ["market", "simulate"],
+        ["market", "replay"],
+        ["market", "candles"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
