@@ -41,7 +41,8 @@ def test_replay_builds_candles_that_the_candles_command_prints(
     assert one_minute.exit_code == 0, one_minute.output
     rows = [line for line in one_minute.output.splitlines() if "2026-11-20" in line]
     assert len(rows) == 3
-    assert "187.21" in rows[0] and "150" in rows[0]
+    cells = [cell.strip() for cell in rows[0].split("│")]
+    assert cells[2:8] == ["187.21", "187.30", "187.21", "187.30", "150", "2"]
 
     five_minutes = runner.invoke(app, ["market", "candles", "AAPL", "--interval", "5m"])
     rows = [line for line in five_minutes.output.splitlines() if "2026-11-20" in line]
