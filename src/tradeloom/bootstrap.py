@@ -17,6 +17,7 @@ from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
 from tradeloom.config import Settings
 from tradeloom.domain.time import Clock, SystemClock
+from tradeloom.market_data.observers import LatencyProbe
 from tradeloom.market_data.service import MarketData
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
@@ -122,10 +123,15 @@ class Platform:
 
 
 def build_platform(
-    settings: Settings, clock: Clock | None = None, *, close_idle_bars: bool = True
+    settings: Settings,
+    clock: Clock | None = None,
+    *,
+    close_idle_bars: bool = True,
+    latency_probe: LatencyProbe | None = None,
 ) -> Platform:
     """Wire one process's platform. ``close_idle_bars=False`` is for replays of recorded
-    data, whose bars must close by their own trades rather than by the wall clock."""
+    data, whose bars must close by their own trades rather than by the wall clock;
+    ``latency_probe`` receives every price's feed-to-cache latency (benchmarks)."""
     clock = clock or SystemClock()
     database = Database(settings.database_url)
     bus = build_bus(settings)
@@ -142,6 +148,7 @@ def build_platform(
         clock=clock,
         notify_outbox=relay.notify,
         close_idle_bars=close_idle_bars,
+        latency_probe=latency_probe,
     )
     return Platform(
         settings=settings,

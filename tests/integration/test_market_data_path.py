@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-import msgspec
 import pytest
 
 from tests.helpers import eventually, eventually_equals
@@ -16,7 +15,7 @@ from tradeloom.bootstrap import Platform, build_platform
 from tradeloom.config import Settings
 from tradeloom.domain.events import CandleClosed, Event, PriceUpdate
 from tradeloom.domain.market import Interval
-from tradeloom.market_data.observers import price_channel
+from tradeloom.market_data.observers import decode_fanout, price_channel
 from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.topics import MARKET_CANDLES
 from tradeloom.storage.migrate import upgrade_database
@@ -57,8 +56,8 @@ async def test_prices_flow_in_order_to_cache_candles_and_subscribers(platform: P
     received: dict[str, list[Decimal | None]] = {symbol: [] for symbol in SYMBOLS}
 
     def on_message(channel: str, message: bytes) -> None:
-        price = msgspec.json.decode(message, type=PriceUpdate)
-        received[price.symbol].append(price.bid)
+        for price in decode_fanout(message):
+            received[price.symbol].append(price.bid)
 
     for symbol in SYMBOLS:
         await platform.cache.subscribe(price_channel(symbol), on_message)
@@ -72,7 +71,7 @@ async def test_prices_flow_in_order_to_cache_candles_and_subscribers(platform: P
     publisher = platform.market_data.publisher
     for n in range(70):  # 70 seconds: the 15:00 minute closes when 15:01 trades arrive
         for symbol in SYMBOLS:
-            await publisher.submit(update(symbol, n), "test")
+            await publisher.submit(update(symbol, n))
     await eventually(lambda: all(len(bids) == 70 for bids in received.values()), within=20)
     for symbol in SYMBOLS:
         assert received[symbol] == [Decimal(100 + n) for n in range(70)], symbol

@@ -115,6 +115,17 @@ class PriceUpdate(Payload, frozen=True, kw_only=True, tag="market.price"):
     venue: str
 
 
+class PriceBatch(Payload, frozen=True, kw_only=True, tag="market.prices"):
+    """Several price updates travelling as one bus message, in feed order.
+
+    Every update of one symbol always travels in batches of the same key (its shard), so
+    batching keeps each symbol's order while it cuts the per-update cost of the bus by the
+    batch size: one message per shard per flush instead of one per update.
+    """
+
+    updates: tuple[PriceUpdate, ...]
+
+
 class CandleClosed(Payload, frozen=True, kw_only=True, tag="candle.closed"):
     """A bar that will not change any more. ``interval`` is its name: 1m, 5m or 1h."""
 
@@ -158,6 +169,7 @@ AnyPayload: TypeAlias = (
     | OrderExpired
     | OrderReplaced
     | PriceUpdate
+    | PriceBatch
     | CandleClosed
     | DeadLettered
 )

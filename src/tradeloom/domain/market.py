@@ -29,7 +29,7 @@ Rules the aggregator guarantees (and the tests prove):
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
@@ -154,28 +154,66 @@ def _merge(symbol: str, start: datetime, interval: Interval, parts: list[Candle]
 
 @dataclass(slots=True)
 class _OpenBar:
-    """A bar still taking trades, with the times that decide its open and close."""
+    """A bar still taking trades, kept mutable because it changes with every trade (a new
+    frozen Candle per trade and interval cost more than the rest of the aggregation);
+    :attr:`candle` is an immutable snapshot. ``open_time``/``close_time`` decide which trade is
+    the open and which the close."""
 
-    candle: Candle
+    symbol: str
+    interval: Interval
+    start: datetime
+    end: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    trades: int
     open_time: datetime
     close_time: datetime
 
-    def add(self, price: Decimal, volume: Decimal, moment: datetime) -> None:
-        bar = self.candle
-        opening, closing = bar.open, bar.close
-        if moment < self.open_time:
-            opening, self.open_time = price, moment
-        if moment >= self.close_time:
-            closing, self.close_time = price, moment
-        self.candle = replace(
-            bar,
-            open=opening,
-            high=max(bar.high, price),
-            low=min(bar.low, price),
-            close=closing,
-            volume=bar.volume + volume,
-            trades=bar.trades + 1,
+    @classmethod
+    def of(cls, bar: Candle, open_time: datetime, close_time: datetime) -> _OpenBar:
+        return cls(
+            bar.symbol,
+            bar.interval,
+            bar.start,
+            bar.end,
+            bar.open,
+            bar.high,
+            bar.low,
+            bar.close,
+            bar.volume,
+            bar.trades,
+            open_time,
+            close_time,
         )
+
+    @property
+    def candle(self) -> Candle:
+        return Candle(
+            self.symbol,
+            self.interval,
+            self.start,
+            self.open,
+            self.high,
+            self.low,
+            self.close,
+            self.volume,
+            self.trades,
+        )
+
+    def add(self, price: Decimal, volume: Decimal, moment: datetime) -> None:
+        if moment < self.open_time:
+            self.open, self.open_time = price, moment
+        if moment >= self.close_time:
+            self.close, self.close_time = price, moment
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        self.volume += volume
+        self.trades += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +238,7 @@ class CandleAggregator:
     _open: dict[tuple[str, Interval], _OpenBar] = field(default_factory=dict, repr=False)
     _floor: dict[str, datetime] = field(default_factory=dict, repr=False)
     _closed_through: datetime | None = field(default=None, repr=False)
+    _changed: set[tuple[str, Interval]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         if not self.intervals:
@@ -211,40 +250,62 @@ class CandleAggregator:
                 raise ValueError(f"{interval.value} is not a multiple of {self.intervals[0].value}")
 
     def apply(self, update: PriceUpdate) -> CandleChanges:
-        """Fold one update in; a quote (no ``last``) or a late trade changes nothing."""
+        """Fold one update in; a quote (no ``last``) or a late trade changes nothing.
+        Returns snapshots of the bars it changed and of those it closed."""
         if update.last is None:
             return CandleChanges()
-        moment = require_utc(update.exchange_time, field="exchange_time")
-        finest_start = bar_start(moment, self.intervals[0])
-        if finest_start < self._floor_of(update.symbol):
-            self.late += 1
+        late = self.late
+        closed = self.fold(update)
+        if self.late != late:
             return CandleChanges(late=True)
-        self._floor[update.symbol] = finest_start
-        updated: list[Candle] = []
+        updated = tuple(self._open[(update.symbol, i)].candle for i in self.intervals)
+        return CandleChanges(updated=updated, closed=closed)
+
+    def fold(self, update: PriceUpdate) -> tuple[Candle, ...]:
+        """Fold one update in, the cheap way for a consumer: returns only the bars it closed;
+        the bars it changed are remembered for :meth:`take_changed`."""
+        price = update.last
+        if price is None:
+            return ()
+        moment = require_utc(update.exchange_time, field="exchange_time")
+        symbol = update.symbol
+        finest = self._open.get((symbol, self.intervals[0]))
+        if finest is None or not finest.start <= moment < finest.end:
+            finest_start = bar_start(moment, self.intervals[0])
+            if finest_start < self._floor_of(symbol):
+                self.late += 1
+                return ()
+            self._floor[symbol] = finest_start
+        elif finest.start < self._floor_of(symbol):
+            self.late += 1
+            return ()
         closed: list[Candle] = []
         for interval in self.intervals:
-            bar, finished = self._bar_for(update.symbol, interval, update.last, moment)
-            bar.add(update.last, update.volume, moment)
-            updated.append(bar.candle)
+            bar, finished = self._bar_for(symbol, interval, price, moment)
+            bar.add(price, update.volume, moment)
+            self._changed.add((symbol, interval))
             if finished is not None:
                 closed.append(finished)
-        return CandleChanges(updated=tuple(updated), closed=tuple(closed))
+        return tuple(closed)
+
+    def take_changed(self) -> tuple[Candle, ...]:
+        """Snapshots of the still-open bars changed since the last call."""
+        changed = tuple(self._open[key].candle for key in self._changed if key in self._open)
+        self._changed.clear()
+        return changed
 
     def _bar_for(
         self, symbol: str, interval: Interval, price: Decimal, moment: datetime
     ) -> tuple[_OpenBar, Candle | None]:
         """The open bar holding ``moment``, and the bar it replaced if that one just closed."""
         key = (symbol, interval)
-        start = bar_start(moment, interval)
         bar = self._open.get(key)
-        if bar is not None and bar.candle.start == start:
+        if bar is not None and bar.start <= moment < bar.end:
             return bar, None
+        start = bar_start(moment, interval)
         finished = self._open.pop(key).candle if bar is not None else None
-        self._open[key] = _OpenBar(
-            candle=Candle(symbol, interval, start, price, price, price, price, ZERO, 0),
-            open_time=moment,
-            close_time=moment,
-        )
+        fresh = Candle(symbol, interval, start, price, price, price, price, ZERO, 0)
+        self._open[key] = _OpenBar.of(fresh, moment, moment)
         return self._open[key], finished
 
     def close_through(self, moment: datetime) -> tuple[Candle, ...]:
@@ -257,7 +318,7 @@ class CandleAggregator:
         boundary = bar_start(moment, self.intervals[0])
         if self._closed_through is None or boundary > self._closed_through:
             self._closed_through = boundary
-        done = [key for key, bar in self._open.items() if bar.candle.end <= moment]
+        done = [key for key, bar in self._open.items() if bar.end <= moment]
         return tuple(self._open.pop(key).candle for key in done)
 
     def resume(self, bar: Candle) -> None:
@@ -271,7 +332,7 @@ class CandleAggregator:
             raise ValueError(f"{bar.interval.value} is not aggregated here")
         if key in self._open:
             raise ValueError(f"a {bar.interval.value} bar of {bar.symbol} is already open")
-        self._open[key] = _OpenBar(candle=bar, open_time=bar.start, close_time=bar.start)
+        self._open[key] = _OpenBar.of(bar, bar.start, bar.start)
         if bar.interval is self.intervals[0]:
             self._floor[bar.symbol] = max(self._floor_of(bar.symbol), bar.start)
 

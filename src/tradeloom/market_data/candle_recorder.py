@@ -1,11 +1,16 @@
 """Builds 1m/5m/1h candles from consumed prices and keeps them in the database.
 
-Each batch is folded into the :class:`~tradeloom.domain.market.CandleAggregator`; the bars it
-changed are upserted and the bars it closed are written as final together with their
+Each batch is folded into the :class:`~tradeloom.domain.market.CandleAggregator` in memory,
+without waiting for the database: at 20,000 updates/s a transaction per consumed batch would
+hold the consumer back. Every ``flush_interval`` (0.25 s) the bars changed since the last
+flush are upserted and the bars closed are written as final together with their
 ``candle.closed`` events, in ONE transaction through the outbox (no dual write). A clock tick
 closes the bars of quiet symbols ``grace`` seconds after their end, so a bar closes even when
-no later trade arrives. On start, the bars left open by a previous process are resumed, so a
-restart does not lose the part of a bar it had already seen.
+no later trade arrives. On start, the bars left open by a previous process are resumed.
+
+The price of writing behind: a crash loses at most the last ``flush_interval`` of changes to
+the open bars (their updates were already acknowledged on the bus). Candles are derived data:
+the audit archive keeps every price, from which they can be rebuilt.
 
 Idempotent: the ids of recently applied events are remembered, so a batch the bus delivers
 again (after a crash or a partition changing hands) is not counted twice.
@@ -17,7 +22,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -50,6 +55,7 @@ class CandleRecorder:
         close_idle_bars: bool = True,
         grace: float = 2.0,
         tick_interval: float = 1.0,
+        flush_interval: float = 0.25,
     ) -> None:
         self._database = database
         self._outbox = outbox
@@ -60,53 +66,75 @@ class CandleRecorder:
         self._grace = timedelta(seconds=grace)
         self._tick_interval = tick_interval
         self._aggregator = CandleAggregator()
+        self._flush_interval = flush_interval
         self._applied: OrderedDict[str, None] = OrderedDict()
-        self._ticker: asyncio.Task[None] | None = None
+        self._dirty: dict[tuple[str, str, datetime], Candle] = {}
+        self._closed: list[Candle] = []
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         """Resume the bars a previous process left open, then start closing idle bars."""
         for bar in await CandleQueries(self._database).open_bars():
             self._aggregator.resume(bar)
+        self._tasks.append(asyncio.create_task(self._flush_forever(), name="candle-flusher"))
         if self._close_idle_bars:
-            self._ticker = asyncio.create_task(self._close_idle(), name="candle-ticker")
+            self._tasks.append(asyncio.create_task(self._close_idle(), name="candle-ticker"))
 
     async def stop(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        """Stop ticking and flushing, then write what is left."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+                await task
+        self._tasks.clear()
+        await self.flush()
 
     def open_bars(self) -> tuple[Candle, ...]:
         return self._aggregator.open_bars()
 
     async def on_prices(self, ticks: Sequence[PriceTick]) -> None:
-        changed: dict[tuple[str, str, object], Candle] = {}
-        closed: list[Candle] = []
+        """Fold a batch in (no I/O: the flusher writes it)."""
         for tick in ticks:
-            if not self._first_time(tick.event_id):
-                continue
-            changes = self._aggregator.apply(tick.update)
-            for candle in changes.updated:
-                changed[(candle.symbol, candle.interval.value, candle.start)] = candle
-            closed.extend(changes.closed)
-        await self._write(list(changed.values()), closed)
+            if self._first_time(tick.event_id):
+                self._closed.extend(self._aggregator.fold(tick.update))
 
     async def close_through_now(self) -> int:
-        """Close every bar that ended ``grace`` ago or earlier; returns how many closed."""
+        """Close every bar that ended ``grace`` ago or earlier and write them; returns how
+        many closed."""
         closed = self._aggregator.close_through(self._clock.now() - self._grace)
-        await self._write([], list(closed))
+        self._closed.extend(closed)
+        await self.flush()
         return len(closed)
 
     async def close_all(self) -> int:
-        """Close every open bar (the end of a replay); returns how many closed."""
+        """Close every open bar (the end of a replay) and write them; returns how many."""
         bars = self._aggregator.open_bars()
-        if not bars:
-            return 0
-        latest_end = max(bar.end for bar in bars)
-        closed = self._aggregator.close_through(latest_end)
-        await self._write([], list(closed))
+        closed = self._aggregator.close_through(max(bar.end for bar in bars)) if bars else ()
+        self._closed.extend(closed)
+        await self.flush()
         return len(closed)
+
+    async def flush(self) -> None:
+        """Write the bars changed and closed since the last flush, in one transaction."""
+        async with self._write_lock:
+            for candle in self._aggregator.take_changed():
+                self._dirty[(candle.symbol, candle.interval.value, candle.start)] = candle
+            dirty, closed = self._dirty, self._closed
+            self._dirty, self._closed = {}, []
+            finished = {(c.symbol, c.interval.value, c.start) for c in closed}
+            open_bars = [bar for key, bar in dirty.items() if key not in finished]
+            try:
+                await self._write(open_bars, closed)
+            except BaseException:
+                # Put them back (newer changes win) so the next flush tries again.
+                self._dirty = {
+                    **{(b.symbol, b.interval.value, b.start): b for b in open_bars},
+                    **self._dirty,
+                }
+                self._closed = [*closed, *self._closed]
+                raise
 
     async def _write(self, open_bars: Sequence[Candle], closed: Sequence[Candle]) -> None:
         if not open_bars and not closed:
@@ -141,6 +169,14 @@ class CandleRecorder:
         if len(self._applied) > REMEMBERED_EVENT_IDS:
             self._applied.popitem(last=False)
         return True
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("market_data.candle_flush_failed")
 
     async def _close_idle(self) -> None:
         while True:

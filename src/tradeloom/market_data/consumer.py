@@ -22,7 +22,7 @@ from typing import Protocol
 
 import structlog
 
-from tradeloom.domain.events import Event, PriceUpdate
+from tradeloom.domain.events import Event, PriceBatch, PriceUpdate
 from tradeloom.messaging.port import ConsumerOptions, EventBus, RetryPolicy, Subscription
 from tradeloom.messaging.topics import MARKET_PRICE
 from tradeloom.observability.metrics import Metrics
@@ -37,6 +37,24 @@ class PriceTick:
     update: PriceUpdate
     received_at: datetime
     event_id: str
+
+
+def unpack(events: Sequence[Event]) -> list[PriceTick]:
+    """The updates carried by ``events`` in order; an update's id is its event's id and its
+    place in the batch, so a redelivered batch yields the same ids."""
+    ticks: list[PriceTick] = []
+    for event in events:
+        payload = event.payload
+        if isinstance(payload, PriceBatch):
+            ticks += [
+                PriceTick(update, event.occurred_at, f"{event.id}/{index}")
+                for index, update in enumerate(payload.updates)
+            ]
+        elif isinstance(payload, PriceUpdate):
+            ticks.append(PriceTick(payload, event.occurred_at, event.id))
+        else:
+            log.warning("market_data.unexpected_event", type=event.type, id=event.id)
+    return ticks
 
 
 class PriceObserver(Protocol):
@@ -55,7 +73,7 @@ class PriceConsumer:
         metrics: Metrics,
         *,
         group: str = "market-data",
-        max_batch: int = 500,
+        max_batch: int = 50,
         max_wait: float = 0.005,
     ) -> None:
         self._bus = bus
@@ -81,21 +99,15 @@ class PriceConsumer:
 
     async def handle(self, events: Sequence[Event]) -> None:
         """Hand one batch to every observer concurrently; never raises for an observer."""
-        ticks = [
-            PriceTick(event.payload, event.occurred_at, event.id)
-            for event in events
-            if isinstance(event.payload, PriceUpdate)
-        ]
-        if len(ticks) != len(events):
-            log.warning("market_data.unexpected_events", count=len(events) - len(ticks))
+        ticks = unpack(events)
         if ticks:
             await asyncio.gather(*(self._notify(o, ticks) for o in self._observers))
             self._metrics.price_updates.labels("consumed").inc(len(ticks))
-        self.consumed += len(events)
+        self.consumed += len(ticks)
         self._progress.set()
 
     async def wait_until_consumed(self, count: int, within: float = 60.0) -> None:
-        """Wait until ``count`` events were handled by every observer (the end of a replay);
+        """Wait until ``count`` updates were handled by every observer (the end of a replay);
         raises TimeoutError after ``within`` seconds."""
         async with asyncio.timeout(within):
             while self.consumed < count:

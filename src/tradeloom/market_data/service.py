@@ -4,7 +4,8 @@ last-price cache, candles and per-symbol fan-out.
 Both halves can run in one process (the embedded default and the demo) or apart: an ingestion
 process only runs feeds through :attr:`MarketData.publisher`, consumer processes only
 ``start`` the consumer side. Other services add their own observers (risk, strategies)
-through ``extra_observers``.
+through ``extra_observers``. ``latency_probe`` receives every update's feed-to-cache latency
+(see :class:`~tradeloom.market_data.observers.LastPriceObserver`); the benchmark uses it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tradeloom.market_data.candle_recorder import CandleRecorder
 from tradeloom.market_data.candle_store import CandleQueries
 from tradeloom.market_data.consumer import PriceConsumer, PriceObserver
 from tradeloom.market_data.last_prices import PRICE_TTL, LastPrices
-from tradeloom.market_data.observers import LastPriceObserver, PriceFanout
+from tradeloom.market_data.observers import LastPriceObserver, LatencyProbe, PriceFanout
 from tradeloom.market_data.publisher import PricePublisher
 from tradeloom.messaging.port import EventBus
 from tradeloom.observability.metrics import Metrics
@@ -39,6 +40,7 @@ class MarketData:
         close_idle_bars: bool = True,
         price_ttl: float = PRICE_TTL,
         extra_observers: Sequence[PriceObserver] = (),
+        latency_probe: LatencyProbe | None = None,
     ) -> None:
         self.last_prices = LastPrices(cache, ttl=price_ttl)
         self.candles = CandleQueries(database)
@@ -51,7 +53,7 @@ class MarketData:
             close_idle_bars=close_idle_bars,
         )
         observers: list[PriceObserver] = [
-            LastPriceObserver(self.last_prices, metrics, clock),
+            LastPriceObserver(self.last_prices, metrics, clock, latency_probe=latency_probe),
             self.recorder,
             PriceFanout(cache),
             *extra_observers,

@@ -18,10 +18,23 @@ import structlog
 CONTEXT_KEYS = ("correlation_id", "user_id")
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is at the time of writing, not at configuration:
+    a test runner (or a daemon manager) may swap it, and a closed old stream must not end
+    logging for the rest of the process."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(service: str, level: str = "INFO", stream: TextIO | None = None) -> None:
     """Send structlog and standard-library logs as one JSON object per line to ``stream``
     (standard error by default, so a command's own output on standard out stays clean)."""
     numeric_level = logging.getLevelName(level.upper())
+    output: TextIO = stream or _CurrentStderr()  # type: ignore[assignment]
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -35,10 +48,10 @@ def configure_logging(service: str, level: str = "INFO", stream: TextIO | None =
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(output),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(output)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],

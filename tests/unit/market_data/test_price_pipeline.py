@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
 import pytest
 from sqlalchemy import select
 
@@ -19,7 +18,7 @@ from tradeloom.domain.events import CandleClosed, PriceUpdate, decode_event
 from tradeloom.domain.market import Interval
 from tradeloom.domain.time import SystemClock
 from tradeloom.market_data.consumer import PriceTick
-from tradeloom.market_data.observers import price_channel
+from tradeloom.market_data.observers import decode_fanout, price_channel
 from tradeloom.market_data.service import MarketData
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.observability.metrics import Metrics
@@ -90,7 +89,7 @@ class Pipeline:
     async def publish(self, *updates: PriceUpdate) -> None:
         before = self.market.publisher.published
         for update in updates:
-            await self.market.publisher.submit(update, "test")
+            await self.market.publisher.submit(update)
         await eventually(lambda: self.market.publisher.published == before + len(updates))
 
     async def bid(self, symbol: str) -> Decimal | None:
@@ -157,13 +156,17 @@ async def test_a_price_older_than_the_ttl_reads_as_no_price(pipeline: Pipeline) 
 async def test_fan_out_delivers_each_symbols_updates_in_order(pipeline: Pipeline) -> None:
     updates = [quote("AAPL" if i % 3 else "MSFT", f"{100 + i}", MINUTE) for i in range(30)]
     await pipeline.publish(*updates)
-    await eventually(lambda: len(pipeline.received) == 30, message="30 fanned-out updates")
+    await eventually(
+        lambda: sum(len(decode_fanout(m)) for _, m in pipeline.received) == 30,
+        message="30 fanned-out updates",
+    )
     for symbol in ("AAPL", "MSFT"):
         sent = [u.bid for u in updates if u.symbol == symbol]
         got = [
-            msgspec.json.decode(message, type=PriceUpdate).bid
+            update.bid
             for channel, message in pipeline.received
             if channel == price_channel(symbol)
+            for update in decode_fanout(message)
         ]
         assert got == sent
 
@@ -212,6 +215,7 @@ async def test_a_redelivered_batch_is_not_counted_twice(pipeline: Pipeline) -> N
     tick = PriceTick(trade("MSFT", "410", "7", MINUTE), MINUTE, "event-1")
     await pipeline.market.recorder.on_prices([tick])
     await pipeline.market.recorder.on_prices([tick])
+    await pipeline.market.recorder.flush()
     assert await pipeline.candle_volumes("MSFT", Interval.M1) == [Decimal("7")]
 
 
@@ -220,7 +224,7 @@ async def test_a_restarted_recorder_resumes_the_open_bar(
 ) -> None:
     recorder = pipeline.market.recorder
     await recorder.on_prices([PriceTick(trade("MSFT", "410", "7", MINUTE), MINUTE, "e-1")])
-    await recorder.stop()
+    await recorder.stop()  # writes what it holds
     restarted = MarketData(
         bus=MemoryBus(MemoryBroker()),
         cache=pipeline.cache,
@@ -233,6 +237,7 @@ async def test_a_restarted_recorder_resumes_the_open_bar(
     await restarted.start()
     later = MINUTE + timedelta(seconds=20)
     await restarted.on_prices([PriceTick(trade("MSFT", "411", "3", later), later, "e-2")])
+    await restarted.flush()
     [bar] = await pipeline.market.candles.candles("MSFT", Interval.M1)
     assert (bar.open, bar.high, bar.close, bar.volume, bar.trades) == (
         Decimal("410"),

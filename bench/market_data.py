@@ -1,0 +1,539 @@
+"""Market-data benchmark: feed → normalize → bus → consumer → cache, candles, fan-out.
+
+Runs the whole price path on the PRODUCTION adapters (NATS JetStream, Redis, PostgreSQL) and,
+in the same run, raw nats-py JetStream publish/consume of as many messages of the same size as
+the baseline, so the figures can be read as a ratio on a noisy shared machine.
+
+    python bench/market_data.py                    # 20,000 ticks/s offered for 20 s
+    python bench/market_data.py --rate 0           # as fast as the exchange can send
+    python bench/market_data.py --fix-share 0.1    # 10 % of the ticks over FIX 4.4
+
+What runs where:
+
+* **The exchange** (seeded simulator, paced pump, loopback WebSocket / FIX servers) runs in a
+  child process, as a real exchange would be outside the platform; its CPU is reported apart.
+  JSON over WebSocket is the wire by default; FIX (pure-Python simplefix, ~8k ticks/s at most
+  here) only carries ``--fix-share`` of the rate, on its own disjoint symbols.
+* **This process** is one market-data service as ``tradeloom serve`` builds it: the feed
+  clients, ``PricePublisher`` → ``market.price`` on NATS → ``PriceConsumer`` → the last-price
+  cache (Redis), candles (PostgreSQL, with ``candle.closed`` through the outbox relay) and the
+  fan-out (Redis pub/sub). All on one event loop.
+
+Figures: offered ticks/s (what the exchange sent; ticks it had to drop because the feed client
+did not read them count as offered, not delivered), consumed updates/s over the offered window
+(the sustained end-to-end rate), the backlog when the exchange stops and how long it takes to
+drain, p50/p99/max feed-to-cache latency over every update (from ``occurred_at``, set when the
+feed handed the update to the publisher, to the completed last-price write), CPU seconds per
+wall second of this process, the exchange and the servers (nats-server, redis-server,
+postgres, read from /proc), and peak RSS.
+
+Everything is throwaway: a database ``tl_bench_<random>`` (created, migrated, dropped), a NATS
+stream prefix and Redis namespace ``bench<random>`` (streams deleted, keys removed). Only
+127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import resource
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from multiprocessing.connection import Connection
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import nats
+import redis.asyncio as aioredis
+import structlog
+from nats.js import api
+
+from tradeloom.bootstrap import build_platform
+from tradeloom.config import Settings
+from tradeloom.domain.events import PriceUpdate, encode_event, new_event
+from tradeloom.domain.market import Instrument
+from tradeloom.domain.time import SystemClock
+from tradeloom.market_data.exchange import TickHub, pump
+from tradeloom.market_data.feeds.base import Feed
+from tradeloom.market_data.feeds.fix import FixFeed, FixServer
+from tradeloom.market_data.feeds.json_ws import JsonWsFeed, JsonWsServer
+from tradeloom.market_data.simulator import SimulationSettings, Simulator, Tick
+from tradeloom.market_data.universe import default_universe
+from tradeloom.messaging.nats import delete_bus_streams
+from tradeloom.messaging.partitioning import partition_of
+from tradeloom.storage.migrate import upgrade_database
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+WARNINGS: Counter[str] = Counter()
+
+
+def _count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Count warnings and errors by event name instead of printing them over the table."""
+    WARNINGS[f"{level} {event.get('event')}"] += 1
+    raise structlog.DropEvent
+
+
+SERVER_NAMES = ("nats-server", "redis-server", "postgres")
+
+
+# --- the exchange, in a child process -------------------------------------------------------
+
+
+def _counted(ticks: Iterator[Tick], deadline: float, sent: list[int]) -> Iterator[Tick]:
+    for tick in ticks:
+        if time.monotonic() >= deadline:
+            return
+        sent[0] += 1
+        yield tick
+
+
+async def _exchange(pipe: Connection, args: argparse.Namespace) -> None:
+    """Serve the universe on loopback: JSON/WebSocket, and FIX for ``fix_share`` of it."""
+    universe = default_universe()
+    clock = SystemClock()
+    fix_symbols = round(len(universe) * args.fix_share) if args.fix_share > 0 else 0
+    slices: list[tuple[str, Sequence[Instrument], float]] = [
+        ("json_ws", universe[fix_symbols:], 1.0 - args.fix_share)
+    ]
+    if fix_symbols:
+        slices.append(("fix", universe[:fix_symbols], args.fix_share))
+    venues: list[tuple[str, Simulator, TickHub, JsonWsServer | FixServer, float | None]] = []
+    addresses: list[tuple[str, str, int]] = []
+    for index, (wire, symbols, share) in enumerate(slices):
+        rate = args.rate * share if args.rate else None
+        hub = TickHub(queue_size=args.hub_queue)
+        settings = SimulationSettings(seed=args.seed + index, rate=rate or 50_000.0)
+        server: JsonWsServer | FixServer
+        if wire == "json_ws":
+            server = JsonWsServer(hub)
+            await server.start()
+            host, port = server.url.removeprefix("ws://").rsplit(":", 1)
+        else:
+            server = FixServer(hub, clock=clock)
+            await server.start()
+            host, port_number = server.address
+            port = str(port_number)
+        addresses.append((wire, host, int(port)))
+        venues.append((wire, Simulator(symbols, clock, settings), hub, server, rate))
+    pipe.send(addresses)
+    while not all(hub.subscribers for _, _, hub, _, _ in venues):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    pipe.send("connected")
+    await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "go"
+    cpu0 = time.process_time()
+    started = time.monotonic()
+    deadline = started + args.duration
+    counts = [[0] for _ in venues]
+    await asyncio.gather(
+        *(
+            pump(_counted(simulator.ticks(), deadline, sent), hub, rate=rate)
+            for (_, simulator, hub, _, rate), sent in zip(venues, counts, strict=True)
+        )
+    )
+    elapsed = time.monotonic() - started
+    cpu = time.process_time() - cpu0
+    pipe.send(
+        {
+            "sent": {wire: sent[0] for (wire, *_), sent in zip(venues, counts, strict=True)},
+            "dropped": sum(hub.dropped for _, _, hub, _, _ in venues),
+            "elapsed": elapsed,
+            "cpu": cpu,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+    )
+    await asyncio.Event().wait()  # the parent terminates this process
+
+
+def _exchange_main(pipe: Connection, args: argparse.Namespace) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    asyncio.run(_exchange(pipe, args))
+
+
+# --- CPU of the servers ---------------------------------------------------------------------
+
+
+def _server_cpu() -> dict[str, dict[int, float]]:
+    """CPU seconds so far of every nats-server, redis-server and postgres process, by pid."""
+    found: dict[str, dict[int, float]] = {name: {} for name in SERVER_NAMES}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name in found:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[name][int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+def _server_cpu_delta(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    return {
+        name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in after[name].items())
+        for name in SERVER_NAMES
+    }
+
+
+# --- the end-to-end run ---------------------------------------------------------------------
+
+
+@dataclass
+class EndToEnd:
+    wires: str = ""
+    offered: int = 0
+    offered_s: float = 0.0
+    exchange_dropped: int = 0
+    fed: int = 0
+    consumed_in_window: int = 0
+    consumed: int = 0
+    backlog_at_end: int = 0
+    drain_s: float = 0.0
+    drained: bool = False
+    latencies: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    exchange_cpu: float = 0.0
+    exchange_rss_mb: float = 0.0
+    servers: dict[str, float] = field(default_factory=dict)
+    rss_mb: float = 0.0
+    candle_rows: int = 0
+    cached_symbols: int = 0
+
+
+async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
+    result = EndToEnd()
+    latencies = result.latencies
+    platform = build_platform(settings, latency_probe=latencies.append)
+    await platform.start()
+    parent, child = multiprocessing.get_context("spawn").Pipe()
+    process = multiprocessing.get_context("spawn").Process(
+        target=_exchange_main, args=(child, args), daemon=True
+    )
+    process.start()
+    loop = asyncio.get_running_loop()
+    feeds: list[Feed] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        addresses = await loop.run_in_executor(None, parent.recv)
+        result.wires = " + ".join(wire for wire, _, _ in addresses)
+        for wire, host, port in addresses:
+            feed: Feed = (
+                JsonWsFeed(f"ws://{host}:{port}") if wire == "json_ws" else FixFeed(host, port)
+            )
+            feeds.append(feed)
+            tasks.append(asyncio.create_task(platform.market_data.publisher.publish_feed(feed)))
+        await loop.run_in_executor(None, parent.recv)  # "connected"
+
+        cpu0, servers0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu()
+        started = time.perf_counter()
+        parent.send("go")
+        report = await loop.run_in_executor(None, parent.recv)
+        window = time.perf_counter() - started
+        result.consumed_in_window = len(latencies)
+        result.fed = sum(feed.counters.updates for feed in feeds)
+        result.offered = sum(report["sent"].values())
+        result.offered_s = report["elapsed"]
+        result.exchange_dropped = report["dropped"]
+        result.exchange_cpu = report["cpu"]
+        result.exchange_rss_mb = report["rss_mb"]
+        result.backlog_at_end = result.offered - result.consumed_in_window
+
+        # Drain: the feeds stop receiving; wait until everything they delivered is consumed.
+        deadline = time.perf_counter() + args.drain
+        fed = -1
+        while time.perf_counter() < deadline:
+            fed = sum(feed.counters.updates for feed in feeds)
+            if len(latencies) >= fed:
+                break
+            await asyncio.sleep(0.01)
+        result.fed = fed
+        result.drained = len(latencies) >= fed
+        result.drain_s = time.perf_counter() - started - window
+        cpu1, servers1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu()
+        wall = time.perf_counter() - started
+        result.cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall
+        result.servers = {
+            name: cpu / wall for name, cpu in _server_cpu_delta(servers0, servers1).items()
+        }
+        result.exchange_cpu /= wall
+        result.consumed = len(latencies)
+        result.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.offered_s = max(window, result.offered_s)
+        symbols = [i.symbol for i in default_universe()]
+        result.cached_symbols = sum(
+            p is not None
+            for p in (await platform.market_data.last_prices.last_many(symbols)).values()
+        )
+        async with platform.database.connect() as conn:
+            from sqlalchemy import text
+
+            result.candle_rows = (
+                await conn.execute(text("SELECT count(*) FROM candles"))
+            ).scalar_one()
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if process.is_alive():
+            process.terminate()  # our child; its sockets may still hold a backlog to send
+            await loop.run_in_executor(None, process.join, 10)
+        await platform.close()
+    return result
+
+
+# --- the baseline ---------------------------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    messages: int
+    size: int
+    rate: float
+    cpu: float
+    servers: dict[str, float]
+
+
+async def baseline(args: argparse.Namespace, prefix: str, count: int) -> Baseline:
+    """Raw nats-py: publish ``count`` price events pipelined while pulling them on 8 subjects."""
+    now = datetime.now(UTC)
+    symbols = [i.symbol for i in default_universe()]
+    payloads = []
+    for index in range(count):
+        symbol = symbols[index % len(symbols)]
+        update = PriceUpdate(
+            symbol=symbol,
+            bid=Decimal("187.21"),
+            ask=Decimal("187.23"),
+            last=None,
+            volume=Decimal(0),
+            exchange_time=now,
+            venue="SIMX",
+        )
+        event = new_event(update, occurred_at=now, correlation_id="json_ws")
+        payloads.append((event.id, encode_event(event), symbol))
+    nc = await nats.connect(args.nats_url)
+    js = nc.jetstream(publish_async_max_pending=512)
+    stream, subject = f"{prefix}_RAW", f"{prefix.lower()}raw"
+    await js.add_stream(name=stream, subjects=[f"{subject}.*"], max_age=3600, duplicate_window=120)
+    consumed = 0
+    try:
+        pulls = [
+            await js.pull_subscribe(
+                f"{subject}.{p}",
+                durable=f"raw_{p}",
+                stream=stream,
+                config=api.ConsumerConfig(max_ack_pending=args.batch, ack_wait=30),
+            )
+            for p in range(args.partitions)
+        ]
+
+        async def drain(pull: Any) -> None:
+            nonlocal consumed
+            while consumed < count:
+                try:
+                    messages = await pull.fetch(args.batch, timeout=0.2)
+                except TimeoutError:
+                    continue
+                for message in messages:
+                    await message.ack()
+                consumed += len(messages)
+
+        async def publish() -> None:
+            acks = [
+                await js.publish_async(
+                    f"{subject}.{partition_of(key, args.partitions)}",
+                    data,
+                    headers={"Nats-Msg-Id": event_id, "Tl-Key": key},
+                )
+                for event_id, data, key in payloads
+            ]
+            await asyncio.gather(*acks)
+
+        cpu0, servers0 = time.process_time(), _server_cpu()
+        started = time.perf_counter()
+        await asyncio.gather(publish(), *(drain(pull) for pull in pulls))
+        wall = time.perf_counter() - started
+        cpu, servers1 = time.process_time() - cpu0, _server_cpu()
+    finally:
+        with contextlib.suppress(Exception):
+            await js.delete_stream(stream)
+        await nc.close()
+    return Baseline(
+        messages=count,
+        size=len(payloads[0][1]),
+        rate=count / wall,
+        cpu=cpu / wall,
+        servers={k: v / wall for k, v in _server_cpu_delta(servers0, servers1).items()},
+    )
+
+
+# --- setup, teardown, report ----------------------------------------------------------------
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _percentile(samples: Sequence[float], q: int) -> float:
+    if not samples:
+        return float("nan")
+    return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
+
+
+def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> None:
+    window = e2e.offered_s
+    offered = e2e.offered / window
+    sustained = e2e.consumed_in_window / window
+    lat = sorted(e2e.latencies)
+    p50, p99 = _percentile(lat, 50) * 1000, _percentile(lat, 99) * 1000
+    kept_up = e2e.backlog_at_end <= max(1000, offered * 0.25) and not e2e.exchange_dropped
+    rows = [
+        ("wire", f"{e2e.wires} (FIX share {args.fix_share:.0%})"),
+        ("offered rate", f"{'max' if not args.rate else f'{args.rate:,.0f}'} ticks/s target"),
+        ("offered (sent by exchange)", f"{e2e.offered:,} in {window:.1f} s = {offered:,.0f}/s"),
+        (
+            "dropped by the exchange hub",
+            f"{e2e.exchange_dropped:,} (its WebSocket writes buffer a slow client's backlog)",
+        ),
+        ("delivered by feeds", f"{e2e.fed:,}"),
+        ("consumed in window", f"{e2e.consumed_in_window:,} = {sustained:,.0f} updates/s"),
+        ("backlog at end", f"{e2e.backlog_at_end:,} updates"),
+        (
+            "drain",
+            f"{e2e.drain_s:.1f} s, {'all consumed' if e2e.drained else 'NOT drained'}"
+            f" ({e2e.consumed:,} of {e2e.fed:,})",
+        ),
+        ("kept up", "yes" if kept_up else "NO"),
+        (
+            "feed→cache p50 / p99 / max",
+            f"{p50:.1f} / {p99:.1f} / {lat[-1] * 1000:.0f} ms" if lat else "n/a",
+        ),
+        ("CPU this process", f"{e2e.cpu:.2f} s/s, peak RSS {e2e.rss_mb:.0f} MB"),
+        ("CPU exchange (child)", f"{e2e.exchange_cpu:.2f} s/s, RSS {e2e.exchange_rss_mb:.0f} MB"),
+        (
+            "CPU servers",
+            ", ".join(f"{name} {cpu:.2f}" for name, cpu in e2e.servers.items()) + " s/s",
+        ),
+        ("check", f"{e2e.cached_symbols} symbols cached, {e2e.candle_rows} candle rows"),
+    ]
+    if base is not None:
+        rows += [
+            (
+                "BASELINE raw nats-py",
+                f"{base.messages:,} msgs of {base.size} B: {base.rate:,.0f} msg/s "
+                f"(publish pipelined + pull consume at once)",
+            ),
+            (
+                "baseline CPU",
+                f"{base.cpu:.2f} s/s; "
+                + ", ".join(f"{n} {c:.2f}" for n, c in base.servers.items() if c > 0.005)
+                + " s/s",
+            ),
+            ("end to end / baseline", f"{sustained / base.rate:.2f}x"),
+        ]
+    if WARNINGS:
+        rows.append(("log warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common())))
+    target = sustained >= 20_000 and p99 <= 50
+    rows.append(("targets ≥20,000/s, p99 ≤50 ms", "MET" if target else "not met"))
+    print("$ python " + " ".join(sys.argv))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+
+
+async def main(args: argparse.Namespace) -> None:
+    token = uuid.uuid4().hex[:8]
+    namespace = f"bench{token}"
+    prefix = namespace.upper()
+    database = f"tl_bench_{token}"
+    admin_url = args.postgres_url
+    database_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
+    await _admin(admin_url, f'CREATE DATABASE "{database}"')
+    try:
+        await upgrade_database(database_url)
+        settings = Settings(
+            database_url=database_url,
+            bus_url=args.nats_url,
+            cache_url=args.redis_url,
+            namespace=namespace,
+            bus_partitions=args.partitions,
+        )
+        e2e = await end_to_end(args, settings)
+        base = None
+        if args.baseline:
+            count = min(max(e2e.consumed, 10_000), args.baseline_max)
+            base = await baseline(args, prefix, count)
+    finally:
+        await delete_bus_streams(args.nats_url, prefix)
+        cache = aioredis.from_url(args.redis_url)
+        keys = [key async for key in cache.scan_iter(match=f"{namespace}:*", count=1000)]
+        if keys:
+            await cache.delete(*keys)
+        await cache.aclose()
+        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    report(args, e2e, base)
+
+
+def _local(url: str) -> str:
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0]
+    if host != "127.0.0.1":
+        raise argparse.ArgumentTypeError(f"only 127.0.0.1 is allowed, not {host!r}")
+    return url
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=20_000, help="ticks/s offered; 0 = max")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of offered load")
+    parser.add_argument("--drain", type=float, default=15.0, help="max seconds to drain after")
+    parser.add_argument(
+        "--fix-share", type=float, default=0.0, help="share of ticks over FIX (0..0.5)"
+    )
+    parser.add_argument("--partitions", type=int, default=8, help="bus partitions per topic")
+    parser.add_argument("--hub-queue", type=int, default=10_000, help="exchange queue/client")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch", type=int, default=500, help="baseline fetch batch")
+    parser.add_argument(
+        "--baseline-max", type=int, default=200_000, help="cap on baseline messages"
+    )
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--nats-url", type=_local, default="nats://127.0.0.1:4222")
+    parser.add_argument("--redis-url", type=_local, default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--postgres-url", type=_local, default="postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    args = parser.parse_args()
+    if not 0 <= args.fix_share <= 0.5:
+        parser.error("--fix-share must be between 0 and 0.5")
+    return args
+
+
+if __name__ == "__main__":
+    logging.disable(logging.WARNING)
+    structlog.configure(
+        processors=[_count_warnings],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    asyncio.run(main(parse_args()))
