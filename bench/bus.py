@@ -4,20 +4,23 @@ Measures the memory adapter, the NATS adapter, and raw nats-py JetStream doing t
 with the same pipelining (same in-flight ack window, same partitioned subjects, same
 ``Nats-Msg-Id`` header, same fetch batch), and prints the ratio adapter / raw.
 
-    python bench/bus.py                      # 20,000 messages, nats://127.0.0.1:4222
-    python bench/bus.py --messages 50000 --window 1024
+    python bench/bus.py                      # 6 rounds of 10,000 messages, nats://127.0.0.1:4222
+    python bench/bus.py --pairs 10 --messages 50000 --window 1024
     python bench/bus.py --no-nats            # memory adapter only
 
-What is measured:
-* publish: ``--rounds`` times one ``publish_many`` of ``--messages`` events (raw:
-  ``publish_async`` for each pre-encoded event, then wait for every ack), messages per second
-  until the last ack; the median round is shown (this 2-core machine is noisy).
+This 2-core machine is noisy: run in separate phases, the publish ratio swung from 0.58x to
+1.08x. So raw and adapter runs are interleaved in ``--pairs`` rounds (raw then adapter, then
+adapter then raw, alternating who goes first; an even count lets each go first equally often),
+each round compares its own two runs, and the ratio reported is the median of the per-round
+ratios; absolute figures are medians too. The default run takes about 30-45 seconds.
+
+What one run measures (every run gets fresh streams, deleted afterwards):
+* publish: one ``publish_many`` of ``--messages`` events (raw: ``publish_async`` for each
+  pre-encoded event, then wait for every ack), messages per second until the last ack.
 * consume: a batch consumer (``--batch`` events per fetch) subscribed after the publish,
   messages per second from subscribing until the last one is handled and acked.
 * latency: ``--latency-messages`` events published one at a time (each awaited) while a
   single-event consumer runs; time from just before publish to the handler, p50 and p99.
-
-Streams are created under a throwaway prefix and deleted at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shlex
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -82,22 +87,21 @@ async def wait_until(predicate: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.001)
 
 
-def percentile(samples: Sequence[float], q: float) -> float:
+def percentile(samples: Sequence[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
 
 
 async def bench_adapter(
     name: str, make: Callable[[], Awaitable[MemoryBus | NatsBus]], args: argparse.Namespace
 ) -> Figures:
+    """One run of the adapter made by ``make``: publish, then consume, then latency."""
     bus = await make()
     try:
-        rates = []
-        for _ in range(args.rounds):
-            items = make_events(args.messages)
-            started = time.perf_counter()
-            await bus.publish_many(TOPIC, items)
-            rates.append(args.messages / (time.perf_counter() - started))
-        total = args.messages * args.rounds
+        items = make_events(args.messages)
+        started = time.perf_counter()
+        await bus.publish_many(TOPIC, items)
+        publish_s = time.perf_counter() - started
+        total = args.messages
 
         handled = 0
 
@@ -127,7 +131,7 @@ async def bench_adapter(
         await bus.close()
     return Figures(
         name,
-        statistics.median(rates),
+        total / publish_s,
         total / consume_s,
         percentile(latencies, 50) * 1000,
         percentile(latencies, 99) * 1000,
@@ -141,23 +145,21 @@ async def bench_raw(args: argparse.Namespace, prefix: str) -> Figures:
     stream, subject = f"{prefix}_RAW", f"{prefix.lower()}raw"
     await js.add_stream(name=stream, subjects=[f"{subject}.*"], max_age=3600, duplicate_window=120)
     try:
-        rates = []
-        for _ in range(args.rounds):
-            payloads = [
-                (event.id, encode_event(event), key) for event, key in make_events(args.messages)
-            ]
-            started = time.perf_counter()  # encoding is left out: a strict baseline
-            acks = [
-                await js.publish_async(
-                    f"{subject}.{partition_of(key, args.partitions)}",
-                    data,
-                    headers={"Nats-Msg-Id": event_id, "Tl-Key": key},
-                )
-                for event_id, data, key in payloads
-            ]
-            await asyncio.gather(*acks)
-            rates.append(args.messages / (time.perf_counter() - started))
-        total = args.messages * args.rounds
+        payloads = [
+            (event.id, encode_event(event), key) for event, key in make_events(args.messages)
+        ]
+        started = time.perf_counter()  # encoding is left out: a strict baseline
+        acks = [
+            await js.publish_async(
+                f"{subject}.{partition_of(key, args.partitions)}",
+                data,
+                headers={"Nats-Msg-Id": event_id, "Tl-Key": key},
+            )
+            for event_id, data, key in payloads
+        ]
+        await asyncio.gather(*acks)
+        publish_s = time.perf_counter() - started
+        total = args.messages
 
         consumed = 0
         started = time.perf_counter()
@@ -188,7 +190,7 @@ async def bench_raw(args: argparse.Namespace, prefix: str) -> Figures:
         await nc.close()
     return Figures(
         "raw nats-py",
-        statistics.median(rates),
+        total / publish_s,
         total / consume_s,
         percentile(latencies, 50) * 1000,
         percentile(latencies, 99) * 1000,
@@ -239,67 +241,153 @@ async def raw_latency(
     return latencies
 
 
-def report(rows: list[Figures]) -> None:
+@dataclass
+class Pair:
+    first: str  # which of the two ran first in this round
+    raw: Figures
+    adapter: Figures
+
+    @property
+    def publish_ratio(self) -> float:
+        return self.adapter.publish_per_s / self.raw.publish_per_s
+
+    @property
+    def consume_ratio(self) -> float:
+        return self.adapter.consume_per_s / self.raw.consume_per_s
+
+
+def median_figures(name: str, runs: Sequence[Figures]) -> Figures:
+    return Figures(
+        name,
+        statistics.median(run.publish_per_s for run in runs),
+        statistics.median(run.consume_per_s for run in runs),
+        statistics.median(run.latency_p50_ms for run in runs),
+        statistics.median(run.latency_p99_ms for run in runs),
+    )
+
+
+def report_rounds(pairs: Sequence[Pair]) -> None:
+    print("per round (r = raw nats-py, a = nats adapter, ratio = a / r, first = which ran first):")
+    print(
+        f"{'round':>5}  {'first':<7}"
+        f"{'pub r':>9}{'pub a':>9}{'ratio':>7}  "
+        f"{'con r':>9}{'con a':>9}{'ratio':>7}  "
+        f"{'p50 r':>7}{'p50 a':>7}{'p99 r':>7}{'p99 a':>7}"
+    )
+    for number, pair in enumerate(pairs, 1):
+        print(
+            f"{number:>5}  {pair.first:<7}"
+            f"{pair.raw.publish_per_s:>9,.0f}{pair.adapter.publish_per_s:>9,.0f}"
+            f"{pair.publish_ratio:>6.2f}x  "
+            f"{pair.raw.consume_per_s:>9,.0f}{pair.adapter.consume_per_s:>9,.0f}"
+            f"{pair.consume_ratio:>6.2f}x  "
+            f"{pair.raw.latency_p50_ms:>7.2f}{pair.adapter.latency_p50_ms:>7.2f}"
+            f"{pair.raw.latency_p99_ms:>7.2f}{pair.adapter.latency_p99_ms:>7.2f}"
+        )
+    raw = median_figures("raw", [pair.raw for pair in pairs])
+    adapter = median_figures("adapter", [pair.adapter for pair in pairs])
+    print(
+        f"{'median':>5}  {'':<7}"
+        f"{raw.publish_per_s:>9,.0f}{adapter.publish_per_s:>9,.0f}"
+        f"{statistics.median(pair.publish_ratio for pair in pairs):>6.2f}x  "
+        f"{raw.consume_per_s:>9,.0f}{adapter.consume_per_s:>9,.0f}"
+        f"{statistics.median(pair.consume_ratio for pair in pairs):>6.2f}x  "
+        f"{raw.latency_p50_ms:>7.2f}{adapter.latency_p50_ms:>7.2f}"
+        f"{raw.latency_p99_ms:>7.2f}{adapter.latency_p99_ms:>7.2f}"
+    )
+    print()
+
+
+def report_summary(rows: Sequence[Figures], pairs: Sequence[Pair], memory_runs: int) -> None:
+    nats_runs = f", raw and adapter {len(pairs)} runs each" if pairs else ""
+    print(f"medians (memory {memory_runs} runs{nats_runs}):")
     print(f"{'':<14}{'publish msg/s':>15}{'consume msg/s':>15}{'p50 ms':>10}{'p99 ms':>10}")
     for row in rows:
         print(
             f"{row.name:<14}{row.publish_per_s:>15,.0f}{row.consume_per_s:>15,.0f}"
             f"{row.latency_p50_ms:>10.2f}{row.latency_p99_ms:>10.2f}"
         )
-    by_name = {row.name: row for row in rows}
-    if "nats adapter" in by_name and "raw nats-py" in by_name:
-        adapter, raw = by_name["nats adapter"], by_name["raw nats-py"]
+    if pairs:
+        publish = sorted(pair.publish_ratio for pair in pairs)
+        consume = sorted(pair.consume_ratio for pair in pairs)
         print(
-            f"nats adapter / raw: publish {adapter.publish_per_s / raw.publish_per_s:.2f}x, "
-            f"consume {adapter.consume_per_s / raw.consume_per_s:.2f}x"
+            "nats adapter / raw, median of per-round ratios: "
+            f"publish {statistics.median(publish):.2f}x "
+            f"(range {publish[0]:.2f}-{publish[-1]:.2f}), "
+            f"consume {statistics.median(consume):.2f}x "
+            f"(range {consume[0]:.2f}-{consume[-1]:.2f})"
         )
 
 
 async def main(args: argparse.Namespace) -> None:
-    prefix = f"BENCH{uuid.uuid4().hex[:8].upper()}"
+    print(f"command: {shlex.join(['python', *sys.argv])}")
+    server = args.nats_url if args.nats else "off"
+    print(
+        f"{args.pairs} round(s) x {args.messages:,} messages, {args.partitions} partitions, "
+        f"window {args.window}, consume batch {args.batch}, "
+        f"latency over {args.latency_messages:,} messages, nats {server}"
+    )
+    print()
+    run_id = uuid.uuid4().hex[:6].upper()
 
     async def memory() -> MemoryBus:
         bus = MemoryBus(MemoryBroker(partitions=args.partitions))
         await bus.start()
         return bus
 
-    async def nats_adapter() -> NatsBus:
-        bus = NatsBus(
-            args.nats_url,
-            partitions=args.partitions,
-            stream_prefix=prefix,
-            publish_window=args.window,
-            poll_interval=0.2,
-        )
-        await bus.start()
-        return bus
+    async def adapter_run(prefix: str) -> Figures:
+        async def nats_adapter() -> NatsBus:
+            bus = NatsBus(
+                args.nats_url,
+                partitions=args.partitions,
+                stream_prefix=prefix,
+                publish_window=args.window,
+                poll_interval=0.2,
+            )
+            await bus.start()
+            return bus
 
-    rows = [await bench_adapter("memory", memory, args)]
-    if args.nats:
         try:
-            rows.append(await bench_raw(args, prefix))
-            rows.append(await bench_adapter("nats adapter", nats_adapter, args))
+            return await bench_adapter("nats adapter", nats_adapter, args)
         finally:
             await delete_bus_streams(args.nats_url, prefix)
-    print(
-        f"{args.rounds} x {args.messages:,} messages, {args.partitions} partitions, "
-        f"window {args.window}, "
-        f"consume batch {args.batch}, latency over {args.latency_messages:,} messages"
-    )
-    report(rows)
+
+    memory_runs = [await bench_adapter("memory", memory, args) for _ in range(args.memory_runs)]
+    rows = [median_figures("memory", memory_runs)]
+    pairs: list[Pair] = []
+    if args.nats:
+        for number in range(args.pairs):
+            prefix = f"BENCH{run_id}R{number}"
+            if number % 2 == 0:
+                raw = await bench_raw(args, prefix)
+                adapter = await adapter_run(prefix)
+            else:
+                adapter = await adapter_run(prefix)
+                raw = await bench_raw(args, prefix)
+            pairs.append(Pair("raw" if number % 2 == 0 else "adapter", raw, adapter))
+        report_rounds(pairs)
+        rows.append(median_figures("raw nats-py", [pair.raw for pair in pairs]))
+        rows.append(median_figures("nats adapter", [pair.adapter for pair in pairs]))
+    report_summary(rows, pairs, len(memory_runs))
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--messages", type=int, default=20_000, help="messages to publish")
-    parser.add_argument("--rounds", type=int, default=3, help="publish rounds (median shown)")
-    parser.add_argument("--latency-messages", type=int, default=1_000, help="latency samples")
+    parser.add_argument("--messages", type=int, default=10_000, help="messages per run")
+    parser.add_argument(
+        "--pairs", type=int, default=6, help="rounds of one raw and one adapter run, interleaved"
+    )
+    parser.add_argument("--memory-runs", type=int, default=3, help="memory adapter runs")
+    parser.add_argument("--latency-messages", type=int, default=500, help="latency samples")
     parser.add_argument("--partitions", type=int, default=8, help="partitions per topic")
     parser.add_argument("--window", type=int, default=512, help="publish acks in flight")
     parser.add_argument("--batch", type=int, default=100, help="consume fetch batch size")
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--no-nats", dest="nats", action="store_false", help="memory only")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.pairs < 1 or args.memory_runs < 1 or args.messages < 1:
+        parser.error("--pairs, --memory-runs and --messages must be at least 1")
+    return args
 
 
 if __name__ == "__main__":

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import msgspec
 import pytest
+import structlog
 
 from tests.contract.conftest import BusFactory
 from tests.helpers import eventually
 from tradeloom.domain.events import DeadLettered, Event, OrderAccepted, decode_event, new_event
+from tradeloom.messaging.memory import MemoryBroker, MemoryBus
+from tradeloom.messaging.memory_log import PartitionLog, Record
 from tradeloom.messaging.port import ConsumerOptions, RetryPolicy
-from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
+from tradeloom.messaging.topics import DEAD_LETTER, MARKET_PRICE, ORDER_EVENTS
 
 TOPIC = ORDER_EVENTS.name
 FAST_RETRY = RetryPolicy(max_attempts=3, first_backoff=0.01, max_backoff=0.05)
@@ -32,6 +36,10 @@ def order_event(account: str, seq: int, *, note: str = "") -> Event:
         correlation_id=f"corr-{account}-{seq}",
         account_id=account,
     )
+
+
+def keyed(events: Sequence[Event]) -> list[tuple[Event, str]]:
+    return [(event, event.account_id or "") for event in events]
 
 
 def seq_of(event: Event) -> tuple[str, int]:
@@ -236,6 +244,18 @@ async def test_exhausted_retries_go_to_the_dead_letter_topic(bus_factory: BusFac
     assert bus.stats.dead_lettered == 1
 
 
+async def test_a_group_created_later_gets_the_retained_events(bus_factory: BusFactory) -> None:
+    bus = await bus_factory.new()
+    events = [order_event(f"acc{i % 4}", i) for i in range(30)]
+    await bus.publish_many(TOPIC, keyed(events))
+
+    late = Recorder()
+    await bus.subscribe(TOPIC, "late", late, FAST)
+
+    await eventually(lambda: len(late.events) >= 30)
+    assert sorted(late.ids()) == sorted(event.id for event in events)
+
+
 async def test_batch_handler_gets_batches(bus_factory: BusFactory) -> None:
     bus = await bus_factory.new()
     got = Recorder()
@@ -306,3 +326,181 @@ async def test_a_closed_bus_refuses_work(bus_factory: BusFactory) -> None:
         await bus.ping()
     with pytest.raises(ConnectionError):
         await bus.publish(TOPIC, order_event("acc1", 1), "acc1")
+
+
+# The in-memory broker's retention. Not part of the port (a NATS limits stream keeps what was
+# acknowledged until max_age); these prove the embedded default does not grow without bound.
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Embedded:
+    broker: MemoryBroker
+    bus: MemoryBus
+    clock: FakeMonotonic
+
+
+@pytest.fixture
+async def embedded() -> AsyncIterator[Embedded]:
+    clock = FakeMonotonic()
+    broker = MemoryBroker(partitions=4, monotonic=clock)
+    bus = MemoryBus(broker, keep_alive_every=0.1)
+    await bus.start()
+    try:
+        yield Embedded(broker, bus, clock)
+    finally:
+        await bus.close()
+
+
+async def test_memory_broker_drops_what_every_group_acknowledged(embedded: Embedded) -> None:
+    bus, broker = embedded.bus, embedded.broker
+    single, batched = Recorder(), Recorder()
+    await bus.subscribe(TOPIC, "single", single, FAST)
+    options = ConsumerOptions(retry=FAST_RETRY, ack_wait=1.0, max_batch=50, max_wait=0.01)
+    await bus.subscribe_batch(TOPIC, "batched", batched.batch, options)
+    events = [order_event(f"acc{i % 7}", i) for i in range(3000)]
+
+    for start in range(0, len(events), 250):
+        await bus.publish_many(TOPIC, keyed(events[start : start + 250]))
+
+    await eventually(lambda: bus.stats.handled == 2 * len(events), within=20)
+    assert len(single.events) == len(batched.events) == len(events)
+    await eventually(
+        lambda: broker.retained(TOPIC) == 0, message=lambda: f"{broker.retained(TOPIC)} kept"
+    )
+
+
+async def test_memory_broker_keeps_what_a_group_has_not_acknowledged(embedded: Embedded) -> None:
+    bus, broker = embedded.bus, embedded.broker
+    idle = await bus.subscribe(TOPIC, "idle", Recorder(), FAST)
+    await idle.stop()  # the group stays, like a durable consumer nobody reads for a while
+    busy = Recorder()
+    await bus.subscribe(TOPIC, "busy", busy, FAST)
+    events = [order_event(f"acc{i % 5}", i) for i in range(300)]
+
+    await bus.publish_many(TOPIC, keyed(events))
+
+    await eventually(lambda: bus.stats.handled == 300)
+    assert broker.retained(TOPIC) == 300, "the idle group has acknowledged none of them"
+    back = Recorder()
+    await bus.subscribe(TOPIC, "idle", back, FAST)
+    await eventually(lambda: len(back.events) == 300)
+    assert sorted(back.ids()) == sorted(event.id for event in events)
+    await eventually(lambda: broker.retained(TOPIC) == 0)
+
+
+async def test_memory_broker_late_group_starts_at_the_oldest_retained(embedded: Embedded) -> None:
+    bus, broker = embedded.bus, embedded.broker
+    early = await bus.subscribe(TOPIC, "early", Recorder(), FAST)
+    consumed = [order_event(f"acc{i % 5}", i) for i in range(100)]
+    await bus.publish_many(TOPIC, keyed(consumed))
+    await eventually(lambda: bus.stats.handled == 100 and broker.retained(TOPIC) == 0)
+    await early.stop()
+    retained = [order_event(f"acc{i % 5}", i) for i in range(100, 150)]
+    await bus.publish_many(TOPIC, keyed(retained))
+    assert broker.retained(TOPIC) == 50
+
+    late = Recorder()
+    await bus.subscribe(TOPIC, "late", late, FAST)
+
+    await eventually(lambda: len(late.events) >= 50)
+    assert sorted(late.ids()) == sorted(event.id for event in retained)
+
+
+async def test_memory_broker_drops_records_older_than_the_retention(embedded: Embedded) -> None:
+    bus, broker, clock = embedded.bus, embedded.broker, embedded.clock
+    price = MARKET_PRICE.name
+    stalled = await bus.subscribe(price, "stalled", Recorder(), FAST)
+    await stalled.stop()
+    old = [order_event("BTC-USD", i) for i in range(10)]
+    await bus.publish_many(price, [(event, "BTC-USD") for event in old])
+    assert broker.retained(price) == 10
+
+    clock.now += MARKET_PRICE.retention.total_seconds() + 1
+    fresh = order_event("ETH-USD", 10)
+    with structlog.testing.capture_logs() as logs:
+        await bus.publish(price, fresh, "ETH-USD")
+
+    assert broker.retained(price) == 1
+    dropped = [log for log in logs if log["event"] == "bus.retention_dropped_unconsumed"]
+    assert [(log["group"], log["skipped"]) for log in dropped] == [("stalled", 10)]
+    resumed, newcomer = Recorder(), Recorder()
+    await bus.subscribe(price, "stalled", resumed, FAST)
+    await bus.subscribe(price, "newcomer", newcomer, FAST)
+    await eventually(lambda: len(resumed.events) >= 1 and len(newcomer.events) >= 1)
+    assert resumed.ids() == newcomer.ids() == [fresh.id]
+
+
+async def test_memory_broker_keeps_an_expired_record_while_it_is_handed_out(
+    embedded: Embedded,
+) -> None:
+    bus, broker, clock = embedded.bus, embedded.broker, embedded.clock
+    price = MARKET_PRICE.name
+    release = asyncio.Event()
+    handled: list[Event] = []
+
+    async def slow(event: Event) -> None:
+        await release.wait()
+        handled.append(event)
+
+    await bus.subscribe(price, "slow", slow, ConsumerOptions(retry=FAST_RETRY, ack_wait=30))
+    events = [order_event("BTC-USD", i) for i in range(3)]
+    await bus.publish_many(price, [(event, "BTC-USD") for event in events])
+    clock.now += MARKET_PRICE.retention.total_seconds() + 1
+
+    try:
+        await bus.publish(price, order_event("ETH-USD", 3), "ETH-USD")
+
+        assert broker.retained(price) >= 3, "the handed-out record and those behind it stay"
+    finally:
+        release.set()  # else closing the bus would wait for the handler forever
+    await eventually(lambda: len(handled) == 4)
+    assert [event.id for event in handled if event.account_id == "BTC-USD"] == [
+        event.id for event in events
+    ]
+    await eventually(lambda: broker.retained(price) == 0)
+
+
+async def test_memory_broker_forgets_event_ids_after_the_dedup_window(embedded: Embedded) -> None:
+    bus, broker, clock = embedded.bus, embedded.broker, embedded.clock
+    got = Recorder()
+    await bus.subscribe(TOPIC, "dedup", got, FAST)
+    event = order_event("acc1", 0)
+    await bus.publish(TOPIC, event, "acc1")
+    await bus.publish(TOPIC, event, "acc1")
+    others = [order_event("acc2", i) for i in range(1, 100)]
+    await bus.publish_many(TOPIC, keyed(others))
+    assert broker.remembered_ids(TOPIC) == 100
+
+    clock.now += 121
+    await bus.publish(TOPIC, event, "acc1")  # outside the window: a new publish
+
+    assert broker.remembered_ids(TOPIC) == 1
+    await eventually(lambda: len(got.events) == 101)
+    assert got.ids().count(event.id) == 2
+
+
+def test_partition_log_offsets_survive_trimming() -> None:
+    log = PartitionLog()
+    for offset in range(5000):
+        assert log.append(Record(str(offset).encode(), "k", float(offset))) == offset
+
+    assert log.drop_before(4000) == 4000
+    assert log.drop_before(10) == 0
+
+    assert (log.base, log.end, len(log)) == (4000, 5000, 1000)
+    assert log.get(4321).data == b"4321"
+    assert log.first_younger_than(4500.0, limit=4200) == 4200
+    assert log.first_younger_than(4500.0, limit=log.end) == 4500
+    with pytest.raises(IndexError):
+        log.get(3999)
+    assert log.append(Record(b"next", "k", 5000.0)) == 5000
+    assert log.drop_before(10_000) == 1001
+    assert (log.base, len(log), log.oldest()) == (5001, 0, None)

@@ -1,32 +1,25 @@
 """The in-process event bus: the port's exact semantics without a server.
 
-:class:`MemoryBroker` is the shared state a server would hold: per-topic partitioned logs, a
-deduplication window per topic, and per group a cursor and at most one hand-out in flight per
-partition, with an ack deadline. :class:`MemoryBus` is a client of it, like one process's
-connection: several buses attached to one broker behave like several processes, and
-:meth:`MemoryBus.abort` simulates one of them dying with unacknowledged work.
+:class:`~tradeloom.messaging.memory_broker.MemoryBroker` is the shared state a server would
+hold (partitioned logs with retention, dedup windows, group cursors); :class:`MemoryBus` is a
+client of it, like one process's connection: several buses attached to one broker behave like
+several processes, and :meth:`MemoryBus.abort` simulates one of them dying with unacknowledged
+work.
 
 Guarantees (the contract suite checks each against this adapter and NATS):
 
 * Events are encoded with ``encode_event`` on publish and decoded on delivery, so a handler
   never shares an object with the publisher and unserializable events fail at publish time.
-* A key always maps to the same partition (:func:`partition_of`). Per group and partition one
-  hand-out is in flight at a time (one event for single handlers, up to ``max_batch`` for batch
-  handlers, handled in order), so events of a key are handled in publish order; different
-  partitions are handed to members in parallel, round-robin over the group's members.
-* A hand-out not fully acknowledged within ``ack_wait`` (its member died, or is too slow) is
-  handed out again, possibly to another member; that counts as a failed attempt.
+* Per-key order, group sharing, ack deadlines and retention are the broker's: see
+  :mod:`~tradeloom.messaging.memory_broker`. The broker drops what every group acknowledged
+  and what is older than the topic's retention, so the embedded default can run for days.
 * Everything runs on the one event loop of the process; nothing here is thread-safe.
-  The broker keeps every event for its lifetime (it is for tests and the embedded default).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import structlog
 
@@ -39,7 +32,7 @@ from tradeloom.messaging.delivery import (
     DeliveryRunner,
     DeliveryStats,
 )
-from tradeloom.messaging.partitioning import partition_of
+from tradeloom.messaging.memory_broker import Member, MemoryBroker
 from tradeloom.messaging.port import (
     BatchHandler,
     ConsumerOptions,
@@ -48,168 +41,9 @@ from tradeloom.messaging.port import (
 )
 from tradeloom.messaging.topics import DEAD_LETTER, topic
 
+__all__ = ["MemoryBroker", "MemoryBus"]
+
 _log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class _Record:
-    data: bytes
-    key: str
-
-
-@dataclass(slots=True)
-class _Handout:
-    """Records ``start .. start+count`` of one partition, handed to one member."""
-
-    token: int
-    member: _Member
-    start: int
-    count: int
-    timer: asyncio.TimerHandle
-    acked: int = 0
-
-
-@dataclass(slots=True)
-class _Cursor:
-    offset: int = 0  # the oldest record this group has not acknowledged
-    handout: _Handout | None = None
-    prior_attempts: dict[int, int] = field(default_factory=dict)  # offset -> failed deliveries
-
-
-@dataclass(slots=True)
-class _Group:
-    topic: str
-    name: str
-    cursors: list[_Cursor]
-    members: list[_Member] = field(default_factory=list)
-    turn: int = 0
-
-
-class _Member:
-    """One subscription's seat in a group; the broker hands it records to run."""
-
-    def __init__(self, options: ConsumerOptions, run: Callable[[list[Delivery]], None]) -> None:
-        self.options = options
-        self.run = run
-
-
-class MemoryBroker:
-    """The shared state of an in-process bus; attach one or more :class:`MemoryBus` to it."""
-
-    def __init__(self, *, partitions: int = 8, dedup_window: float = 120.0) -> None:
-        if dedup_window < 120.0:
-            raise ValueError("the dedup window must be at least two minutes")
-        self.partitions = partitions
-        self._dedup_window = dedup_window
-        self._logs: dict[str, list[list[_Record]]] = {}
-        self._seen: dict[str, OrderedDict[str, float]] = {}
-        self._groups: dict[tuple[str, str], _Group] = {}
-        self._tokens = itertools.count(1)
-
-    def append(self, topic_name: str, event_id: str, data: bytes, key: str) -> None:
-        """Store one event unless its id was seen on this topic within the dedup window."""
-        now = asyncio.get_running_loop().time()
-        seen = self._seen.setdefault(topic_name, OrderedDict())
-        while seen and next(iter(seen.values())) < now - self._dedup_window:
-            seen.popitem(last=False)
-        if event_id in seen:
-            return
-        seen[event_id] = now
-        self._log(topic_name)[partition_of(key, self.partitions)].append(_Record(data, key))
-        for group in self._groups.values():
-            if group.topic == topic_name:
-                self._pump(group)
-
-    def join(self, topic_name: str, group_name: str, member: _Member) -> None:
-        group = self._groups.get((topic_name, group_name))
-        if group is None:
-            group = _Group(topic_name, group_name, [_Cursor() for _ in range(self.partitions)])
-            self._groups[(topic_name, group_name)] = group
-        group.members.append(member)
-        self._pump(group)
-
-    def leave(self, topic_name: str, group_name: str, member: _Member) -> None:
-        """Stop handing ``member`` new work; what it holds is acked or expires on its own."""
-        group = self._groups[(topic_name, group_name)]
-        group.members.remove(member)
-
-    def _log(self, topic_name: str) -> list[list[_Record]]:
-        return self._logs.setdefault(topic_name, [[] for _ in range(self.partitions)])
-
-    def _pump(self, group: _Group) -> None:
-        log = self._log(group.topic)
-        for partition, cursor in enumerate(group.cursors):
-            if cursor.handout is None and cursor.offset < len(log[partition]) and group.members:
-                member = group.members[group.turn % len(group.members)]
-                group.turn += 1
-                self._hand_out(group, partition, member, log[partition])
-
-    def _hand_out(
-        self, group: _Group, partition: int, member: _Member, records: list[_Record]
-    ) -> None:
-        cursor = group.cursors[partition]
-        start = cursor.offset
-        count = min(member.options.max_batch, len(records) - start)
-        token = next(self._tokens)
-        timer = self._deadline(group, partition, token, member.options.ack_wait)
-        cursor.handout = _Handout(token, member, start, count, timer)
-        deliveries = [
-            self._delivery(group, partition, token, offset, records[offset])
-            for offset in range(start, start + count)
-        ]
-        member.run(deliveries)
-
-    def _delivery(
-        self, group: _Group, partition: int, token: int, offset: int, record: _Record
-    ) -> Delivery:
-        async def ack() -> None:
-            self._ack(group, partition, token, offset)
-
-        async def keep_alive() -> None:
-            handout = group.cursors[partition].handout
-            if handout is not None and handout.token == token:
-                handout.timer.cancel()
-                wait = handout.member.options.ack_wait
-                handout.timer = self._deadline(group, partition, token, wait)
-
-        prior = group.cursors[partition].prior_attempts.get(offset, 0)
-        return Delivery(record.data, record.key, prior, ack, keep_alive)
-
-    def _deadline(
-        self, group: _Group, partition: int, token: int, ack_wait: float
-    ) -> asyncio.TimerHandle:
-        loop = asyncio.get_running_loop()
-        return loop.call_later(ack_wait, self._expire, group, partition, token)
-
-    def _ack(self, group: _Group, partition: int, token: int, offset: int) -> None:
-        cursor = group.cursors[partition]
-        handout = cursor.handout
-        if handout is None or handout.token != token or offset != cursor.offset:
-            return  # a late ack of a hand-out that already expired and went elsewhere
-        cursor.prior_attempts.pop(offset, None)
-        cursor.offset += 1
-        handout.acked += 1
-        if handout.acked == handout.count:
-            handout.timer.cancel()
-            cursor.handout = None
-            self._pump(group)
-
-    def _expire(self, group: _Group, partition: int, token: int) -> None:
-        cursor = group.cursors[partition]
-        handout = cursor.handout
-        if handout is None or handout.token != token:
-            return
-        _log.warning(
-            "bus.ack_deadline_passed",
-            topic=group.topic,
-            group=group.name,
-            partition=partition,
-            unacked=handout.count - handout.acked,
-        )
-        for offset in range(cursor.offset, handout.start + handout.count):
-            cursor.prior_attempts[offset] = cursor.prior_attempts.get(offset, 0) + 1
-        cursor.handout = None
-        self._pump(group)
 
 
 class _MemorySubscription:
@@ -230,7 +64,7 @@ class _MemorySubscription:
         self._runner = runner
         self._handle = handle
         self._tasks: set[asyncio.Future[None]] = set()
-        self._member = _Member(options, self._run)
+        self._member = Member(options, self._run)
         self._active = True
         broker.join(topic_name, group, self._member)
 

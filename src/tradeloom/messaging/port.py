@@ -81,7 +81,13 @@ class EventBus(Protocol):
 
     async def publish_many(self, topic: str, items: Sequence[tuple[Event, str]]) -> None:
         """Publish ``(event, key)`` pairs pipelined; returns when every one is acknowledged.
-        Per-key order is the order of ``items``."""
+        Per-key order is the order of ``items``.
+
+        Not atomic: when it raises, some events may have been stored and others not, and a
+        later event of a key may have been stored without an earlier one. The caller must
+        retry the whole batch (not just the tail); event-id deduplication absorbs the events
+        that were stored the first time, so none is delivered twice. (If a later event of a
+        key was stored without an earlier one, the retry stores the earlier one after it.)"""
 
     async def subscribe(
         self,
