@@ -1,0 +1,258 @@
+"""The broker gateway: the bridge between a broker's callback thread and the event loop.
+
+What it guarantees:
+
+* **Thread seam.** The broker's thread does one thing only: ``loop.call_soon_threadsafe``.
+  Every future, queue and task is touched on the loop, never from the broker's thread.
+* **Nothing is lost.** EVERY report reaches ``report_sink`` exactly once, whether or not a
+  caller was still waiting for it: a late ack after a timeout, the 2nd and 3rd partial fill,
+  a fill nobody asked about. A sink that raises is logged, counted and retried (with capped
+  backoff) until it takes the report: per-account order forbids skipping one. With a
+  ``dead_letter`` sink, a report refused ``dead_letter_after`` times goes there instead, so a
+  poisoned report cannot block its account forever (see ``AccountDispatcher``).
+* **Order per account.** Reports of one account reach the sink in the order the broker
+  produced them, one at a time (single writer per account); accounts proceed in parallel.
+* **Answers.** ``submit``/``cancel``/``amend`` wait (with a timeout) for the first report
+  that answers them (see ``ANSWERS``) and return it. The return value is for flow control
+  only: publishing is the sink's job, so never publish from it too. It may return before the
+  sink has been given the same report.
+* **Fail fast.** Timeouts and adapter errors feed a circuit breaker; while it is open calls
+  raise :class:`BrokerUnavailable` at once, without reaching the broker.
+* **Adaptive timeout.** Latency from submit to the first report of the order is measured on
+  the injected clock (late answers included); while its p95 over the recent window exceeds
+  ``slow_latency`` (2 s), the timeout is ``slow_timeout`` (30 s) instead of ``timeout`` (10 s),
+  so a slow but alive broker is waited for before the breaker opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
+
+import structlog
+
+from tradeloom.broker.adapter import BrokerAdapter, BrokerTimeout, BrokerUnavailable
+from tradeloom.broker.dispatch import AccountDispatcher, ReportSink
+from tradeloom.broker.latency import LatencyWindow
+from tradeloom.broker.reports import (
+    ANSWERS,
+    AmendRequest,
+    BrokerReport,
+    BrokerRequest,
+    CancelRequest,
+    SubmitOrder,
+)
+from tradeloom.domain.events import PriceUpdate
+from tradeloom.domain.time import Clock
+from tradeloom.resilience.circuit_breaker import CircuitBreaker
+
+log = structlog.get_logger("tradeloom.broker.gateway")
+
+_MAX_UNANSWERED = 100_000
+_Waiter = tuple[type[BrokerRequest], "asyncio.Future[BrokerReport]"]
+R = TypeVar("R", SubmitOrder, CancelRequest, AmendRequest)
+
+
+class BrokerGateway:
+    """One per broker connection. ``report_sink`` gets every report (per-account order);
+    ``observe_latency`` (e.g. a histogram's ``observe``) gets each submit → first-report
+    latency in seconds; ``clock`` times those latencies and the breaker's cool-down, while the
+    timeouts themselves run on the loop's time."""
+
+    def __init__(
+        self,
+        adapter: BrokerAdapter,
+        report_sink: ReportSink,
+        *,
+        breaker: CircuitBreaker,
+        clock: Clock,
+        timeout: float = 10.0,
+        slow_timeout: float = 30.0,
+        slow_latency: float = 2.0,
+        latency_window: int = 200,
+        sink_retry_delay: float = 0.05,
+        sink_retry_max_delay: float = 2.0,
+        dead_letter: ReportSink | None = None,
+        dead_letter_after: int = 10,
+        observe_latency: Callable[[float], None] | None = None,
+    ) -> None:
+        self._adapter = adapter
+        self._breaker = breaker
+        self._clock = clock
+        self._timeout = timeout
+        self._slow_timeout = slow_timeout
+        self._slow_latency = slow_latency
+        self._latencies = LatencyWindow(latency_window)
+        self._observe_latency = observe_latency
+        self._dispatcher = AccountDispatcher(
+            report_sink,
+            retry_delay=sink_retry_delay,
+            retry_max_delay=sink_retry_max_delay,
+            dead_letter=dead_letter,
+            dead_letter_after=dead_letter_after,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: dict[str, list[_Waiter]] = {}
+        self._sent_at: dict[str, datetime] = {}
+        self.reports_received = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._adapter.start(self._report_from_broker)
+
+    async def stop(self, drain_within: float = 10.0) -> None:
+        """Stop the adapter, then deliver every report already received (up to
+        ``drain_within`` seconds; what is left then is logged as undelivered). Calls still
+        waiting raise :class:`BrokerTimeout`: their requests were sent, the outcome is unknown."""
+        await asyncio.to_thread(self._adapter.stop)
+        await asyncio.sleep(0)  # let reports handed over by the broker thread land
+        await self._dispatcher.close(drain_within)
+        for waiters in self._waiters.values():
+            for _, future in waiters:
+                if not future.done():  # sent, outcome unknown: a timeout, not "unavailable"
+                    future.set_exception(BrokerTimeout("the gateway stopped before an answer"))
+        self._waiters.clear()
+        self._loop = None
+
+    async def wait_delivered(self) -> None:
+        """Return once every report received so far has been taken by the sink."""
+        await self._dispatcher.wait_delivered()
+
+    @property
+    def reports_delivered(self) -> int:
+        return self._dispatcher.delivered
+
+    @property
+    def sink_failures(self) -> int:
+        return self._dispatcher.failures
+
+    @property
+    def reports_dead_lettered(self) -> int:
+        return self._dispatcher.dead_lettered
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def submit(self, request: SubmitOrder) -> BrokerReport:
+        """Send an order; return the first report that answers it.
+
+        Raises :class:`BrokerTimeout` (the order stays tracked: later reports still reach the
+        sink) or :class:`BrokerUnavailable` (breaker open, or the adapter refused the call).
+        """
+        return await self._call(request, self._adapter.submit)
+
+    async def cancel(self, request: CancelRequest) -> BrokerReport:
+        return await self._call(request, self._adapter.cancel)
+
+    async def amend(self, request: AmendRequest) -> BrokerReport:
+        return await self._call(request, self._adapter.amend)
+
+    def on_price(self, update: PriceUpdate) -> None:
+        self._adapter.on_price(update)
+
+    @property
+    def current_timeout(self) -> float:
+        p95 = self._latencies.p95()
+        slow = p95 is not None and p95 > self._slow_latency
+        return self._slow_timeout if slow else self._timeout
+
+    @property
+    def latency_p95(self) -> float | None:
+        """p95 of submit → first report, in seconds; None until enough samples."""
+        return self._latencies.p95()
+
+    async def _call(self, request: R, send: Callable[[R], None]) -> BrokerReport:
+        if self._loop is None:
+            raise BrokerUnavailable("the broker gateway is not started")
+        if not self._breaker.allow():
+            raise BrokerUnavailable(f"broker circuit is {self._breaker.state}")
+        future: asyncio.Future[BrokerReport] = self._loop.create_future()
+        waiter: _Waiter = (type(request), future)
+        self._waiters.setdefault(request.order_id, []).append(waiter)
+        if isinstance(request, SubmitOrder):
+            self._track_latency(request.order_id)
+        try:
+            send(request)
+        except Exception as exc:
+            self._forget(request.order_id, waiter)
+            self._breaker.record_failure()
+            log.exception("broker.request_failed", order_id=request.order_id)
+            raise BrokerUnavailable(f"the broker refused the request: {exc}") from exc
+        return await self._await_answer(request, waiter)
+
+    async def _await_answer(self, request: BrokerRequest, waiter: _Waiter) -> BrokerReport:
+        timeout = self.current_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                report = await waiter[1]
+        except TimeoutError:
+            self._forget(request.order_id, waiter)
+            self._breaker.record_failure()
+            log.warning("broker.timeout", order_id=request.order_id, timeout=timeout)
+            raise BrokerTimeout(
+                f"no answer from the broker for order {request.order_id} within {timeout}s"
+            ) from None
+        except asyncio.CancelledError:
+            self._forget(request.order_id, waiter)
+            raise
+        self._breaker.record_success()
+        return report
+
+    def _track_latency(self, order_id: str) -> None:
+        """Remember when ``order_id`` was sent, until its first report (late ones included).
+        Orders the broker never answers at all are dropped oldest first past a bound."""
+        self._sent_at.setdefault(order_id, self._clock.now())
+        if len(self._sent_at) > _MAX_UNANSWERED:
+            del self._sent_at[next(iter(self._sent_at))]
+
+    def _forget(self, order_id: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(order_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(order_id, None)
+
+    # -- reports ----------------------------------------------------------------------------
+
+    def _report_from_broker(self, report: BrokerReport) -> None:
+        """Runs on the BROKER'S thread (any thread).
+
+        ASYNC/SYNC SEAM: the only thing done here is handing the report to the event loop with
+        ``call_soon_threadsafe``; no asyncio object is touched from this thread. Calls from one
+        thread run on the loop in the order they were made, which keeps the broker's order.
+        """
+        loop = self._loop
+        if loop is None:
+            log.error("broker.report_while_stopped", report=repr(report))
+            return
+        try:
+            loop.call_soon_threadsafe(self._receive, report)
+        except RuntimeError:
+            log.error("broker.report_after_loop_closed", report=repr(report))
+
+    def _receive(self, report: BrokerReport) -> None:
+        """On the loop: answer whoever waits, measure latency, queue for the account writer."""
+        self.reports_received += 1
+        sent_at = self._sent_at.pop(report.order_id, None)
+        if sent_at is not None:
+            seconds = (self._clock.now() - sent_at).total_seconds()
+            self._latencies.add(seconds)
+            if self._observe_latency is not None:
+                self._observe_latency(seconds)
+        self._answer_waiters(report)
+        self._dispatcher.put(report)
+
+    def _answer_waiters(self, report: BrokerReport) -> None:
+        waiters = self._waiters.get(report.order_id)
+        if not waiters:
+            return
+        answered = [w for w in waiters if isinstance(report, ANSWERS[w[0]])]
+        for waiter in answered:
+            waiters.remove(waiter)
+            if not waiter[1].done():
+                waiter[1].set_result(report)
+        if not waiters:
+            del self._waiters[report.order_id]

@@ -1,0 +1,1 @@
+"""Resilience building blocks shared by every call that leaves the process."""
