@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 
@@ -138,4 +139,80 @@ candles = Table(
     Column("trades", Integer(), nullable=False),
     Column("closed", Boolean(), nullable=False),
     PrimaryKeyConstraint("symbol", "interval", "start"),
+)
+
+
+# Trading accounts. ``opening_cash`` never changes; ``cash`` is kept current from fills by the
+# read side. ``owner`` is indexed for "the accounts of this user".
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False, index=True),
+    Column("currency", String(3), nullable=False),
+    Column("opening_cash", ExactDecimal(), nullable=False),
+    Column("cash", ExactDecimal(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+
+# The OMS's order state (command side). ``client_order_id`` is unique per account: placing
+# an order twice with the same one returns the first order.
+orders = Table(
+    "orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("client_order_id", String(64), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("side", String(8), nullable=False),
+    Column("order_type", String(16), nullable=False),
+    Column("time_in_force", String(8), nullable=False),
+    Column("quantity", ExactDecimal(), nullable=False),
+    Column("limit_price", ExactDecimal(), nullable=True),
+    Column("stop_price", ExactDecimal(), nullable=True),
+    Column("status", String(24), nullable=False),
+    Column("status_before_request", String(24), nullable=True),
+    Column("filled_quantity", ExactDecimal(), nullable=False),
+    Column("average_fill_price", ExactDecimal(), nullable=True),
+    Column("reason", Text(), nullable=True),
+    Column("correlation_id", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("account_id", "client_order_id"),
+)
+Index("ix_orders_account_id_status", orders.c.account_id, orders.c.status)
+
+# Fills applied to an order's state, by fill id: the same fill is never applied twice.
+order_fills = Table(
+    "order_fills",
+    metadata,
+    Column("order_id", String(64), nullable=False),
+    Column("fill_id", String(64), nullable=False),
+    PrimaryKeyConstraint("order_id", "fill_id"),
+)
+
+# What execution sent to the broker: one row per order, inserted before the broker is called,
+# so a redelivered order.submitted never reaches the broker twice.
+broker_orders = Table(
+    "broker_orders",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("side", String(8), nullable=False),
+    Column("correlation_id", String(64), nullable=False),
+    Column("causation_id", String(64), nullable=False),
+    Column("broker_order_id", String(64), nullable=True),
+    Column("sent_at", UtcDateTime(), nullable=False),
+)
+
+# Broker reports already turned into events, by report id (fill id, or order id and kind):
+# a report the broker repeats, or that is handled again after a crash, publishes nothing new.
+broker_reports = Table(
+    "broker_reports",
+    metadata,
+    Column("report_id", String(128), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
 )

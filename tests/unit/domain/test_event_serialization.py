@@ -36,6 +36,11 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
         return strategy_for(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         return st.one_of(*(strategy_for(arg) for arg in typing.get_args(annotation)))
+    if origin is tuple:  # tuple[X, ...]
+        item = typing.get_args(annotation)[0]
+        return st.lists(strategy_for(item), max_size=3).map(tuple)
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return struct_strategy(annotation)
     if annotation is type(None):
         return st.none()
     if annotation is Decimal:
@@ -53,13 +58,14 @@ def strategy_for(annotation: Any) -> st.SearchStrategy[Any]:
     raise NotImplementedError(f"no strategy for {annotation!r}")
 
 
-def payloads() -> st.SearchStrategy[events.Payload]:
-    def build(cls: type[events.Payload]) -> st.SearchStrategy[events.Payload]:
-        hints = typing.get_type_hints(cls, include_extras=True)
-        fields = {f.name: strategy_for(hints[f.name]) for f in msgspec.structs.fields(cls)}
-        return st.builds(cls, **fields)
+def struct_strategy(cls: type[Any]) -> st.SearchStrategy[Any]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: strategy_for(hints[f.name]) for f in msgspec.structs.fields(cls)}
+    return st.builds(cls, **fields)
 
-    return st.one_of(*(build(cls) for cls in PAYLOAD_TYPES))
+
+def payloads() -> st.SearchStrategy[events.Payload]:
+    return st.one_of(*(struct_strategy(cls) for cls in PAYLOAD_TYPES))
 
 
 events_strategy = st.builds(
