@@ -8,24 +8,33 @@ the baseline, so the figures can be read as a ratio on a noisy shared machine.
     python bench/market_data.py --rate 0           # as fast as the exchange can send
     python bench/market_data.py --fix-share 0.1    # 10 % of the ticks over FIX 4.4
 
-What runs where:
+What runs where (three processes, as three deployments would run them on one host):
 
 * **The exchange** (seeded simulator, paced pump, loopback WebSocket / FIX servers) runs in a
-  child process, as a real exchange would be outside the platform; its CPU is reported apart.
+  child process, as a real exchange would be outside the platform.
   JSON over WebSocket is the wire by default; FIX (pure-Python simplefix, ~8k ticks/s at most
   here) only carries ``--fix-share`` of the rate, on its own disjoint symbols.
-* **This process** is one market-data service as ``tradeloom serve`` builds it: the feed
-  clients, ``PricePublisher`` → ``market.price`` on NATS → ``PriceConsumer`` → the last-price
-  cache (Redis), candles (PostgreSQL, with ``candle.closed`` through the outbox relay) and the
-  fan-out (Redis pub/sub). All on one event loop.
+* **Ingestion** runs in a second child process: the feed clients (normalization included) and
+  a ``PricePublisher`` on a ``NatsBus`` built by ``bootstrap.build_bus`` with the same settings
+  (namespace, partitions), publishing ``PriceBatch`` events to ``market.price``.
+* **This process** is the consumer side of the market-data service as ``build_platform``
+  wires it: ``PriceConsumer`` → the last-price cache (Redis), candles (PostgreSQL, with
+  ``candle.closed`` through the outbox relay) and the fan-out (Redis pub/sub), on one event
+  loop. No feed is published from here (its ``PricePublisher`` is started but never fed: an
+  idle task waiting on an empty queue).
 
 Figures: offered ticks/s (what the exchange sent; ticks it had to drop because the feed client
 did not read them count as offered, not delivered), consumed updates/s over the offered window
 (the sustained end-to-end rate), the backlog when the exchange stops and how long it takes to
-drain, p50/p99/max feed-to-cache latency over every update (from ``occurred_at``, set when the
-feed handed the update to the publisher, to the completed last-price write), CPU seconds per
-wall second of this process, the exchange and the servers (nats-server, redis-server,
-postgres, read from /proc), and peak RSS.
+drain, p50/p99/max feed-to-cache latency over every update (from ``occurred_at``, set in the
+ingest process when the feed handed the batch's first update to the publisher, to the completed
+last-price write in this process; both read the same host's wall clock, so there is no clock
+skew between them), CPU seconds per wall second of every process (ingest, consumer, exchange,
+nats-server, redis-server, postgres; all read from /proc over the same window), and peak RSS.
+
+``--profile DIR`` samples the ingest and consumer processes with py-spy during the offered
+window (raw collapsed stacks in DIR) and prints each one's top functions by own time; py-spy's
+own CPU then inflates the figures a little.
 
 Everything is throwaway: a database ``tl_bench_<random>`` (created, migrated, dropped), a NATS
 stream prefix and Redis namespace ``bench<random>`` (streams deleted, keys removed). Only
@@ -40,8 +49,8 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import resource
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -59,19 +68,21 @@ import redis.asyncio as aioredis
 import structlog
 from nats.js import api
 
-from tradeloom.bootstrap import build_platform
+from tradeloom.bootstrap import build_bus, build_platform
 from tradeloom.config import Settings
-from tradeloom.domain.events import PriceUpdate, encode_event, new_event
+from tradeloom.domain.events import Event, PriceUpdate, encode_event, new_event
 from tradeloom.domain.market import Instrument
 from tradeloom.domain.time import SystemClock
 from tradeloom.market_data.exchange import TickHub, pump
 from tradeloom.market_data.feeds.base import Feed
 from tradeloom.market_data.feeds.fix import FixFeed, FixServer
 from tradeloom.market_data.feeds.json_ws import JsonWsFeed, JsonWsServer
+from tradeloom.market_data.publisher import PricePublisher
 from tradeloom.market_data.simulator import SimulationSettings, Simulator, Tick
 from tradeloom.market_data.universe import default_universe
 from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.partitioning import partition_of
+from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.migrate import upgrade_database
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -85,6 +96,12 @@ def _count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -
 
 
 SERVER_NAMES = ("nats-server", "redis-server", "postgres")
+PROCESSES = {
+    "ingest": "child: feed clients + normalize + PricePublisher → NATS",
+    "consumer": "this process: PriceConsumer → cache, candles, fan-out",
+    "exchange": "child: simulator + loopback servers",
+}
+CORES = os.cpu_count() or 1
 
 
 # --- the exchange, in a child process -------------------------------------------------------
@@ -131,7 +148,6 @@ async def _exchange(pipe: Connection, args: argparse.Namespace) -> None:
         await asyncio.sleep(0.01)
     pipe.send("connected")
     await asyncio.get_running_loop().run_in_executor(None, pipe.recv)  # "go"
-    cpu0 = time.process_time()
     started = time.monotonic()
     deadline = started + args.duration
     counts = [[0] for _ in venues]
@@ -142,14 +158,11 @@ async def _exchange(pipe: Connection, args: argparse.Namespace) -> None:
         )
     )
     elapsed = time.monotonic() - started
-    cpu = time.process_time() - cpu0
     pipe.send(
         {
             "sent": {wire: sent[0] for (wire, *_), sent in zip(venues, counts, strict=True)},
             "dropped": sum(hub.dropped for _, _, hub, _, _ in venues),
             "elapsed": elapsed,
-            "cpu": cpu,
-            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
     )
     await asyncio.Event().wait()  # the parent terminates this process
@@ -158,6 +171,115 @@ async def _exchange(pipe: Connection, args: argparse.Namespace) -> None:
 def _exchange_main(pipe: Connection, args: argparse.Namespace) -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
     asyncio.run(_exchange(pipe, args))
+
+
+# --- ingestion (feed clients + normalization + PricePublisher), in a child process ----------
+
+
+def _ingest_stats(feeds: Sequence[Feed], publisher: PricePublisher) -> dict[str, Any]:
+    return {
+        "fed": sum(feed.counters.updates for feed in feeds),
+        "received": sum(feed.counters.received for feed in feeds),
+        "malformed": sum(feed.counters.malformed for feed in feeds),
+        "reconnects": sum(feed.counters.reconnects for feed in feeds),
+        "published": publisher.published,
+    }
+
+
+async def _ingest(
+    pipe: Connection, addresses: Sequence[tuple[str, str, int]], settings: Settings
+) -> None:
+    """Feed clients → ``PricePublisher`` → NATS, until the parent says ``stop``.
+
+    Answers ``stats`` with the feeds' and the publisher's counters; on ``stop`` publishes what
+    is queued (bounded), closes the bus and answers with the final counters and warnings.
+    """
+    loop = asyncio.get_running_loop()
+    bus = build_bus(settings)  # same URL, namespace (stream prefix) and partitions as consumers
+    await bus.start()
+    # Time each publish_many: its own duration (write + the stream's ack) and, per event, from
+    # occurred_at to that ack: the ingest process's share of the feed→cache latency.
+    to_ack: list[float] = []
+    calls: list[float] = []
+    publish_many = bus.publish_many
+
+    async def timed_publish_many(topic: str, items: Sequence[tuple[Event, str]]) -> None:
+        begun = time.perf_counter()
+        await publish_many(topic, items)
+        calls.append(time.perf_counter() - begun)
+        now = datetime.now(UTC)
+        to_ack.extend((now - event.occurred_at).total_seconds() for event, _ in items)
+
+    setattr(bus, "publish_many", timed_publish_many)  # noqa: B010 - instance-level timing hook
+    publisher = PricePublisher(bus, Metrics(), SystemClock())
+    await publisher.start()
+    feeds: list[Feed] = [
+        JsonWsFeed(f"ws://{host}:{port}") if wire == "json_ws" else FixFeed(host, port)
+        for wire, host, port in addresses
+    ]
+    tasks = [asyncio.create_task(publisher.publish_feed(feed)) for feed in feeds]
+    lag: list[float] = []
+    tasks.append(asyncio.create_task(_loop_lag(lag)))
+    pipe.send("ready")
+    while await loop.run_in_executor(None, pipe.recv) != "stop":  # "stats"
+        pipe.send(_ingest_stats(feeds, publisher))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await publisher.stop()
+    await bus.close()
+    pipe.send(
+        {
+            **_ingest_stats(feeds, publisher),
+            "warnings": dict(WARNINGS),
+            "to_ack": to_ack,
+            "calls": calls,
+            "lag": lag,
+        }
+    )
+
+
+def _ingest_main(
+    pipe: Connection, addresses: Sequence[tuple[str, str, int]], settings: Settings
+) -> None:
+    logging.disable(logging.WARNING)
+    structlog.configure(
+        processors=[_count_warnings],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    asyncio.run(_ingest(pipe, addresses, settings))
+
+
+async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
+    """Record how late a ``period`` sleep wakes up: the event loop's stalls (blocking work,
+    starvation by other runnable tasks, or the process not being scheduled)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        samples.append(max(0.0, loop.time() - due))
+
+
+# --- CPU and memory of the processes, from /proc --------------------------------------------
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of process ``pid``, all its threads."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of process ``pid`` in MB."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 # --- CPU of the servers ---------------------------------------------------------------------
@@ -200,80 +322,115 @@ class EndToEnd:
     offered_s: float = 0.0
     exchange_dropped: int = 0
     fed: int = 0
+    published: int = 0
+    to_ack: list[float] = field(default_factory=list)  # ingest: occurred_at → stream ack
+    publish_calls: list[float] = field(default_factory=list)  # ingest: publish_many durations
+    lag: dict[str, list[float]] = field(default_factory=dict)  # event-loop lag per process
     consumed_in_window: int = 0
     consumed: int = 0
     backlog_at_end: int = 0
     drain_s: float = 0.0
     drained: bool = False
     latencies: list[float] = field(default_factory=list)
-    cpu: float = 0.0
-    exchange_cpu: float = 0.0
-    exchange_rss_mb: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # ingest, consumer, exchange
+    rss_mb: dict[str, float] = field(default_factory=dict)
     servers: dict[str, float] = field(default_factory=dict)
-    rss_mb: float = 0.0
     candle_rows: int = 0
     cached_symbols: int = 0
+    profiles: dict[str, str] = field(default_factory=dict)  # process → collapsed-stacks file
+
+
+def _start_profilers(args: argparse.Namespace, pids: Mapping[str, int]) -> list[Any]:
+    """py-spy on each process for the offered window (``--profile DIR``), non-blocking."""
+    if not args.profile:
+        return []
+    os.makedirs(args.profile, exist_ok=True)
+    py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return [
+        (
+            name,
+            path,
+            subprocess.Popen(
+                [
+                    *(py_spy, "record", "--pid", str(pid), "--rate", "100", "--nonblocking"),
+                    *("--duration", str(int(args.duration)), "--format", "raw", "-o", path),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ),
+        )
+        for name, pid in pids.items()
+        for path in [os.path.join(args.profile, f"{name}.txt")]
+    ]
 
 
 async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
     result = EndToEnd()
     latencies = result.latencies
+    # The consumer side (this process): subscribes market.price, creates the streams first.
     platform = build_platform(settings, latency_probe=latencies.append)
     await platform.start()
-    parent, child = multiprocessing.get_context("spawn").Pipe()
-    process = multiprocessing.get_context("spawn").Process(
-        target=_exchange_main, args=(child, args), daemon=True
-    )
-    process.start()
+    spawn = multiprocessing.get_context("spawn")
+    exchange_pipe, child = spawn.Pipe()
+    exchange = spawn.Process(target=_exchange_main, args=(child, args), daemon=True)
+    exchange.start()
+    child.close()  # so that a dead child is an EOFError here, not a hang
     loop = asyncio.get_running_loop()
-    feeds: list[Feed] = []
-    tasks: list[asyncio.Task[None]] = []
-    try:
-        addresses = await loop.run_in_executor(None, parent.recv)
-        result.wires = " + ".join(wire for wire, _, _ in addresses)
-        for wire, host, port in addresses:
-            feed: Feed = (
-                JsonWsFeed(f"ws://{host}:{port}") if wire == "json_ws" else FixFeed(host, port)
-            )
-            feeds.append(feed)
-            tasks.append(asyncio.create_task(platform.market_data.publisher.publish_feed(feed)))
-        await loop.run_in_executor(None, parent.recv)  # "connected"
+    ingest: Any = None
+    ingest_pipe: Connection | None = None
 
-        cpu0, servers0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu()
+    async def ask(pipe: Connection, message: str) -> Any:
+        pipe.send(message)
+        return await loop.run_in_executor(None, pipe.recv)
+
+    try:
+        addresses = await loop.run_in_executor(None, exchange_pipe.recv)
+        result.wires = " + ".join(wire for wire, _, _ in addresses)
+        ingest_pipe, child = spawn.Pipe()
+        ingest = spawn.Process(target=_ingest_main, args=(child, addresses, settings), daemon=True)
+        ingest.start()
+        child.close()
+        await loop.run_in_executor(None, ingest_pipe.recv)  # "ready"
+        await loop.run_in_executor(None, exchange_pipe.recv)  # "connected"
+
+        consumer_lag: list[float] = []
+        lag_task = asyncio.create_task(_loop_lag(consumer_lag))
+        pids = {"ingest": ingest.pid, "consumer": os.getpid(), "exchange": exchange.pid}
+        cpu0 = {name: _process_cpu(pid) for name, pid in pids.items()}
+        servers0 = _server_cpu()
         started = time.perf_counter()
-        parent.send("go")
-        report = await loop.run_in_executor(None, parent.recv)
+        exchange_pipe.send("go")
+        profilers = _start_profilers(args, {"ingest": ingest.pid, "consumer": os.getpid()})
+        report = await loop.run_in_executor(None, exchange_pipe.recv)
         window = time.perf_counter() - started
         result.consumed_in_window = len(latencies)
-        result.fed = sum(feed.counters.updates for feed in feeds)
         result.offered = sum(report["sent"].values())
         result.offered_s = report["elapsed"]
         result.exchange_dropped = report["dropped"]
-        result.exchange_cpu = report["cpu"]
-        result.exchange_rss_mb = report["rss_mb"]
         result.backlog_at_end = result.offered - result.consumed_in_window
 
         # Drain: the feeds stop receiving; wait until everything they delivered is consumed.
         deadline = time.perf_counter() + args.drain
-        fed = -1
-        while time.perf_counter() < deadline:
-            fed = sum(feed.counters.updates for feed in feeds)
-            if len(latencies) >= fed:
-                break
-            await asyncio.sleep(0.01)
-        result.fed = fed
-        result.drained = len(latencies) >= fed
+        stats = await ask(ingest_pipe, "stats")
+        while time.perf_counter() < deadline and len(latencies) < stats["fed"]:
+            await asyncio.sleep(0.02)
+            stats = await ask(ingest_pipe, "stats")
+        result.fed = stats["fed"]
+        result.drained = len(latencies) >= result.fed
         result.drain_s = time.perf_counter() - started - window
-        cpu1, servers1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu()
+        cpu1 = {name: _process_cpu(pid) for name, pid in pids.items()}
+        servers1 = _server_cpu()
         wall = time.perf_counter() - started
-        result.cpu = (cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime) / wall
+        result.cpu = {name: (cpu1[name] - cpu0[name]) / wall for name in pids}
+        result.rss_mb = {name: _peak_rss_mb(pid) for name, pid in pids.items()}
         result.servers = {
             name: cpu / wall for name, cpu in _server_cpu_delta(servers0, servers1).items()
         }
-        result.exchange_cpu /= wall
         result.consumed = len(latencies)
-        result.rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result.offered_s = max(window, result.offered_s)
+        for name, path, profiler in profilers:
+            await loop.run_in_executor(None, profiler.wait)
+            result.profiles[name] = path
         symbols = [i.symbol for i in default_universe()]
         result.cached_symbols = sum(
             p is not None
@@ -285,14 +442,17 @@ async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
             result.candle_rows = (
                 await conn.execute(text("SELECT count(*) FROM candles"))
             ).scalar_one()
+        final = await ask(ingest_pipe, "stop")
+        result.published = final["published"]
+        result.to_ack, result.publish_calls = final["to_ack"], final["calls"]
+        result.lag = {"ingest": final["lag"], "consumer": consumer_lag}
+        lag_task.cancel()
+        WARNINGS.update({f"ingest: {k}": v for k, v in final["warnings"].items()})
     finally:
-        for task in tasks:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*tasks, return_exceptions=True)
-        if process.is_alive():
-            process.terminate()  # our child; its sockets may still hold a backlog to send
-            await loop.run_in_executor(None, process.join, 10)
+        for process in (ingest, exchange):
+            if process is not None and process.is_alive():
+                process.terminate()  # our children; the exchange may still hold a backlog
+                await loop.run_in_executor(None, process.join, 10)
         await platform.close()
     return result
 
@@ -400,6 +560,34 @@ def _percentile(samples: Sequence[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
 
 
+def _top_functions(path: str) -> tuple[Counter[str], Counter[str], int]:
+    """Own-time and inclusive samples per function of a py-spy raw (collapsed stacks) file."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
+        for line in handle:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = [frame for frame in stack.split(";") if not frame.startswith("process ")]
+            samples = int(count)
+            total += samples
+            if frames:
+                own[frames[-1]] += samples
+            for frame in set(frames):
+                inclusive[frame] += samples
+    return own, inclusive, max(total, 1)
+
+
+def _ms(samples: Sequence[float]) -> tuple[float, float, float]:
+    """p50, p99 and max of ``samples`` (seconds) in milliseconds."""
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan"), float("nan"), float("nan")
+    return _percentile(ordered, 50) * 1000, _percentile(ordered, 99) * 1000, ordered[-1] * 1000
+
+
 def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> None:
     window = e2e.offered_s
     offered = e2e.offered / window
@@ -415,7 +603,7 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
             "dropped by the exchange hub",
             f"{e2e.exchange_dropped:,} (its WebSocket writes buffer a slow client's backlog)",
         ),
-        ("delivered by feeds", f"{e2e.fed:,}"),
+        ("delivered by feeds (ingest)", f"{e2e.fed:,}, {e2e.published:,} published to NATS"),
         ("consumed in window", f"{e2e.consumed_in_window:,} = {sustained:,.0f} updates/s"),
         ("backlog at end", f"{e2e.backlog_at_end:,} updates"),
         (
@@ -428,12 +616,40 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
             "feed→cache p50 / p99 / max",
             f"{p50:.1f} / {p99:.1f} / {lat[-1] * 1000:.0f} ms" if lat else "n/a",
         ),
-        ("CPU this process", f"{e2e.cpu:.2f} s/s, peak RSS {e2e.rss_mb:.0f} MB"),
-        ("CPU exchange (child)", f"{e2e.exchange_cpu:.2f} s/s, RSS {e2e.exchange_rss_mb:.0f} MB"),
+        (
+            "  of which feed→NATS ack",
+            "p50 / p99 / max {:.1f} / {:.1f} / {:.0f} ms per event (ingest process)".format(
+                *_ms(e2e.to_ack)
+            ),
+        ),
+        (
+            "  publish_many call",
+            f"{len(e2e.publish_calls):,} calls, "
+            + "p50 / p99 / max {:.1f} / {:.1f} / {:.0f} ms".format(*_ms(e2e.publish_calls)),
+        ),
+        *(
+            (
+                f"event-loop lag {name}",
+                "p50 / p99 / max {:.1f} / {:.1f} / {:.0f} ms (10 ms sleeps woken late)".format(
+                    *_ms(samples)
+                ),
+            )
+            for name, samples in e2e.lag.items()
+        ),
+        (
+            "latency clock",
+            "occurred_at stamped in the ingest process, cache write timed in the consumer"
+            " process: same host, same wall clock (no cross-host skew)",
+        ),
+        *(
+            (f"CPU {name}", f"{e2e.cpu[name]:.2f} s/s, peak RSS {e2e.rss_mb[name]:.0f} MB ({what})")
+            for name, what in PROCESSES.items()
+        ),
         (
             "CPU servers",
             ", ".join(f"{name} {cpu:.2f}" for name, cpu in e2e.servers.items()) + " s/s",
         ),
+        ("CPU total", f"{sum(e2e.cpu.values()) + sum(e2e.servers.values()):.2f} s/s of {CORES}"),
         ("check", f"{e2e.cached_symbols} symbols cached, {e2e.candle_rows} candle rows"),
     ]
     if base is not None:
@@ -459,6 +675,14 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}")
+    for name, path in e2e.profiles.items():
+        print(f"  py-spy {name} ({path}), top functions by own time / inclusive time:")
+        own, inclusive, total = _top_functions(path)
+        for function, samples in own.most_common(args.profile_top):
+            print(
+                f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
+                f"  {function}"
+            )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -519,6 +743,10 @@ def parse_args() -> argparse.Namespace:
         "--baseline-max", type=int, default=200_000, help="cap on baseline messages"
     )
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument(
+        "--profile", metavar="DIR", help="py-spy the ingest and consumer processes into DIR"
+    )
+    parser.add_argument("--profile-top", type=int, default=15, help="functions shown per profile")
     parser.add_argument("--nats-url", type=_local, default="nats://127.0.0.1:4222")
     parser.add_argument("--redis-url", type=_local, default="redis://127.0.0.1:6379/0")
     parser.add_argument(

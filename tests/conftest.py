@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
@@ -15,7 +17,6 @@ from tests.servers import NATS_URL, POSTGRES_ADMIN_URL, REDIS_URL, require_serve
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session, dropped at the end."""
     require_server("PostgreSQL", POSTGRES_ADMIN_URL)
-    import asyncio
 
     name = f"tradeloom_test_{uuid.uuid4().hex[:12]}"
 
@@ -26,10 +27,14 @@ def postgres_url() -> Iterator[str]:
         finally:
             await conn.close()
 
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    # In a thread of its own: the fixture may be first asked for from inside a running loop.
+    with ThreadPoolExecutor(max_workers=1) as admin_thread:
+        admin_thread.submit(asyncio.run, admin(f'CREATE DATABASE "{name}"')).result()
+        base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+        yield f"{base}/{name}"
+        admin_thread.submit(
+            asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        ).result()
 
 
 @pytest.fixture

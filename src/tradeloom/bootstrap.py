@@ -1,8 +1,9 @@
 """The composition root: the one place that chooses concrete adapters.
 
-``build_platform`` reads the settings and wires the database, the event bus, the cache and
-the outbox relay together. Services receive these through their constructors; nothing else in
-the code base names an adapter class (import-linter enforces it).
+``build_platform`` reads the settings and wires the database, the event bus, the cache, the
+outbox relay, market data, risk, the OMS, the broker gateway and execution together. Services
+receive these through their constructors; nothing else in the code base names an adapter
+class (import-linter enforces it).
 """
 
 from __future__ import annotations
@@ -12,17 +13,33 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from tradeloom.accounts.repository import AccountRepository
+from tradeloom.broker.gateway import BrokerGateway
+from tradeloom.broker.market_feed import BrokerPriceFeed
+from tradeloom.broker.paper import PaperBroker
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
 from tradeloom.config import Settings
+from tradeloom.domain.market import Instrument
 from tradeloom.domain.time import Clock, SystemClock
+from tradeloom.execution.engine import ExecutionEngine
+from tradeloom.execution.reports import ReportRecorder
 from tradeloom.market_data.observers import LatencyProbe
 from tradeloom.market_data.service import MarketData
+from tradeloom.market_data.universe import default_universe, load_universe
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
 from tradeloom.messaging.port import EventBus
+from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.observability.metrics import Metrics
+from tradeloom.oms.commands import OrderCommands
+from tradeloom.oms.state import OrderStateUpdater
+from tradeloom.resilience.circuit_breaker import CircuitBreaker
+from tradeloom.risk.consumer import ExposureUpdater
+from tradeloom.risk.engine import RiskEngine
+from tradeloom.risk.exposure import Exposure
+from tradeloom.risk.limits import LimitsStore, RiskLimits
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import current_revision, head_revision, upgrade
 from tradeloom.storage.outbox import Outbox, OutboxRelay
@@ -78,8 +95,17 @@ def build_cache(settings: Settings) -> Cache:
 
 
 @dataclass
+class Component:
+    """Something the platform starts and stops, in order."""
+
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
+
+
+@dataclass
 class Platform:
-    """Every backend of one process, started and closed together."""
+    """Every backend and service of one process, started in order and closed in reverse."""
 
     settings: Settings
     database: Database
@@ -90,36 +116,46 @@ class Platform:
     clock: Clock
     metrics: Metrics
     market_data: MarketData
-    _started: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    instruments: dict[str, Instrument]
+    accounts: AccountRepository
+    risk: RiskEngine
+    limits: LimitsStore
+    orders: OrderCommands
+    broker: PaperBroker
+    gateway: BrokerGateway
+    execution: ExecutionEngine
+    order_state: OrderStateUpdater
+    components: list[Component] = field(default_factory=list)
+    _started: list[Component] = field(default_factory=list)
 
     async def start(self) -> None:
-        """Connect every backend; on failure close what was opened and raise."""
+        """Prepare the database, then start every component; on failure close what started."""
         try:
             await prepare_database(self.database, self.settings)
-            await self.cache.start()
-            self._started.append(self.cache.close)
-            await self.bus.start()
-            self._started.append(self.bus.close)
-            await self.relay.start()
-            self._started.append(self.relay.close)
-            await self.market_data.start()
-            self._started.append(self.market_data.stop)
+            for component in self.components:
+                await component.start()
+                self._started.append(component)
         except BaseException:
             await self.close()
             raise
 
     async def close(self) -> None:
-        """Close in reverse order of start; a failure to close one does not skip the others."""
+        """Stop in reverse order; a failure to stop one does not skip the others."""
         while self._started:
-            closer = self._started.pop()
+            component = self._started.pop()
             try:
-                await closer()
+                await component.stop()
             except Exception:
-                log.exception("platform.close_failed", closer=getattr(closer, "__qualname__", ""))
+                log.exception("platform.stop_failed", component=component.name)
         await self.database.dispose()
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {"database": self.database.ping, "bus": self.bus.ping, "cache": self.cache.ping}
+
+
+def build_instruments(settings: Settings) -> dict[str, Instrument]:
+    universe = load_universe(settings.universe_file) if settings.universe_file else None
+    return {i.symbol: i for i in (universe or default_universe())}
 
 
 def build_platform(
@@ -139,6 +175,13 @@ def build_platform(
     outbox = Outbox(clock)
     relay = OutboxRelay(database, bus, clock=clock)
     metrics = Metrics()
+    instruments = build_instruments(settings)
+    broker = PaperBroker(
+        instruments.values(),
+        clock,
+        latency=settings.paper_latency,
+        slippage_ticks=settings.paper_slippage_ticks,
+    )
     market_data = MarketData(
         bus=bus,
         cache=cache,
@@ -149,8 +192,56 @@ def build_platform(
         notify_outbox=relay.notify,
         close_idle_bars=close_idle_bars,
         latency_probe=latency_probe,
+        extra_observers=[BrokerPriceFeed(broker)],
     )
-    return Platform(
+    accounts = AccountRepository(database, clock)
+    exposure = Exposure(cache)
+    limits = LimitsStore(
+        cache,
+        RiskLimits(
+            max_order_notional=settings.risk_max_order_notional,
+            max_open_orders=settings.risk_max_open_orders,
+            max_concentration=settings.risk_max_concentration,
+            order_rate=settings.risk_order_rate,
+            order_rate_window=settings.risk_order_rate_window,
+        ),
+    )
+    risk = RiskEngine(
+        cache,
+        market_data.last_prices,
+        limits,
+        exposure,
+        accounts,
+        instruments,
+        clock,
+        on_check=lambda seconds, outcome: metrics.risk_check_seconds.observe(seconds),
+    )
+    orders = OrderCommands(database, outbox, risk, instruments, clock, notify=relay.notify)
+    recorder = ReportRecorder(database, outbox, clock, notify=relay.notify)
+    gateway = BrokerGateway(
+        broker,
+        recorder.record,
+        breaker=CircuitBreaker(clock=clock, name="broker"),
+        clock=clock,
+        timeout=settings.broker_timeout,
+    )
+    execution = ExecutionEngine(bus, database, outbox, gateway, clock, notify=relay.notify)
+    order_state = OrderStateUpdater(bus, database, clock)
+    exposure_updates = ExposureUpdater(exposure)
+
+    async def follow_exposure() -> None:
+        subscription = await bus.subscribe(
+            ORDER_EVENTS.name, "risk-exposure", exposure_updates.on_order_event
+        )
+        stop_exposure.append(subscription.stop)
+
+    stop_exposure: list[Callable[[], Awaitable[None]]] = []
+
+    async def unfollow_exposure() -> None:
+        for stop in stop_exposure:
+            await stop()
+
+    platform = Platform(
         settings=settings,
         database=database,
         bus=bus,
@@ -160,4 +251,24 @@ def build_platform(
         clock=clock,
         metrics=metrics,
         market_data=market_data,
+        instruments=instruments,
+        accounts=accounts,
+        risk=risk,
+        limits=limits,
+        orders=orders,
+        broker=broker,
+        gateway=gateway,
+        execution=execution,
+        order_state=order_state,
     )
+    platform.components = [
+        Component("cache", cache.start, cache.close),
+        Component("bus", bus.start, bus.close),
+        Component("outbox relay", relay.start, relay.close),
+        Component("broker gateway", gateway.start, gateway.stop),
+        Component("market data", market_data.start, market_data.stop),
+        Component("order state", order_state.start, order_state.stop),
+        Component("risk exposure", follow_exposure, unfollow_exposure),
+        Component("execution", execution.start, execution.stop),
+    ]
+    return platform

@@ -6,6 +6,7 @@ A bad value stops start-up with one line naming the variable and what was expect
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,21 @@ class Settings(BaseSettings):
     bus_max_replicas: int = Field(
         default=1, ge=1, le=5, description="replicas the NATS cluster can hold per stream"
     )
+    universe_file: Path | None = Field(
+        default=None, description="CSV of tradable instruments (default: 50 built in)"
+    )
+    risk_max_order_notional: Decimal = Field(
+        default=Decimal(1_000_000), gt=0, description="default per-user max order notional"
+    )
+    risk_max_open_orders: int = Field(default=200, ge=0, description="default max open orders")
+    risk_max_concentration: Decimal = Field(
+        default=Decimal("0.20"), ge=0, le=1, description="default max share of equity per name"
+    )
+    risk_order_rate: int = Field(default=50, ge=1, description="default orders per rate window")
+    risk_order_rate_window: float = Field(default=1.0, gt=0, description="seconds")
+    broker_timeout: float = Field(default=10.0, gt=0, description="seconds to await the broker")
+    paper_latency: float = Field(default=0.0, ge=0, description="paper broker latency, seconds")
+    paper_slippage_ticks: int = Field(default=0, ge=0, description="paper market-order slippage")
     http_host: str = Field(default="127.0.0.1", description="address the web app listens on")
     http_port: int = Field(default=8000, ge=1, le=65535, description="port the web app uses")
 

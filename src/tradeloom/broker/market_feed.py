@@ -2,7 +2,7 @@
 
 Registered on the price consumer like any observer; it hands each update to the adapter (the
 paper broker queues it for its own thread, a real broker ignores it), in the consumer's
-per-symbol order. Never blocks: the adapter's ``on_price`` only enqueues.
+per-symbol order, one batch at a time. Never blocks: the adapter only enqueues the batch.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from tradeloom.market_data.consumer import PriceTick
 
 
 class TakesPrices(Protocol):
-    def on_price(self, update: PriceUpdate) -> None: ...
+    def on_prices(self, updates: Sequence[PriceUpdate]) -> None: ...
 
 
 class BrokerPriceFeed:
@@ -26,5 +26,4 @@ class BrokerPriceFeed:
         self._broker = broker
 
     async def on_prices(self, ticks: Sequence[PriceTick]) -> None:
-        for tick in ticks:
-            self._broker.on_price(tick.update)
+        self._broker.on_prices([tick.update for tick in ticks])

@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import time as time_of_day
 from decimal import Decimal
 from functools import partial
@@ -91,6 +91,10 @@ class PaperBroker:
 
     def on_price(self, update: PriceUpdate) -> None:
         self._put(partial(self._venue.on_price, update))
+
+    def on_prices(self, updates: Sequence[PriceUpdate]) -> None:
+        """A batch in one hand-over: one queue put instead of one per update."""
+        self._put(partial(self._venue.on_prices, tuple(updates)))
 
     # -- venue controls ---------------------------------------------------------------------
 

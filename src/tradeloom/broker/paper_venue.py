@@ -20,7 +20,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import TypedDict
@@ -42,6 +42,7 @@ from tradeloom.broker.reports import (
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
+from tradeloom.domain.ids import new_id
 from tradeloom.domain.market import Instrument
 from tradeloom.domain.numbers import ZERO
 from tradeloom.domain.orders import Side, TimeInForce
@@ -60,7 +61,11 @@ class PaperVenue:
         displayed_quantity: Decimal = Decimal(100),
         session_close: time = time(21, 0),
         fee_per_unit: Decimal = ZERO,
+        venue_session: str | None = None,
     ) -> None:
+        # Broker order ids, and the fill ids made from them, must never repeat across
+        # restarts: downstream deduplicates fills by id, so a reused id would lose a fill.
+        self._venue_session = venue_session or new_id().replace("-", "")[-12:]
         self._instruments = {instrument.symbol: instrument for instrument in instruments}
         self._clock = clock
         self._slippage_ticks = slippage_ticks
@@ -70,6 +75,11 @@ class PaperVenue:
         self._quotes: dict[str, Quote] = {}
         self._displayed: dict[tuple[str, Side], Decimal] = {}
         self._working: dict[str, WorkingOrder] = {}  # insertion order is time priority
+        # The same orders by symbol (also in time priority), so a price update only looks at
+        # its own symbol's orders, and the earliest DAY expiry, so expiry is checked only when
+        # one is due: a busy feed must not cost a scan of every working order per update.
+        self._working_by_symbol: dict[str, dict[str, WorkingOrder]] = {}
+        self._next_expiry: datetime | None = None
         self._closed: dict[str, str] = {}  # order id -> how it ended
         self._halted: set[str] = set()
         self._accepted = 0
@@ -131,12 +141,19 @@ class PaperVenue:
         """Expire what is due, take the new quote, show fresh size, match in time priority."""
         if update.symbol not in self._instruments:
             return []
-        reports = self.check_expiry()
+        reports = self.check_expiry() if self._expiry_due() else []
         self._quotes.setdefault(update.symbol, Quote()).merge(update)
         for side in Side:
             self._displayed[(update.symbol, side)] = self._displayed_quantity
-        for order in [o for o in self._working.values() if o.symbol == update.symbol]:
+        for order in list(self._working_by_symbol.get(update.symbol, {}).values()):
             reports += self._match(order)
+        return reports
+
+    def on_prices(self, updates: Sequence[PriceUpdate]) -> Reports:
+        """A batch of updates, in order (one hand-over to the broker thread per batch)."""
+        reports: Reports = []
+        for update in updates:
+            reports += self.on_price(update)
         return reports
 
     def check_expiry(self) -> Reports:
@@ -144,7 +161,12 @@ class PaperVenue:
         due = [o for o in self._working.values() if o.expires_at and o.expires_at <= now]
         for order in due:
             self._finish(order, "expired")
+        expiries = [o.expires_at for o in self._working.values() if o.expires_at]
+        self._next_expiry = min(expiries) if expiries else None
         return [BrokerExpired(**_ids(order.request)) for order in due]
+
+    def _expiry_due(self) -> bool:
+        return self._next_expiry is not None and self._next_expiry <= self._clock.now()
 
     # -- internals --------------------------------------------------------------------------
 
@@ -153,7 +175,7 @@ class PaperVenue:
         day = request.time_in_force is TimeInForce.DAY
         order = WorkingOrder(
             request=request,
-            broker_order_id=f"PAPER-{self._accepted:06d}",
+            broker_order_id=f"PAPER-{self._venue_session}-{self._accepted:06d}",
             quantity=request.quantity,
             limit_price=request.limit_price,
             stop_price=request.stop_price,
@@ -161,6 +183,9 @@ class PaperVenue:
             triggered=request.stop_price is None,
         )
         self._working[request.order_id] = order
+        self._working_by_symbol.setdefault(order.symbol, {})[request.order_id] = order
+        if order.expires_at and (self._next_expiry is None or order.expires_at < self._next_expiry):
+            self._next_expiry = order.expires_at
         return order
 
     def _match(self, order: WorkingOrder) -> Reports:
@@ -206,6 +231,7 @@ class PaperVenue:
 
     def _finish(self, order: WorkingOrder, how: str) -> None:
         del self._working[order.order_id]
+        del self._working_by_symbol[order.symbol][order.order_id]
         self._closed[order.order_id] = how
 
     def _own_working(self, order_id: str, account_id: str) -> WorkingOrder | None:

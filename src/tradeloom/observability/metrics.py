@@ -52,6 +52,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.risk_check_seconds = Histogram(
+            "tradeloom_risk_check_seconds",
+            "Pre-trade risk check latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.price_subscribers = Gauge(
             "tradeloom_price_subscribers",
             "Local subscribers of per-symbol price channels",
