@@ -45,7 +45,7 @@ import structlog
 from nats.aio.client import Client
 from nats.js import api
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError, ServerError
 from nats.js.kv import KeyValue
 
 from tradeloom.domain.events import Event, encode_event
@@ -71,6 +71,7 @@ from tradeloom.messaging.topics import DEAD_LETTER, TOPICS, Durability, Topic, t
 _log = structlog.get_logger(__name__)
 
 _STREAM_NAME_IN_USE = 10058
+_STREAM_CREATE_ATTEMPTS = 5
 
 
 class PublishFailed(Exception):
@@ -344,13 +345,24 @@ class NatsBus:
             num_replicas=min(each.replicas, self._max_replicas),
             duplicate_window=min(self._dedup_window, each.retention.total_seconds()),
         )
-        try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_NAME_IN_USE:
-                raise
-            await js.update_stream(config)
-            _log.info("bus.stream_updated", stream=config.name)
+        for attempt in range(1, _STREAM_CREATE_ATTEMPTS + 1):
+            try:
+                await js.add_stream(config)
+                return
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                await js.update_stream(config)
+                _log.info("bus.stream_updated", stream=config.name)
+                return
+            except ServerError as exc:
+                # NATS 2.9 can fail a create with "error creating store for stream" while
+                # another stream of the account is being deleted (a race on the account's
+                # store folder). It is transient: try again shortly.
+                if attempt == _STREAM_CREATE_ATTEMPTS:
+                    raise
+                _log.warning("bus.stream_create_retry", stream=config.name, error=repr(exc))
+                await asyncio.sleep(0.05 * attempt)
 
     async def _ensure_lease_bucket(self) -> KeyValue:
         js = self._jetstream()
