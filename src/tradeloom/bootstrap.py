@@ -37,7 +37,7 @@ from tradeloom.oms.commands import OrderCommands
 from tradeloom.oms.state import OrderStateUpdater
 from tradeloom.resilience.circuit_breaker import CircuitBreaker
 from tradeloom.risk.consumer import ExposureUpdater
-from tradeloom.risk.engine import RiskEngine
+from tradeloom.risk.engine import CheckObserver, RiskEngine
 from tradeloom.risk.exposure import Exposure
 from tradeloom.risk.limits import LimitsStore, RiskLimits
 from tradeloom.storage.database import Database
@@ -92,6 +92,20 @@ def build_cache(settings: Settings) -> Cache:
     if settings.cache_url == "memory://":
         return MemoryCache()
     return RedisCache(settings.cache_url, prefix=f"{settings.namespace}:")
+
+
+def build_limits_store(settings: Settings, cache: Cache) -> LimitsStore:
+    """Per-user limits in ``cache``, defaulting to the settings' ``risk_*`` values."""
+    return LimitsStore(
+        cache,
+        RiskLimits(
+            max_order_notional=settings.risk_max_order_notional,
+            max_open_orders=settings.risk_max_open_orders,
+            max_concentration=settings.risk_max_concentration,
+            order_rate=settings.risk_order_rate,
+            order_rate_window=settings.risk_order_rate_window,
+        ),
+    )
 
 
 @dataclass
@@ -158,16 +172,28 @@ def build_instruments(settings: Settings) -> dict[str, Instrument]:
     return {i.symbol: i for i in (universe or default_universe())}
 
 
+def _risk_check_observer(metrics: Metrics, extra: CheckObserver | None) -> CheckObserver:
+    def observe(seconds: float, outcome: str) -> None:
+        metrics.risk_check_seconds.observe(seconds)
+        if extra is not None:
+            extra(seconds, outcome)
+
+    return observe
+
+
 def build_platform(
     settings: Settings,
     clock: Clock | None = None,
     *,
     close_idle_bars: bool = True,
     latency_probe: LatencyProbe | None = None,
+    risk_check_observer: CheckObserver | None = None,
 ) -> Platform:
     """Wire one process's platform. ``close_idle_bars=False`` is for replays of recorded
     data, whose bars must close by their own trades rather than by the wall clock;
-    ``latency_probe`` receives every price's feed-to-cache latency (benchmarks)."""
+    ``latency_probe`` receives every price's feed-to-cache latency and
+    ``risk_check_observer`` every risk check's ``(seconds, outcome)``, after the metrics
+    histogram has (benchmarks)."""
     clock = clock or SystemClock()
     database = Database(settings.database_url)
     bus = build_bus(settings)
@@ -196,16 +222,7 @@ def build_platform(
     )
     accounts = AccountRepository(database, clock)
     exposure = Exposure(cache)
-    limits = LimitsStore(
-        cache,
-        RiskLimits(
-            max_order_notional=settings.risk_max_order_notional,
-            max_open_orders=settings.risk_max_open_orders,
-            max_concentration=settings.risk_max_concentration,
-            order_rate=settings.risk_order_rate,
-            order_rate_window=settings.risk_order_rate_window,
-        ),
-    )
+    limits = build_limits_store(settings, cache)
     risk = RiskEngine(
         cache,
         market_data.last_prices,
@@ -214,7 +231,7 @@ def build_platform(
         accounts,
         instruments,
         clock,
-        on_check=lambda seconds, outcome: metrics.risk_check_seconds.observe(seconds),
+        on_check=_risk_check_observer(metrics, risk_check_observer),
     )
     orders = OrderCommands(database, outbox, risk, instruments, clock, notify=relay.notify)
     recorder = ReportRecorder(database, outbox, clock, notify=relay.notify)

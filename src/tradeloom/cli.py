@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
+from tradeloom.cli_admin import accounts_app, users_app
 from tradeloom.cli_market import market_app
 from tradeloom.config import ConfigError, Settings, load_settings
 from tradeloom.observability.logging import configure_logging
@@ -27,6 +28,8 @@ config_app = typer.Typer(help="Configuration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(market_app, name="market")
 app.add_typer(config_app, name="config")
+app.add_typer(accounts_app, name="accounts")
+app.add_typer(users_app, name="users")
 
 
 def _settings(ctx: typer.Context) -> Settings:

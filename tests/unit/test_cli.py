@@ -24,6 +24,14 @@ runner = CliRunner()
         ["market", "simulate"],
         ["market", "replay"],
         ["market", "candles"],
+        ["accounts"],
+        ["accounts", "create"],
+        ["accounts", "list"],
+        ["users"],
+        ["users", "limits"],
+        ["users", "halt"],
+        ["users", "reduce-only"],
+        ["users", "resume"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

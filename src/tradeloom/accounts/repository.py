@@ -77,13 +77,15 @@ class AccountRepository:
 
     async def list_for_owner(self, owner: str) -> list[Account]:
         """The owner's accounts, oldest first (ties by id)."""
+        return await self.list_accounts(owner)
+
+    async def list_accounts(self, owner: str | None = None) -> list[Account]:
+        """Every account (of ``owner`` when given), oldest first (ties by id)."""
+        query = select(accounts).order_by(accounts.c.created_at, accounts.c.account_id)
+        if owner is not None:
+            query = query.where(accounts.c.owner == owner)
         async with self._database.connect() as conn:
-            result = await conn.execute(
-                select(accounts)
-                .where(accounts.c.owner == owner)
-                .order_by(accounts.c.created_at, accounts.c.account_id)
-            )
-            return [_account(row) for row in result]
+            return [_account(row) for row in await conn.execute(query)]
 
 
 async def create_account(
