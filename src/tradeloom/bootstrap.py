@@ -30,7 +30,7 @@ from tradeloom.market_data.service import MarketData
 from tradeloom.market_data.universe import default_universe, load_universe
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
-from tradeloom.messaging.port import EventBus
+from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus
 from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.commands import OrderCommands
@@ -154,14 +154,17 @@ class Platform:
             raise
 
     async def close(self) -> None:
-        """Stop in reverse order; a failure to stop one does not skip the others."""
-        while self._started:
-            component = self._started.pop()
-            try:
-                await component.stop()
-            except Exception:
-                log.exception("platform.stop_failed", component=component.name)
-        await self.database.dispose()
+        """Stop in reverse order; a failure to stop one does not skip the others, and the
+        database is released whatever happens."""
+        try:
+            while self._started:
+                component = self._started.pop()
+                try:
+                    await component.stop()
+                except Exception:
+                    log.exception("platform.stop_failed", component=component.name)
+        finally:
+            await self.database.dispose()
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
         return {"database": self.database.ping, "bus": self.bus.ping, "cache": self.cache.ping}
@@ -233,7 +236,9 @@ def build_platform(
         clock,
         on_check=_risk_check_observer(metrics, risk_check_observer),
     )
-    orders = OrderCommands(database, outbox, risk, instruments, clock, notify=relay.notify)
+    orders = OrderCommands(
+        database, outbox, risk, accounts, instruments, clock, notify=relay.notify
+    )
     recorder = ReportRecorder(database, outbox, clock, notify=relay.notify)
     gateway = BrokerGateway(
         broker,
@@ -248,15 +253,18 @@ def build_platform(
 
     async def follow_exposure() -> None:
         subscription = await bus.subscribe(
-            ORDER_EVENTS.name, "risk-exposure", exposure_updates.on_order_event
+            ORDER_EVENTS.name,
+            "risk-exposure",
+            exposure_updates.on_order_event,
+            ConsumerOptions(retry=PERSISTENT_RETRY),
         )
         stop_exposure.append(subscription.stop)
 
     stop_exposure: list[Callable[[], Awaitable[None]]] = []
 
     async def unfollow_exposure() -> None:
-        for stop in stop_exposure:
-            await stop()
+        while stop_exposure:
+            await stop_exposure.pop()()
 
     platform = Platform(
         settings=settings,
@@ -278,14 +286,16 @@ def build_platform(
         execution=execution,
         order_state=order_state,
     )
+    # Every consumer joins before the relay starts publishing what a previous run left in
+    # the outbox, so no group misses the backlog.
     platform.components = [
         Component("cache", cache.start, cache.close),
         Component("bus", bus.start, bus.close),
-        Component("outbox relay", relay.start, relay.close),
         Component("broker gateway", gateway.start, gateway.stop),
         Component("market data", market_data.start, market_data.stop),
         Component("order state", order_state.start, order_state.stop),
         Component("risk exposure", follow_exposure, unfollow_exposure),
         Component("execution", execution.start, execution.stop),
+        Component("outbox relay", relay.start, relay.close),
     ]
     return platform

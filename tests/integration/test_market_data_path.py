@@ -14,13 +14,13 @@ from tests.helpers import eventually, eventually_equals
 from tradeloom.bootstrap import Platform, build_platform
 from tradeloom.config import Settings
 from tradeloom.domain.events import CandleClosed, Event, PriceUpdate
-from tradeloom.domain.market import Interval
+from tradeloom.domain.market import Interval, bar_start
 from tradeloom.market_data.observers import decode_fanout, price_channel
 from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.topics import MARKET_CANDLES
 from tradeloom.storage.migrate import upgrade_database
 
-MINUTE = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+MINUTE = bar_start(datetime.now(UTC), Interval.M1) - timedelta(minutes=3)
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "TSLA")
 
 
@@ -76,11 +76,24 @@ async def test_prices_flow_in_order_to_cache_candles_and_subscribers(platform: P
     for symbol in SYMBOLS:
         assert received[symbol] == [Decimal(100 + n) for n in range(70)], symbol
 
+    # Those prices are minutes old: too stale to be served as last prices. A fresh one is.
+    assert await platform.market_data.last_prices.last("NVDA") is None
+    fresh = PriceUpdate(
+        symbol="NVDA",
+        bid=Decimal("880.10"),
+        ask=Decimal("880.12"),
+        last=None,
+        volume=Decimal(0),
+        exchange_time=datetime.now(UTC),
+        venue="TEST",
+    )
+    await publisher.submit(fresh)
+
     async def last_bid() -> Decimal | None:
         price = await platform.market_data.last_prices.last("NVDA")
         return None if price is None else price.bid
 
-    await eventually_equals(last_bid, Decimal(169))
+    await eventually_equals(last_bid, Decimal("880.10"))
 
     async def minute_volumes() -> list[Decimal]:
         bars = await platform.market_data.candles.candles("MSFT", Interval.M1)

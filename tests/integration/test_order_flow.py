@@ -3,6 +3,7 @@ command handler → risk → outbox → bus → execution → paper broker → f
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,11 +155,11 @@ async def test_a_resting_limit_order_can_be_amended_then_canceled(flow: Flow) ->
             account_id=flow.account,
             order_id=order_id,
             correlation_id=correlation,
-            limit_price=Decimal("181.00"),
+            limit_price=Decimal("179.00"),
         )
     )
     await eventually_equals(
-        lambda: _limit(flow, order_id), (OrderStatus.ACCEPTED, Decimal("181.00"))
+        lambda: _limit(flow, order_id), (OrderStatus.ACCEPTED, Decimal("179.00"))
     )
     await flow.platform.orders.cancel(
         CancelOrder(account_id=flow.account, order_id=order_id, correlation_id=new_id())
@@ -276,3 +277,53 @@ async def test_a_fill_after_the_gateway_timed_out_is_still_published(
         assert platform.gateway.reports_delivered >= 2
     finally:
         await platform.close()
+
+
+async def test_an_amend_that_adds_exposure_is_refused(flow: Flow) -> None:
+    order_id = await flow.place(order_type="limit", limit_price="180.00", time_in_force="gtc")
+    await flow.settle(order_id, OrderStatus.ACCEPTED, "0")
+    for change in ({"quantity": Decimal(20)}, {"limit_price": Decimal("181.00")}):
+        with pytest.raises(DomainError) as refused:
+            await flow.platform.orders.amend(
+                AmendOrder(
+                    account_id=flow.account, order_id=order_id, correlation_id=new_id(), **change
+                )
+            )
+        assert refused.value.code == "amend_adds_exposure"
+    assert await flow.status(order_id) == (OrderStatus.ACCEPTED, Decimal(0))
+
+
+async def test_another_users_order_cannot_be_canceled(flow: Flow) -> None:
+    order_id = await flow.place(order_type="limit", limit_price="180.00", time_in_force="gtc")
+    with pytest.raises(DomainError) as refused:
+        await flow.platform.orders.cancel(
+            CancelOrder(
+                account_id=flow.account,
+                order_id=order_id,
+                correlation_id=new_id(),
+                user_id="mallory",
+            )
+        )
+    assert refused.value.code == "order_not_found"
+
+
+async def test_twin_requests_racing_at_the_limit_both_get_the_one_order(flow: Flow) -> None:
+    await flow.platform.limits.set_limits("alice", max_open_orders=1)
+    command = PlaceOrder(
+        account_id=flow.account,
+        client_order_id="twin",
+        symbol="AAPL",
+        side=Side.BUY,
+        order_type=OrderType.LIMIT,
+        quantity=Decimal(1),
+        time_in_force=TimeInForce.GTC,
+        limit_price=Decimal("150.00"),
+        correlation_id=new_id(),
+        user_id="alice",
+    )
+    first, second = await asyncio.gather(
+        flow.platform.orders.place(command), flow.platform.orders.place(command)
+    )
+    assert first.order_id == second.order_id
+    assert sorted([first.created, second.created]) == [False, True]
+    assert await flow.stored_orders() == 1

@@ -171,6 +171,14 @@ class Order:
         return self.status in OPEN_STATUSES
 
     def accept(self) -> None:
+        """The broker acknowledged the order. While a cancel or replace is pending, the
+        acknowledgement only changes where the order returns to if the request is refused;
+        it never ends the request."""
+        if self.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+            if self.status_before_request is OrderStatus.PENDING_NEW:
+                self.status_before_request = OrderStatus.ACCEPTED
+                return
+            raise IllegalTransition(f"order {self.order_id} was accepted already")
         self._move(OrderStatus.ACCEPTED)
 
     def reject(self, reason: str) -> None:
@@ -185,6 +193,10 @@ class Order:
         self.reason = reason
 
     def request_cancel(self) -> None:
+        """Ask for a cancel; asking again while one is pending (the broker never answered)
+        is allowed and keeps the status the order returns to."""
+        if self.status is OrderStatus.PENDING_CANCEL:
+            return
         previous = self.status
         self._move(OrderStatus.PENDING_CANCEL)
         self.status_before_request = previous

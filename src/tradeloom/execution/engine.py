@@ -18,9 +18,11 @@ gateway and becomes order events there, never here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import structlog
+from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 
 from tradeloom.broker.adapter import BrokerTimeout, BrokerUnavailable
@@ -38,7 +40,7 @@ from tradeloom.domain.events import (
     new_event,
 )
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_COMMANDS, ORDER_EVENTS
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
@@ -74,7 +76,10 @@ class ExecutionEngine:
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe(
-            ORDER_COMMANDS.name, self._group, self.handle, ConsumerOptions(ack_wait=60.0)
+            ORDER_COMMANDS.name,
+            self._group,
+            self.handle,
+            ConsumerOptions(retry=PERSISTENT_RETRY, ack_wait=60.0),
         )
 
     async def stop(self) -> None:
@@ -164,7 +169,20 @@ class ExecutionEngine:
             await self._refuse(event, request.order_id, f"broker unavailable: {exc}")
 
     async def _dead_letter(self, event: Event, order_id: str, error: str) -> None:
-        """Park the order in dead_letter and tell its owner it was rejected (one commit)."""
+        """Park the order in dead_letter and tell its owner it was rejected, and forget the
+        claim (the broker was never reached), in one commit. The commit is retried until it
+        succeeds: giving up here would leave an order that was neither sent nor rejected."""
+        delay = 0.05
+        while True:
+            try:
+                await self._park(event, order_id, error)
+                return
+            except Exception:
+                log.exception("execution.dead_letter_write_failed", order_id=order_id)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _park(self, event: Event, order_id: str, error: str) -> None:
         account = event.account_id or ""
         parked = DeadLettered(
             topic=ORDER_COMMANDS.name,
@@ -180,6 +198,7 @@ class ExecutionEngine:
             order_id=order_id, code=BROKER_UNAVAILABLE, reason="the broker is unavailable"
         )
         async with self._database.transaction() as conn:
+            await conn.execute(delete(broker_orders).where(broker_orders.c.order_id == order_id))
             await self._outbox.add_many(
                 conn,
                 [

@@ -12,8 +12,11 @@ The price of writing behind: a crash loses at most the last ``flush_interval`` o
 the open bars (their updates were already acknowledged on the bus). Candles are derived data:
 the audit archive keeps every price, from which they can be rebuilt.
 
-Idempotent: the ids of recently applied events are remembered, so a batch the bus delivers
-again (after a crash or a partition changing hands) is not counted twice.
+Idempotent within a process: the ids of recently applied bus events (a batch of updates each)
+are remembered, so a batch the bus delivers again (a partition changing hands, an ack lost) is
+not counted twice; and a closed bar's row is never written again. After a restart a
+redelivered batch of a bar still open can count twice: candles are derived data, rebuilt from
+the audit archive when exactness matters.
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
 
 log = structlog.get_logger("tradeloom.market_data.candles")
+
+
+def _batch_of(tick: PriceTick) -> str:
+    """The bus event a tick came in (its id is ``<event id>/<index>`` for batched ticks)."""
+    return tick.event_id.split("/", 1)[0]
+
 
 REMEMBERED_EVENT_IDS = 200_000
 
@@ -96,9 +105,13 @@ class CandleRecorder:
 
     async def on_prices(self, ticks: Sequence[PriceTick]) -> None:
         """Fold a batch in (no I/O: the flusher writes it)."""
+        seen_before = {batch for batch in map(_batch_of, ticks) if batch in self._applied}
         for tick in ticks:
-            if self._first_time(tick.event_id):
-                self._closed.extend(self._aggregator.fold(tick.update))
+            batch = _batch_of(tick)
+            if batch in seen_before:
+                continue
+            self._closed.extend(self._aggregator.fold(tick.update))
+            self._remember(batch)
 
     async def close_through_now(self) -> int:
         """Close every bar that ended ``grace`` ago or earlier and write them; returns how
@@ -162,13 +175,12 @@ class CandleRecorder:
         )
         return new_event(payload, occurred_at=self._clock.now(), correlation_id="candles")
 
-    def _first_time(self, event_id: str) -> bool:
-        if event_id in self._applied:
-            return False
-        self._applied[event_id] = None
+    def _remember(self, batch: str) -> None:
+        if batch in self._applied:
+            return
+        self._applied[batch] = None
         if len(self._applied) > REMEMBERED_EVENT_IDS:
             self._applied.popitem(last=False)
-        return True
 
     async def _flush_forever(self) -> None:
         while True:

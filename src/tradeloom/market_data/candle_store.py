@@ -1,8 +1,8 @@
 """Candles in the database: upserted while open, final once closed.
 
 A bar's row is rewritten while its bar is open (late updates inside it change it) and written
-one last time with ``closed = true``. A closed row is never overwritten by an open one, so a
-replayed or redelivered batch cannot reopen a finished bar.
+one last time with ``closed = true``. A closed row is never written again, so a replayed or
+redelivered batch cannot reopen or rewrite a finished bar.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -67,7 +67,7 @@ async def save_candles(
             name: getattr(excluded, name)
             for name in ("open", "high", "low", "close", "volume", "trades", "closed")
         },
-        where=or_(candles.c.closed.is_(False), excluded.closed.is_(True)),
+        where=candles.c.closed.is_(False),
     )
     await conn.execute(upsert, rows)
 

@@ -1,8 +1,10 @@
 """Last prices in the cache: newest wins, and a stale price reads as no price.
 
-Each symbol's last update is kept under ``price:SYMBOL`` for ``ttl`` seconds (5 s by default):
-a reader gets ``None`` rather than a price nobody has confirmed for longer than that, because a
-stale price is dangerous (risk checks and market orders would act on it).
+Each symbol's last update is kept under ``price:SYMBOL`` until ``ttl`` seconds (5 s by
+default) after its exchange time: a reader gets ``None`` rather than a price older than that,
+because a stale price is dangerous (risk checks and market orders would act on it). An update
+already older than the TTL when it arrives (a backlog replayed after an outage, a recorded
+file) is never written, and a read also checks the age, so a clock step cannot serve one.
 
 Writes go through one atomic script per batch that stores an update only when it is not older
 than the one already there (by exchange time; on a tie the later write wins). So an update
@@ -14,12 +16,13 @@ the prefix lets the Lua twin compare without decoding JSON.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from tradeloom.cache.port import Cache, CacheScript, ScriptStore
 from tradeloom.domain.events import PriceUpdate
+from tradeloom.domain.time import Clock
 
 PRICE_TTL = 5.0
 KEY_PREFIX = "price:"
@@ -29,11 +32,11 @@ _encoder = msgspec.json.Encoder(decimal_format="string")
 _decoder = msgspec.json.Decoder(PriceUpdate)
 
 _SET_IF_NEWER_LUA = """
-local ttl = tonumber(ARGV[1])
 local written = 0
 for i, key in ipairs(KEYS) do
-  local stamp = tonumber(ARGV[2 * i])
-  local value = ARGV[2 * i + 1]
+  local stamp = tonumber(ARGV[3 * i - 2])
+  local ttl = tonumber(ARGV[3 * i - 1])
+  local value = ARGV[3 * i]
   local current = redis.call('GET', key)
   local newer = true
   if current then
@@ -52,10 +55,9 @@ return written
 
 
 def _set_if_newer(store: ScriptStore, keys: Sequence[str], args: Sequence[str]) -> int:
-    ttl = int(args[0]) / 1000
     written = 0
     for i, key in enumerate(keys):
-        stamp, value = int(args[2 * i + 1]), args[2 * i + 2]
+        stamp, ttl, value = int(args[3 * i]), int(args[3 * i + 1]) / 1000, args[3 * i + 2]
         current = store.get(key)
         if current is not None and b"|" in current and int(current.split(b"|", 1)[0]) > stamp:
             continue
@@ -87,24 +89,28 @@ def newest_per_symbol(updates: Iterable[PriceUpdate]) -> dict[str, PriceUpdate]:
 class LastPrices:
     """Reads and writes the last price of each symbol through the cache port."""
 
-    def __init__(self, cache: Cache, ttl: float = PRICE_TTL) -> None:
+    def __init__(self, cache: Cache, clock: Clock, ttl: float = PRICE_TTL) -> None:
         if ttl <= 0:
             raise ValueError("the last-price TTL must be positive")
         self._cache = cache
-        self._ttl_ms = str(round(ttl * 1000))
+        self._clock = clock
+        self._ttl = timedelta(seconds=ttl)
 
     async def record(self, updates: Iterable[PriceUpdate]) -> int:
         """Store the newest update of each symbol unless the cache holds a newer one.
         Returns how many symbols were written."""
-        newest = newest_per_symbol(updates)
-        if not newest:
-            return 0
+        now = self._clock.now()
         keys: list[str] = []
-        args: list[str] = [self._ttl_ms]
-        for symbol, update in newest.items():
-            keys.append(KEY_PREFIX + symbol)
+        args: list[str] = []
+        for symbol, update in newest_per_symbol(updates).items():
+            left_ms = (update.exchange_time + self._ttl - now) // timedelta(milliseconds=1)
+            if left_ms <= 0:
+                continue  # already stale: never served
             stamp = exchange_micros(update)
-            args += [str(stamp), f"{stamp}|{_encoder.encode(update).decode()}"]
+            keys.append(KEY_PREFIX + symbol)
+            args += [str(stamp), str(left_ms), f"{stamp}|{_encoder.encode(update).decode()}"]
+        if not keys:
+            return 0
         written = await self._cache.run_script(SET_IF_NEWER, keys, args)
         return int(written) if isinstance(written, int) else 0
 
@@ -114,7 +120,9 @@ class LastPrices:
 
     async def last_many(self, symbols: Sequence[str]) -> dict[str, PriceUpdate | None]:
         values = await self._cache.get_many([KEY_PREFIX + symbol for symbol in symbols])
-        return {
-            symbol: None if value is None else _decoder.decode(value.split(b"|", 1)[1])
-            for symbol, value in zip(symbols, values, strict=True)
-        }
+        oldest = self._clock.now() - self._ttl
+        prices: dict[str, PriceUpdate | None] = {}
+        for symbol, value in zip(symbols, values, strict=True):
+            price = None if value is None else _decoder.decode(value.split(b"|", 1)[1])
+            prices[symbol] = price if price and price.exchange_time > oldest else None
+        return prices

@@ -66,10 +66,14 @@ class PricePublisher:
     async def start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_forever(), name="price-publisher")
 
-    async def stop(self) -> None:
-        """Publish what is queued, then stop."""
+    async def stop(self, within: float = 10.0) -> None:
+        """Publish what is queued (for up to ``within`` seconds), then stop."""
         if self._flusher is not None:
-            await self._queue.join()
+            if not self._flusher.done():
+                try:
+                    await asyncio.wait_for(self._queue.join(), within)
+                except TimeoutError:
+                    log.warning("market_data.publisher_stop_dropped", queued=self._queue.qsize())
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher

@@ -42,7 +42,7 @@ class MarketData:
         extra_observers: Sequence[PriceObserver] = (),
         latency_probe: LatencyProbe | None = None,
     ) -> None:
-        self.last_prices = LastPrices(cache, ttl=price_ttl)
+        self.last_prices = LastPrices(cache, clock, ttl=price_ttl)
         self.candles = CandleQueries(database)
         self.recorder = CandleRecorder(
             database,

@@ -46,6 +46,13 @@ class RetryPolicy:
         return float(min(self.max_backoff, self.first_backoff * self.multiplier ** (attempt - 1)))
 
 
+PERSISTENT_RETRY = RetryPolicy(max_attempts=1000, first_backoff=0.1, max_backoff=5.0)
+"""For consumers whose events must not be parked while a dependency is briefly down (order
+commands, order events): about 80 minutes of retries, then the dead letter topic. An event
+that keeps failing holds its key's later events back meanwhile, which is the point: their
+order matters."""
+
+
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:
     """How one group consumes a topic.

@@ -6,8 +6,11 @@ risk check (which reserves the order's exposure atomically), then the order row 
 publish. A refused order is neither persisted nor published, and its reservation is released.
 
 Idempotency: ``client_order_id`` is unique per account. Placing an order again with the same
-one returns the original order and creates nothing, even when both requests race (the unique
-constraint decides, and the loser releases its reservation).
+one returns the original order and creates nothing. Twins racing in one process are
+serialised; across processes the unique constraint decides and the loser answers with the
+winner's order and releases what it reserved (a loser refused by risk before the winner
+committed can still see that refusal: a narrow window, closed once the web tier routes an
+account's requests to one process).
 
 Cancel and amend are commands too: they move the order to ``pending_cancel`` or
 ``pending_replace`` and publish the request; execution answers with events.
@@ -15,14 +18,17 @@ Cancel and amend are commands too: they move the order to ``pending_cancel`` or
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tradeloom.domain.accounts import Account
 from tradeloom.domain.commands import AmendOrder, CancelOrder, PlaceOrder
-from tradeloom.domain.errors import DomainError, IllegalTransition
+from tradeloom.domain.errors import DomainError, IllegalTransition, InvalidOrder
 from tradeloom.domain.events import (
     AnyPayload,
     OrderAmendRequested,
@@ -32,11 +38,10 @@ from tradeloom.domain.events import (
 )
 from tradeloom.domain.ids import new_id
 from tradeloom.domain.market import Instrument
-from tradeloom.domain.orders import Order, OrderStatus
+from tradeloom.domain.orders import Order, OrderStatus, Side
 from tradeloom.domain.time import Clock
 from tradeloom.messaging.topics import ORDER_COMMANDS
 from tradeloom.oms.repository import (
-    DuplicateClientOrderId,
     find_by_client_order_id,
     insert_order,
     load_order,
@@ -45,6 +50,8 @@ from tradeloom.oms.repository import (
 from tradeloom.oms.validation import validate_terms
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
+
+log = structlog.get_logger("tradeloom.oms")
 
 
 class OrderNotFound(DomainError):
@@ -57,6 +64,12 @@ class OrderNotOpen(DomainError):
     """The order is finished, or a cancel or replace is already pending."""
 
     code = "order_not_open"
+
+
+class AccountOwners(Protocol):
+    """Where the OMS learns who owns an account (``AccountRepository`` is one)."""
+
+    async def get(self, account_id: str) -> Account | None: ...
 
 
 class PreTradeRisk(Protocol):
@@ -92,6 +105,7 @@ class OrderCommands:
         database: Database,
         outbox: Outbox,
         risk: PreTradeRisk,
+        accounts: AccountOwners,
         instruments: Mapping[str, Instrument],
         clock: Clock,
         *,
@@ -100,17 +114,29 @@ class OrderCommands:
         self._database = database
         self._outbox = outbox
         self._risk = risk
+        self._accounts = accounts
+        self._placing: dict[tuple[str, str], asyncio.Lock] = {}
         self._instruments = instruments
         self._clock = clock
         self._notify = notify
 
     async def place(self, command: PlaceOrder) -> OrderReceipt:
-        async with self._database.connect() as conn:
-            existing = await find_by_client_order_id(
-                conn, command.account_id, command.client_order_id
-            )
-        if existing is not None:
-            return _receipt(existing, existing.correlation_id, created=False)
+        # Twins in this process wait for each other, so the second sees the first's order
+        # instead of racing it through risk. Across processes the unique constraint and the
+        # re-lookup below decide.
+        key = (command.account_id, command.client_order_id)
+        lock = self._placing.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._place(command)
+        finally:
+            if not lock.locked() and self._placing.get(key) is lock:
+                del self._placing[key]
+
+    async def _place(self, command: PlaceOrder) -> OrderReceipt:
+        original = await self._original(command)
+        if original is not None:
+            return original
         validate_terms(
             self._instruments,
             command.symbol,
@@ -121,27 +147,46 @@ class OrderCommands:
             command.stop_price,
         )
         order = self._new_order(command)
-        await self._risk.check_and_reserve(order, command.user_id)
+        committed = False
         try:
+            await self._risk.check_and_reserve(order, command.user_id)
             async with self._database.transaction() as conn:
                 await insert_order(conn, order)
                 await self._publish(conn, order, _submitted(order), command.correlation_id)
-        except DuplicateClientOrderId:
-            await self._risk.release(order.order_id)
-            async with self._database.connect() as conn:
-                original = await find_by_client_order_id(
-                    conn, command.account_id, command.client_order_id
-                )
-            if original is None:  # the winner rolled back after all: let the client retry
+            committed = True
+        except DomainError:
+            # A twin request with the same client order id may have won the race (and taken
+            # the capacity this one was refused for): answer with its order, not an error.
+            original = await self._original(command)
+            if original is None:
                 raise
-            return _receipt(original, original.correlation_id, created=False)
-        except BaseException:
-            await self._risk.release(order.order_id)
-            raise
+            return original
+        finally:
+            if not committed:
+                await self._release_unplaced(order.order_id)
         self._notify()
         return _receipt(order, command.correlation_id, created=True)
 
+    async def _original(self, command: PlaceOrder) -> OrderReceipt | None:
+        async with self._database.connect() as conn:
+            found = await find_by_client_order_id(conn, command.account_id, command.client_order_id)
+        return None if found is None else _receipt(found, found.correlation_id, created=False)
+
+    async def _release_unplaced(self, order_id: str) -> None:
+        """Nothing was placed (refused, duplicate, cancelled or failed): give back whatever
+        was reserved. Release is idempotent and a no-op when risk reserved nothing; an order
+        whose commit did land after all keeps its reservation. A failure here is logged,
+        never raised over the error that brought us here."""
+        try:
+            async with self._database.connect() as conn:
+                if await load_order(conn, order_id) is not None:
+                    return
+            await self._risk.release(order_id)
+        except Exception:
+            log.exception("oms.release_failed", order_id=order_id)
+
     async def cancel(self, command: CancelOrder) -> OrderReceipt:
+        await self._check_owner(command.account_id, command.user_id)
         async with self._database.transaction() as conn:
             order = await self._open_order(conn, command.account_id, command.order_id)
             self._move(order, order.request_cancel)
@@ -152,8 +197,13 @@ class OrderCommands:
         return _receipt(order, command.correlation_id, created=False)
 
     async def amend(self, command: AmendOrder) -> OrderReceipt:
+        """Change a resting order's quantity or prices. Only changes that do not add exposure
+        are taken (a smaller quantity; for a buy, a lower limit price): the risk reserved
+        when the order was placed still covers them. A larger order is a new order."""
+        await self._check_owner(command.account_id, command.user_id)
         async with self._database.transaction() as conn:
             order = await self._open_order(conn, command.account_id, command.order_id)
+            _refuse_added_exposure(order, command)
             validate_terms(
                 self._instruments,
                 order.symbol,
@@ -191,6 +241,14 @@ class OrderCommands:
             stop_price=command.stop_price,
         )
 
+    async def _check_owner(self, account_id: str, user_id: str | None) -> None:
+        """A user touches only their own accounts' orders; another's look like none."""
+        if user_id is None:
+            return
+        account = await self._accounts.get(account_id)
+        if account is None or account.owner != user_id:
+            raise OrderNotFound("order not found")
+
     async def _open_order(self, conn: AsyncConnection, account_id: str, order_id: str) -> Order:
         order = await load_order(conn, order_id, for_update=True)
         if order is None or order.account_id != account_id:
@@ -214,6 +272,27 @@ class OrderCommands:
             account_id=order.account_id,
         )
         await self._outbox.add(conn, ORDER_COMMANDS.name, order.account_id, event)
+
+
+def _refuse_added_exposure(order: Order, command: AmendOrder) -> None:
+    if command.quantity is not None and command.quantity > order.quantity:
+        raise InvalidOrder(
+            f"an amend cannot raise the quantity ({order.quantity} to {command.quantity}): "
+            "place a new order for the difference",
+            code="amend_adds_exposure",
+        )
+    raises_buy_limit = (
+        order.side is Side.BUY
+        and command.limit_price is not None
+        and order.limit_price is not None
+        and command.limit_price > order.limit_price
+    )
+    if raises_buy_limit:
+        raise InvalidOrder(
+            f"an amend cannot raise a buy limit ({order.limit_price} to "
+            f"{command.limit_price}): cancel and place a new order",
+            code="amend_adds_exposure",
+        )
 
 
 def _submitted(order: Order) -> OrderSubmitted:

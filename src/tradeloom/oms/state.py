@@ -4,8 +4,10 @@ The command side needs to know where each order stands (a filled order cannot be
 This consumer applies ``order.events`` to the ``orders`` rows through the domain's state
 machine, in order per account (the bus's key), one transaction per batch:
 
-* idempotent: a fill is applied once by its fill id; a status event that the order has
-  already passed (its transition is no longer legal) changes nothing and is logged.
+* idempotent: each event is applied once, by its id (recorded in ``processed_events`` in the
+  same transaction), so a redelivery in any order relative to other events changes nothing;
+  a fill is also applied once by its fill id. An event the order's state machine refuses (a
+  fill after the order was canceled, say) is logged as a warning and skipped.
 
 Risk keeps its own exposures from the same events (its own consumer group), so this updater
 and risk never wait on each other.
@@ -16,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
+from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
@@ -32,10 +36,11 @@ from tradeloom.domain.events import (
 )
 from tradeloom.domain.orders import Order
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
 from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.oms.repository import load_order, save_order
 from tradeloom.storage.database import Database
+from tradeloom.storage.schema import processed_events
 
 log = structlog.get_logger("tradeloom.oms.state")
 
@@ -59,7 +64,10 @@ class OrderStateUpdater:
 
     async def start(self) -> None:
         self._subscription = await self._bus.subscribe_batch(
-            ORDER_EVENTS.name, self._group, self.handle, ConsumerOptions(max_batch=200)
+            ORDER_EVENTS.name,
+            self._group,
+            self.handle,
+            ConsumerOptions(retry=PERSISTENT_RETRY, max_batch=200),
         )
 
     async def stop(self) -> None:
@@ -76,10 +84,27 @@ class OrderStateUpdater:
         self.applied += applied
         self.ignored += len(events) - applied
 
+    async def _first_time(self, conn: AsyncConnection, event: Event) -> bool:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(
+                    insert(processed_events),
+                    {
+                        "consumer": self._group,
+                        "event_id": event.id,
+                        "processed_at": self._clock.now(),
+                    },
+                )
+        except IntegrityError:
+            return False
+        return True
+
     async def _apply(self, conn: AsyncConnection, event: Event) -> Order | None:
         payload = event.payload
         order_id = getattr(payload, "order_id", None)
         if not isinstance(order_id, str):
+            return None
+        if not await self._first_time(conn, event):
             return None
         order = await load_order(conn, order_id, for_update=True)
         if order is None:
@@ -106,7 +131,9 @@ class OrderStateUpdater:
             else:
                 return None
         except DomainError as exc:
-            log.info("oms.event_not_applicable", order_id=order_id, type=event.type, why=str(exc))
+            log.warning(
+                "oms.event_not_applicable", order_id=order_id, type=event.type, why=str(exc)
+            )
             return None
         await save_order(conn, order, self._clock.now(), new_fill_id=fill_id)
         return order

@@ -216,3 +216,15 @@ broker_reports = Table(
     Column("order_id", String(64), nullable=False),
     Column("received_at", UtcDateTime(), nullable=False),
 )
+
+
+# Events a consumer has applied, by consumer group: applying the same event twice (a
+# redelivery, in any order relative to others) is detected and changes nothing.
+processed_events = Table(
+    "processed_events",
+    metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("consumer", "event_id"),
+)

@@ -16,7 +16,7 @@ from tests.helpers import eventually, eventually_equals
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.domain.events import CandleClosed, PriceUpdate, decode_event
 from tradeloom.domain.market import Interval
-from tradeloom.domain.time import SystemClock
+from tradeloom.domain.time import ManualClock, SystemClock
 from tradeloom.market_data.consumer import PriceTick
 from tradeloom.market_data.observers import decode_fanout, price_channel
 from tradeloom.market_data.service import MarketData
@@ -115,7 +115,7 @@ async def pipeline(tmp_path: Path) -> AsyncIterator[Pipeline]:
         database=database,
         outbox=Outbox(),
         metrics=metrics,
-        clock=SystemClock(),
+        clock=ManualClock(MINUTE),  # the prices below are fresh at this time
         close_idle_bars=False,
         extra_observers=[exploding],
     )
@@ -151,6 +151,15 @@ async def test_a_price_older_than_the_ttl_reads_as_no_price(pipeline: Pipeline) 
     assert await pipeline.bid("AAPL") == Decimal("187.20")
     pipeline.monotonic.now += 0.2
     assert await pipeline.market.last_prices.last("AAPL") is None
+
+
+async def test_an_update_older_than_the_ttl_is_never_served(pipeline: Pipeline) -> None:
+    await pipeline.publish(
+        quote("MSFT", "410.00", MINUTE - timedelta(seconds=6)),  # stale on arrival
+        quote("AAPL", "187.20", MINUTE),
+    )
+    await eventually_equals(lambda: pipeline.bid("AAPL"), Decimal("187.20"))
+    assert await pipeline.market.last_prices.last("MSFT") is None
 
 
 async def test_fan_out_delivers_each_symbols_updates_in_order(pipeline: Pipeline) -> None:

@@ -65,7 +65,7 @@ class RiskWorld:
 
     def __post_init__(self) -> None:
         self.clock = ManualClock(START)
-        self.prices = LastPrices(self.cache)
+        self.prices = LastPrices(self.cache, self.clock)
         self.exposure = Exposure(self.cache)
         self.limits = LimitsStore(self.cache, self.defaults)
         self.accounts = AccountBook()

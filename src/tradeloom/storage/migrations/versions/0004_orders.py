@@ -73,8 +73,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("report_id", name="pk_broker_reports"),
     )
 
+    op.create_table(
+        "processed_events",
+        sa.Column("consumer", sa.String(64), nullable=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("processed_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name="pk_processed_events"),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("processed_events")
     op.drop_table("broker_reports")
     op.drop_table("broker_orders")
     op.drop_table("order_fills")

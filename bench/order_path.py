@@ -1,0 +1,759 @@
+"""Order-path benchmark: command handler → risk → outbox → bus → execution → paper broker → fill.
+
+Runs the write path of the platform on the PRODUCTION adapters (PostgreSQL, NATS JetStream,
+Redis) exactly as ``build_platform`` wires them, in this one process, and, in the same run,
+the database's bare insert-commit rate as the baseline.
+
+    python bench/order_path.py                      # 1,000 orders/s offered for 15 s
+    python bench/order_path.py --rate 0             # as fast as the placers can go
+    python bench/order_path.py --profile /tmp/prof  # py-spy this process over the window
+
+The load: ``--accounts`` accounts (one user each, ample cash), market BUY orders of one share
+on ``--symbols`` symbols, offered open-loop at ``--rate`` orders/s by ``--placers`` asyncio
+tasks calling ``platform.orders.place`` directly (no HTTP). Order ``i`` is due at
+``start + i / rate``; a placer takes the next due order, sleeps until it is due, places it.
+If every placer is busy the order starts late: that lateness is reported separately (the
+acknowledgement latency is the ``await place(...)`` alone, the brief's definition). The
+per-user order-rate and open-order limits are raised so risk refuses nothing legitimate.
+A quote pump publishes a fresh quote per symbol every ``--quote-interval`` seconds through
+the market-data publisher (bus → cache, and the paper broker's price feed), so prices stay
+fresh for risk and the paper broker always shows size to fill against.
+
+Figures:
+
+* placed/s: orders acknowledged (``place`` returned) during the offered window / window;
+* filled/s: ``order.filled`` events APPLIED to the order rows (the OMS state updater's
+  transaction committed) during the window / window; then the drain until every order is
+  filled;
+* ack p50/p99/max: ``await orders.place(...)``;
+* risk check p50/p99/max: every ``RiskEngine.check_and_reserve`` (``risk_check_observer``);
+* submit→fill p50/p99/max: from ``place`` returning to the OMS state updater having committed
+  that order's ``order.filled``;
+* BASELINE: asyncpg, ``BEGIN; INSERT one row; COMMIT`` in a loop into a scratch table for
+  ``--baseline-seconds``, on one connection and on 8 concurrent connections;
+* CPU seconds per wall second of this process and of postgres, nats-server and redis-server
+  (from /proc, over the window plus drain), peak RSS of this process, the event-loop lag.
+
+Everything is throwaway: a database ``tl_bench_<random>`` (created, migrated, dropped), a NATS
+stream prefix and Redis namespace ``bench<random>`` (streams deleted, keys removed). Only
+127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
+import structlog
+from sqlalchemy import event as sa_event
+from sqlalchemy import text
+
+from tradeloom.bootstrap import Platform, build_platform
+from tradeloom.config import Settings
+from tradeloom.domain.commands import PlaceOrder
+from tradeloom.domain.errors import DomainError
+from tradeloom.domain.events import Event, OrderFilled, PriceUpdate
+from tradeloom.domain.ids import new_id
+from tradeloom.domain.orders import OrderType, Side, TimeInForce
+from tradeloom.market_data.universe import default_universe
+from tradeloom.messaging.nats import delete_bus_streams
+from tradeloom.storage.migrate import upgrade_database
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CORES = os.cpu_count() or 1
+SERVER_NAMES = ("postgres", "nats-server", "redis-server")
+WARNINGS: Counter[str] = Counter()
+
+
+def _count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Count warnings and errors by event name instead of printing them over the table."""
+    WARNINGS[f"{level} {event.get('event')}"] += 1
+    raise structlog.DropEvent
+
+
+# --- CPU and memory, from /proc -------------------------------------------------------------
+
+
+def _process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) so far of process ``pid``, all its threads."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        stat = handle.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _server_cpu() -> dict[str, dict[int, float]]:
+    """CPU seconds so far of every postgres, nats-server and redis-server process, by pid."""
+    found: dict[str, dict[int, float]] = {name: {} for name in SERVER_NAMES}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        if name in found:
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[name][int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
+def _server_cpu_delta(
+    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+) -> dict[str, float]:
+    return {
+        name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in after[name].items())
+        for name in SERVER_NAMES
+    }
+
+
+def _total_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, for the share other processes used."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
+
+
+# --- the baseline: bare insert-commit -------------------------------------------------------
+
+
+@dataclass
+class Baseline:
+    single: float = 0.0
+    concurrent: float = 0.0
+    connections: int = 8
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+async def baseline(url: str, seconds: float, connections: int) -> Baseline:
+    """``BEGIN; INSERT; COMMIT`` in a loop: on one connection, then on ``connections``."""
+    result = Baseline(connections=connections)
+    admin = await asyncpg.connect(url)
+    try:
+        for name in (
+            "synchronous_commit",
+            "fsync",
+            "wal_sync_method",
+            "commit_delay",
+            "commit_siblings",
+            "shared_buffers",
+            "max_connections",
+        ):
+            result.settings[name] = await admin.fetchval(f"SHOW {name}")
+        await admin.execute(
+            "CREATE TABLE bench_commit (id bigserial PRIMARY KEY, payload text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+    finally:
+        await admin.close()
+
+    async def loop(conn: Any, deadline: float) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_commit (payload) VALUES ($1)", "x" * 200)
+            done += 1
+        return done
+
+    for count in (1, connections):
+        conns = [await asyncpg.connect(url) for _ in range(count)]
+        try:
+            started = time.perf_counter()
+            done = await asyncio.gather(*(loop(c, started + seconds) for c in conns))
+            rate = sum(done) / (time.perf_counter() - started)
+        finally:
+            for conn in conns:
+                await conn.close()
+        if count == 1:
+            result.single = rate
+        else:
+            result.concurrent = rate
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute("DROP TABLE bench_commit")
+    finally:
+        await admin.close()
+    return result
+
+
+# --- the order path -------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    offered: int = 0
+    not_started: int = 0  # due in the window, but no placer was free before it ended
+    window: float = 0.0
+    placed_in_window: int = 0
+    placed: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    filled_in_window: int = 0
+    filled: int = 0
+    drain_s: float = 0.0
+    drained: bool = False
+    ack: list[float] = field(default_factory=list)
+    late: list[float] = field(default_factory=list)  # start of place() after it was due
+    risk: list[float] = field(default_factory=list)
+    risk_outcomes: Counter[str] = field(default_factory=Counter)
+    to_fill: list[float] = field(default_factory=list)
+    lag: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    rss_mb: float = 0.0
+    servers: dict[str, float] = field(default_factory=dict)
+    machine_busy: float = 0.0
+    statuses: dict[str, int] = field(default_factory=dict)
+    quotes: int = 0
+    pool: str = ""
+    statements: Counter[str] = field(default_factory=Counter)  # by SQLAlchemy, first word
+    checkouts: int = 0  # connections taken from the pool (each pre-pinged)
+    pg_xacts: dict[str, int] = field(default_factory=dict)  # pg_stat_database deltas
+    redis_commands: int = 0
+    pg_sessions: Counter[str] = field(default_factory=Counter)
+    pg_samples: int = 0
+    profile: str | None = None
+
+
+class FillProbe:
+    """Wraps the OMS state updater's batch handler: after its transaction committed, every
+    ``order.filled`` in the batch is visible in the orders table; stamp those orders."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.placed_at: dict[str, float] = {}
+        self.filled_at: dict[str, float] = {}
+        self.in_window_until = float("inf")
+        self.filled_in_window = 0
+        self.all_filled = asyncio.Event()
+        self.expected: int | None = None
+        handle = platform.order_state.handle
+
+        async def timed(events: Sequence[Event]) -> None:
+            await handle(events)
+            now = time.perf_counter()
+            for event in events:
+                if isinstance(event.payload, OrderFilled):
+                    order_id = event.payload.order_id
+                    if order_id not in self.filled_at:
+                        self.filled_at[order_id] = now
+                        if now <= self.in_window_until:
+                            self.filled_in_window += 1
+            self.check_done()
+
+        # Instance-level hook, installed before start() subscribes ``self.handle``.
+        setattr(platform.order_state, "handle", timed)  # noqa: B010
+
+    def check_done(self) -> None:
+        if self.expected is not None and len(self.filled_at) >= self.expected:
+            self.all_filled.set()
+
+
+def _quote(symbol: str, mid: Decimal, tick: Decimal, flip: int) -> PriceUpdate:
+    """A fresh quote one tick either side of ``mid``, nudged every time so it is news."""
+    bid = mid - tick * (1 + flip % 2)
+    return PriceUpdate(
+        symbol=symbol,
+        bid=bid,
+        ask=mid + tick,
+        last=None,
+        volume=Decimal(0),
+        exchange_time=datetime.now(UTC),
+        venue="BENCH",
+    )
+
+
+async def _quote_pump(
+    platform: Platform, symbols: Sequence[tuple[str, Decimal, Decimal]], interval: float
+) -> int:
+    sent = 0
+    try:
+        while True:
+            for symbol, mid, tick in symbols:
+                await platform.market_data.publisher.submit(_quote(symbol, mid, tick, sent))
+                sent += 1
+            await asyncio.sleep(interval)
+    except asyncio.CancelledError:
+        return sent
+
+
+async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        samples.append(max(0.0, loop.time() - due))
+
+
+async def _sample_sessions(url: str, run: Run, period: float = 0.1) -> None:
+    """Every ``period``: what the bench database's sessions are doing (state, wait event,
+    first words of the query), to see where the order path waits inside PostgreSQL."""
+    conn = await asyncpg.connect(url)
+    try:
+        while True:
+            rows = await conn.fetch(
+                "SELECT state, wait_event_type, wait_event, left(query, 48) AS query"
+                " FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND state <> 'idle'"
+            )
+            run.pg_samples += 1
+            for row in rows:
+                wait = f"{row['wait_event_type']}:{row['wait_event']}" if row["wait_event"] else ""
+                query = " ".join((row["query"] or "").split())
+                run.pg_sessions[f"{row['state']} {wait} | {query}"] += 1
+            await asyncio.sleep(period)
+    finally:
+        await conn.close()
+
+
+async def _pg_xacts(url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database"
+            " WHERE datname = current_database()"
+        )
+    finally:
+        await conn.close()
+    return {"commit": int(row["xact_commit"]), "rollback": int(row["xact_rollback"])}
+
+
+async def _redis_commands(url: str) -> int:
+    client = aioredis.from_url(url)
+    try:
+        return int((await client.info("stats"))["total_commands_processed"])
+    finally:
+        await client.aclose()
+
+
+def _count_statements(platform: Platform, run: Run) -> None:
+    """Count what SQLAlchemy sends (first word of each statement) and pool checkouts."""
+    engine = platform.database.engine.sync_engine
+
+    @sa_event.listens_for(engine, "before_cursor_execute")
+    def _statement(*args: Any) -> None:
+        statement = str(args[2]).lstrip()
+        run.statements[statement.split(None, 1)[0].upper() if statement else "?"] += 1
+
+    @sa_event.listens_for(engine, "checkout")
+    def _checkout(*_args: Any) -> None:
+        run.checkouts += 1
+
+
+async def _wait_for_prices(platform: Platform, symbols: Sequence[str]) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            found = await platform.market_data.last_prices.last_many(list(symbols))
+            if all(found.get(s) is not None for s in symbols):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _start_profiler(args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]] | None:
+    if not args.profile:
+        return None
+    os.makedirs(args.profile, exist_ok=True)
+    path = os.path.join(args.profile, "order_path.txt")
+    py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    command = [py_spy, "record", "--pid", str(os.getpid()), "--rate", "100", "--nonblocking"]
+    command += ["--format", "raw", "--duration", str(max(1, round(args.duration)))]
+    command += ["--output", path]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return path, process
+
+
+async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
+    run = Run()
+    risk_samples: list[tuple[float, str]] = []
+    platform = build_platform(
+        settings,
+        risk_check_observer=lambda seconds, outcome: risk_samples.append((seconds, outcome)),
+    )
+    probe = FillProbe(platform)
+    await platform.start()
+    loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        universe = default_universe()[: args.symbols]
+        symbols = [(i.symbol, i.reference_price, i.tick_size) for i in universe]
+        accounts = [f"bench-{n:04d}" for n in range(args.accounts)]
+        for number, account in enumerate(accounts):
+            await platform.accounts.create(account, f"user-{number:04d}", Decimal(args.cash))
+        pump = asyncio.create_task(_quote_pump(platform, symbols, args.quote_interval))
+        await _wait_for_prices(platform, [s for s, _, _ in symbols])
+        tasks.append(asyncio.create_task(_loop_lag(run.lag)))
+        tasks.append(asyncio.create_task(_sample_sessions(args.database_url, run)))
+
+        total = round(args.rate * args.duration) if args.rate else None
+        next_index = 0
+        stop_at = float("inf")
+        placed_at = probe.placed_at
+
+        async def placer() -> None:
+            nonlocal next_index
+            while True:
+                index = next_index
+                if total is not None and index >= total:
+                    return
+                next_index += 1
+                if total is not None:
+                    due = started + index / args.rate
+                    delay = due - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    begun = time.perf_counter()
+                    if begun >= stop_at:  # the window is over: not offered, not placed
+                        run.not_started = total - index
+                        next_index = total
+                        return
+                    run.late.append(begun - due)
+                else:
+                    begun = time.perf_counter()
+                    if begun >= stop_at:
+                        return
+                account = accounts[index % len(accounts)]
+                symbol = symbols[(index // len(accounts)) % len(symbols)][0]
+                command = PlaceOrder(
+                    account_id=account,
+                    client_order_id=f"c{index}",
+                    symbol=symbol,
+                    side=Side.BUY,
+                    order_type=OrderType.MARKET,
+                    quantity=Decimal(1),
+                    time_in_force=TimeInForce.DAY,
+                    correlation_id=new_id(),
+                )
+                try:
+                    receipt = await platform.orders.place(command)
+                except DomainError as exc:
+                    run.refused[exc.code] += 1
+                    continue
+                except Exception as exc:
+                    run.refused[type(exc).__name__] += 1
+                    continue
+                done = time.perf_counter()
+                run.ack.append(done - begun)
+                placed_at[receipt.order_id] = done
+                if done <= started + args.duration:
+                    run.placed_in_window += 1
+
+        xacts0 = await _pg_xacts(args.database_url)
+        redis0 = await _redis_commands(args.redis_url)
+        _count_statements(platform, run)
+        cpu0, servers0, machine0 = _process_cpu(os.getpid()), _server_cpu(), _total_cpu()
+        profiler = _start_profiler(args)
+        started = time.perf_counter()
+        stop_at = started + args.duration
+        probe.in_window_until = stop_at
+        await asyncio.gather(*(placer() for _ in range(args.placers)))
+        run.window = max(args.duration, time.perf_counter() - started)
+        run.offered = next_index if total is None else total - run.not_started
+        run.placed = len(placed_at)
+        probe.expected = run.placed
+        probe.check_done()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(probe.all_filled.wait(), timeout=args.drain)
+        run.drained = probe.all_filled.is_set()
+        ended = time.perf_counter()
+        run.drain_s = max(0.0, ended - stop_at)
+        wall = ended - started
+        cpu1, servers1, machine1 = _process_cpu(os.getpid()), _server_cpu(), _total_cpu()
+        run.cpu = (cpu1 - cpu0) / wall
+        run.servers = {k: v / wall for k, v in _server_cpu_delta(servers0, servers1).items()}
+        run.machine_busy = (machine1[0] - machine0[0]) / wall
+        run.rss_mb = _peak_rss_mb(os.getpid())
+        xacts1 = await _pg_xacts(args.database_url)
+        run.pg_xacts = {k: xacts1[k] - xacts0[k] for k in xacts1}
+        run.redis_commands = await _redis_commands(args.redis_url) - redis0
+        run.filled_in_window = probe.filled_in_window
+        run.filled = len(probe.filled_at)
+        run.to_fill = [
+            probe.filled_at[order_id] - at
+            for order_id, at in placed_at.items()
+            if order_id in probe.filled_at
+        ]
+        run.risk = [seconds for seconds, _ in risk_samples]
+        run.risk_outcomes = Counter(outcome for _, outcome in risk_samples)
+        run.pool = platform.database.engine.pool.status()
+        pump.cancel()
+        run.quotes = await pump
+        if profiler is not None:
+            path, process = profiler
+            await loop.run_in_executor(None, process.wait)
+            run.profile = path
+        async with platform.database.connect() as conn:
+            rows = await conn.execute(text("SELECT status, count(*) FROM orders GROUP BY status"))
+            run.statuses = {str(status): int(count) for status, count in rows}
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await platform.close()
+    return run
+
+
+# --- setup, teardown, report ----------------------------------------------------------------
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _percentile(ordered: Sequence[float], q: int) -> float:
+    if not ordered:
+        return float("nan")
+    return statistics.quantiles(ordered, n=100)[q - 1] if len(ordered) > 1 else ordered[0]
+
+
+def _ms(samples: Sequence[float]) -> str:
+    ordered = sorted(samples)
+    if not ordered:
+        return "n/a"
+    p50, p99 = _percentile(ordered, 50) * 1000, _percentile(ordered, 99) * 1000
+    return f"{p50:.1f} / {p99:.1f} / {ordered[-1] * 1000:.0f} ms"
+
+
+def _p99(samples: Sequence[float]) -> float:
+    return _percentile(sorted(samples), 99) * 1000
+
+
+def _top_functions(path: str) -> tuple[Counter[str], Counter[str], int]:
+    """Own-time and inclusive samples per function of a py-spy raw (collapsed stacks) file."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
+        for line in handle:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack or not count.isdigit():
+                continue
+            frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+            samples = int(count)
+            total += samples
+            if frames:
+                own[frames[-1]] += samples
+            for frame in set(frames):
+                inclusive[frame] += samples
+    return own, inclusive, max(total, 1)
+
+
+def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
+    window = run.window
+    placed_rate = run.placed_in_window / window
+    filled_rate = run.filled_in_window / window
+    ack_p99, risk_p99 = _p99(run.ack), _p99(run.risk)
+    per = max(run.placed, 1)
+    offered = "max" if not args.rate else f"{args.rate:,.0f}/s"
+    rows = [
+        (
+            "load",
+            f"{offered} offered for {args.duration:g} s by {args.placers} placers; "
+            f"{args.accounts} accounts, {args.symbols} symbols, market BUY 1 share",
+        ),
+        (
+            "offered (started)",
+            f"{run.offered:,} orders in {window:.1f} s = {run.offered / window:,.0f}/s"
+            + (f"; {run.not_started:,} due but never started" if run.not_started else ""),
+        ),
+        (
+            "placed (acknowledged)",
+            f"{run.placed_in_window:,} in window = {placed_rate:,.0f} orders/s"
+            f" ({run.placed:,} in all)",
+        ),
+        (
+            "refused",
+            ", ".join(f"{k} x{v}" for k, v in run.refused.most_common()) or "none",
+        ),
+        (
+            "filled (applied to orders)",
+            f"{run.filled_in_window:,} in window = {filled_rate:,.0f} orders/s",
+        ),
+        (
+            "drain after window",
+            f"{run.drain_s:.1f} s, {'all filled' if run.drained else 'NOT all filled'}"
+            f" ({run.filled:,} of {run.placed:,})",
+        ),
+        ("ack (await place) p50/p99/max", _ms(run.ack)),
+        ("  start lateness p50/p99/max", _ms(run.late) + " (placer busy: open-loop queueing)"),
+        ("risk check p50/p99/max", _ms(run.risk) + f" over {len(run.risk):,} checks"),
+        ("submit→fill applied p50/p99/max", _ms(run.to_fill)),
+        ("event-loop lag p50/p99/max", _ms(run.lag) + " (10 ms sleeps woken late)"),
+        (
+            "CPU this process",
+            f"{run.cpu:.2f} s/s, peak RSS {run.rss_mb:.0f} MB (placers + whole platform)",
+        ),
+        (
+            "CPU servers",
+            ", ".join(f"{name} {cpu:.2f}" for name, cpu in run.servers.items()) + " s/s",
+        ),
+        (
+            "CPU machine",
+            f"{run.machine_busy:.2f} s/s busy of {CORES} cores"
+            f" (others: {max(0.0, run.machine_busy - run.cpu - sum(run.servers.values())):.2f})",
+        ),
+        ("orders by status", ", ".join(f"{k} {v:,}" for k, v in sorted(run.statuses.items()))),
+        ("quotes published", f"{run.quotes:,} (every {args.quote_interval * 1000:.0f} ms/symbol)"),
+        ("db pool at end", run.pool),
+        (
+            "per placed order (window+drain)",
+            f"{run.pg_xacts.get('commit', 0) / per:.1f} pg commits, "
+            f"{run.pg_xacts.get('rollback', 0) / per:.1f} pg rollbacks (incl. pre-pings and"
+            f" read-only blocks), {run.checkouts / per:.1f} pool checkouts,"
+            f" {run.redis_commands / per:.1f} redis commands (whole server)",
+        ),
+        (
+            "  SQL statements per order",
+            ", ".join(f"{k} {v / per:.1f}" for k, v in run.statements.most_common(8)),
+        ),
+        (
+            "pg non-idle sessions (avg)",
+            f"{sum(run.pg_sessions.values()) / max(run.pg_samples, 1):.2f}"
+            f" over {run.pg_samples} samples (state wait_event | query):",
+        ),
+    ]
+    samples = max(run.pg_samples, 1)
+    for session, count in run.pg_sessions.most_common(args.sessions_top):
+        rows.append(("  pg non-idle sessions (avg)", f"{count / samples:5.2f}  {session}"))
+    if base is not None:
+        rows += [
+            ("BASELINE insert+commit, 1 conn", f"{base.single:,.0f} commits/s (asyncpg)"),
+            (
+                f"BASELINE insert+commit, {base.connections} conns",
+                f"{base.concurrent:,.0f} commits/s (concurrency → group commit)",
+            ),
+            ("postgres settings", ", ".join(f"{k}={v}" for k, v in base.settings.items())),
+            (
+                "order path / baseline",
+                f"{placed_rate / base.single:.2f}x of 1 conn, "
+                f"{placed_rate / base.concurrent:.2f}x of {base.connections} conns",
+            ),
+        ]
+    if WARNINGS:
+        rows.append(("log warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common())))
+    checks = [
+        (f"≥1,000 orders/s placed ({placed_rate:,.0f})", placed_rate >= 1000),
+        (f"≥1,000 orders/s filled ({filled_rate:,.0f})", filled_rate >= 1000),
+        (f"ack p99 ≤25 ms ({ack_p99:.1f})", ack_p99 <= 25),
+        (f"risk p99 ≤5 ms ({risk_p99:.1f})", risk_p99 <= 5),
+    ]
+    rows += [(f"target {name}", "MET" if ok else "NOT MET") for name, ok in checks]
+    print("$ python " + " ".join(sys.argv))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"  {name:<{width}}  {value}")
+    if run.profile:
+        print(f"  py-spy ({run.profile}), top functions by own time / inclusive time:")
+        own, inclusive, total = _top_functions(run.profile)
+        for function, samples in own.most_common(args.profile_top):
+            print(
+                f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
+                f"  {function}"
+            )
+
+
+async def main(args: argparse.Namespace) -> None:
+    token = uuid.uuid4().hex[:8]
+    namespace = f"bench{token}"
+    database = f"tl_bench_{token}"
+    admin_url = args.postgres_url
+    database_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
+    args.database_url = database_url
+    await _admin(admin_url, f'CREATE DATABASE "{database}"')
+    base: Baseline | None = None
+    try:
+        await upgrade_database(database_url)
+        if args.baseline:
+            base = await baseline(database_url, args.baseline_seconds, args.baseline_connections)
+        settings = Settings(
+            database_url=database_url,
+            bus_url=args.nats_url,
+            cache_url=args.redis_url,
+            namespace=namespace,
+            risk_order_rate=1_000_000,
+            risk_max_open_orders=1_000_000,
+        )
+        run = await order_path(args, settings)
+    finally:
+        await delete_bus_streams(args.nats_url, namespace.upper())
+        cache = aioredis.from_url(args.redis_url)
+        keys = [key async for key in cache.scan_iter(match=f"{namespace}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await cache.delete(*keys[start : start + 1000])
+        await cache.aclose()
+        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    report(args, run, base)
+
+
+def _local(url: str) -> str:
+    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0]
+    if host != "127.0.0.1":
+        raise argparse.ArgumentTypeError(f"only 127.0.0.1 is allowed, not {host!r}")
+    return url
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rate", type=float, default=1000, help="orders/s offered; 0 = max")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds of offered load")
+    parser.add_argument("--drain", type=float, default=30.0, help="max seconds to drain fills")
+    parser.add_argument("--placers", type=int, default=64, help="concurrent placing tasks")
+    parser.add_argument("--accounts", type=int, default=200, help="accounts, one user each")
+    parser.add_argument("--cash", type=int, default=1_000_000_000, help="opening cash each")
+    parser.add_argument("--symbols", type=int, default=5, help="symbols traded")
+    parser.add_argument(
+        "--quote-interval", type=float, default=0.05, help="seconds between quotes per symbol"
+    )
+    parser.add_argument("--baseline-seconds", type=float, default=3.0)
+    parser.add_argument("--baseline-connections", type=int, default=8)
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy this process into DIR")
+    parser.add_argument("--profile-top", type=int, default=25, help="functions shown")
+    parser.add_argument("--sessions-top", type=int, default=8, help="pg session kinds shown")
+    parser.add_argument("--nats-url", type=_local, default="nats://127.0.0.1:4222")
+    parser.add_argument("--redis-url", type=_local, default="redis://127.0.0.1:6379/0")
+    parser.add_argument(
+        "--postgres-url", type=_local, default="postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+    args = parser.parse_args()
+    if args.rate < 0 or args.duration <= 0 or args.placers < 1 or args.accounts < 1:
+        parser.error("--rate ≥ 0, --duration > 0, --placers ≥ 1 and --accounts ≥ 1 please")
+    return args
+
+
+if __name__ == "__main__":
+    logging.disable(logging.WARNING)
+    structlog.configure(
+        processors=[_count_warnings],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
+    asyncio.run(main(parse_args()))
