@@ -10,8 +10,10 @@ an acknowledgement, rejection, cancel or expiry by order, so a report repeated b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
+import msgspec
+import structlog
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +31,7 @@ from tradeloom.broker.reports import (
 )
 from tradeloom.domain.events import (
     AnyPayload,
+    DeadLettered,
     OrderAccepted,
     OrderCanceled,
     OrderCancelRejected,
@@ -41,10 +44,12 @@ from tradeloom.domain.events import (
 )
 from tradeloom.domain.orders import Side
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.topics import ORDER_EVENTS
+from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
 from tradeloom.storage.schema import broker_orders, broker_reports
+
+log = structlog.get_logger("tradeloom.execution.reports")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,12 +108,14 @@ class ReportRecorder:
         self._notify = notify
         self.recorded = 0
         self.duplicates = 0
+        self.unknown = 0
 
     async def record(self, report: BrokerReport) -> None:
         async with self._database.transaction() as conn:
             sent = await load_sent_order(conn, report.order_id)
             if sent is None:
-                raise LookupError(f"a broker report for an order never sent: {report.order_id}")
+                await self._park_unknown(conn, report)
+                return
             if not await self._first_time(conn, report):
                 self.duplicates += 1
                 return
@@ -128,6 +135,31 @@ class ReportRecorder:
             await self._outbox.add(conn, ORDER_EVENTS.name, sent.account_id, event)
         self.recorded += 1
         self._notify()
+
+    async def _park_unknown(self, conn: AsyncConnection, report: BrokerReport) -> None:
+        """A report for an order execution never sent (another system's order, or a broker
+        error): keep it in ``dead_letter`` for a person to look at, rather than block every
+        later report of its account by refusing it forever."""
+        original = msgspec.json.encode({"kind": type(report).__name__, **asdict(report)})
+        parked = DeadLettered(
+            topic="broker.reports",
+            group=None,
+            reason="UNKNOWN_ORDER",
+            error=f"a broker report for an order never sent: {report.order_id}",
+            attempts=1,
+            original_event_id=report_id(report) or f"{type(report).__name__}:{report.order_id}",
+            original_type=type(report).__name__,
+            original=original,
+        )
+        event = new_event(
+            parked,
+            occurred_at=self._clock.now(),
+            correlation_id=f"broker:{report.order_id}",
+            account_id=report.account_id,
+        )
+        await self._outbox.add(conn, DEAD_LETTER.name, report.account_id, event)
+        self.unknown += 1
+        log.error("execution.report_for_unknown_order", order_id=report.order_id)
 
     async def _first_time(self, conn: AsyncConnection, report: BrokerReport) -> bool:
         key = report_id(report)
