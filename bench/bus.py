@@ -42,6 +42,7 @@ import structlog
 from nats.aio.msg import Msg
 from nats.js import api
 
+from benchkit import fetch_and_ack, publish_raw
 from tradeloom.domain.events import Event, OrderAccepted, encode_event, new_event
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus, delete_bus_streams
@@ -149,37 +150,21 @@ async def bench_raw(args: argparse.Namespace, prefix: str) -> Figures:
             (event.id, encode_event(event), key) for event, key in make_events(args.messages)
         ]
         started = time.perf_counter()  # encoding is left out: a strict baseline
-        acks = [
-            await js.publish_async(
-                f"{subject}.{partition_of(key, args.partitions)}",
-                data,
-                headers={"Nats-Msg-Id": event_id, "Tl-Key": key},
-            )
-            for event_id, data, key in payloads
-        ]
-        await asyncio.gather(*acks)
+        await publish_raw(js, subject, payloads, args.partitions)
         publish_s = time.perf_counter() - started
         total = args.messages
 
-        consumed = 0
+        consumed = [0]  # shared by the partitions' drains
         started = time.perf_counter()
 
         async def drain(partition: int) -> None:
-            nonlocal consumed
             pull = await js.pull_subscribe(
                 f"{subject}.{partition}",
                 durable=f"consume_{partition}",
                 stream=stream,
                 config=api.ConsumerConfig(max_ack_pending=args.batch, ack_wait=30),
             )
-            while consumed < total:
-                try:
-                    messages = await pull.fetch(args.batch, timeout=0.2)
-                except TimeoutError:
-                    continue
-                for message in messages:
-                    await message.ack()
-                consumed += len(messages)
+            await fetch_and_ack(pull, args.batch, consumed, total)
 
         await asyncio.gather(*(drain(p) for p in range(args.partitions)))
         consume_s = time.perf_counter() - started

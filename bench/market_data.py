@@ -49,25 +49,38 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import statistics
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from multiprocessing.connection import Connection
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import nats
 import redis.asyncio as aioredis
 import structlog
 from nats.js import api
 
+from benchkit import (
+    CORES,
+    WARNINGS,
+    admin_execute,
+    count_warnings,
+    fetch_and_ack,
+    local_url,
+    loop_lag,
+    peak_rss_mb,
+    percentile,
+    process_cpu,
+    publish_raw,
+    server_cpu,
+    server_cpu_delta,
+    top_functions,
+)
 from tradeloom.bootstrap import build_bus, build_platform
 from tradeloom.config import Settings
 from tradeloom.domain.events import Event, PriceUpdate, encode_event, new_event
@@ -81,27 +94,16 @@ from tradeloom.market_data.publisher import PricePublisher
 from tradeloom.market_data.simulator import SimulationSettings, Simulator, Tick
 from tradeloom.market_data.universe import default_universe
 from tradeloom.messaging.nats import delete_bus_streams
-from tradeloom.messaging.partitioning import partition_of
 from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.migrate import upgrade_database
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-WARNINGS: Counter[str] = Counter()
-
-
-def _count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    """Count warnings and errors by event name instead of printing them over the table."""
-    WARNINGS[f"{level} {event.get('event')}"] += 1
-    raise structlog.DropEvent
-
-
+# This script's order of the servers in "CPU servers" (benchkit's default is postgres first).
 SERVER_NAMES = ("nats-server", "redis-server", "postgres")
 PROCESSES = {
     "ingest": "child: feed clients + normalize + PricePublisher → NATS",
     "consumer": "this process: PriceConsumer → cache, candles, fan-out",
     "exchange": "child: simulator + loopback servers",
 }
-CORES = os.cpu_count() or 1
 
 
 # --- the exchange, in a child process -------------------------------------------------------
@@ -219,7 +221,7 @@ async def _ingest(
     ]
     tasks = [asyncio.create_task(publisher.publish_feed(feed)) for feed in feeds]
     lag: list[float] = []
-    tasks.append(asyncio.create_task(_loop_lag(lag)))
+    tasks.append(asyncio.create_task(loop_lag(lag)))
     pipe.send("ready")
     while await loop.run_in_executor(None, pipe.recv) != "stop":  # "stats"
         pipe.send(_ingest_stats(feeds, publisher))
@@ -246,70 +248,10 @@ def _ingest_main(
 ) -> None:
     logging.disable(logging.WARNING)
     structlog.configure(
-        processors=[_count_warnings],
+        processors=[count_warnings],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
     asyncio.run(_ingest(pipe, addresses, settings))
-
-
-async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
-    """Record how late a ``period`` sleep wakes up: the event loop's stalls (blocking work,
-    starvation by other runnable tasks, or the process not being scheduled)."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + period
-        await asyncio.sleep(period)
-        samples.append(max(0.0, loop.time() - due))
-
-
-# --- CPU and memory of the processes, from /proc --------------------------------------------
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) so far of process ``pid``, all its threads."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        stat = handle.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _peak_rss_mb(pid: int) -> float:
-    """Peak resident set size (VmHWM) of process ``pid`` in MB."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-# --- CPU of the servers ---------------------------------------------------------------------
-
-
-def _server_cpu() -> dict[str, dict[int, float]]:
-    """CPU seconds so far of every nats-server, redis-server and postgres process, by pid."""
-    found: dict[str, dict[int, float]] = {name: {} for name in SERVER_NAMES}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name in found:
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[name][int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return found
-
-
-def _server_cpu_delta(
-    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
-) -> dict[str, float]:
-    return {
-        name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in after[name].items())
-        for name in SERVER_NAMES
-    }
 
 
 # --- the end-to-end run ---------------------------------------------------------------------
@@ -394,10 +336,10 @@ async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
         await loop.run_in_executor(None, exchange_pipe.recv)  # "connected"
 
         consumer_lag: list[float] = []
-        lag_task = asyncio.create_task(_loop_lag(consumer_lag))
+        lag_task = asyncio.create_task(loop_lag(consumer_lag))
         pids = {"ingest": ingest.pid, "consumer": os.getpid(), "exchange": exchange.pid}
-        cpu0 = {name: _process_cpu(pid) for name, pid in pids.items()}
-        servers0 = _server_cpu()
+        cpu0 = {name: process_cpu(pid) for name, pid in pids.items()}
+        servers0 = server_cpu(SERVER_NAMES)
         started = time.perf_counter()
         exchange_pipe.send("go")
         profilers = _start_profilers(args, {"ingest": ingest.pid, "consumer": os.getpid()})
@@ -418,13 +360,13 @@ async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
         result.fed = stats["fed"]
         result.drained = len(latencies) >= result.fed
         result.drain_s = time.perf_counter() - started - window
-        cpu1 = {name: _process_cpu(pid) for name, pid in pids.items()}
-        servers1 = _server_cpu()
+        cpu1 = {name: process_cpu(pid) for name, pid in pids.items()}
+        servers1 = server_cpu(SERVER_NAMES)
         wall = time.perf_counter() - started
         result.cpu = {name: (cpu1[name] - cpu0[name]) / wall for name in pids}
-        result.rss_mb = {name: _peak_rss_mb(pid) for name, pid in pids.items()}
+        result.rss_mb = {name: peak_rss_mb(pid) for name, pid in pids.items()}
         result.servers = {
-            name: cpu / wall for name, cpu in _server_cpu_delta(servers0, servers1).items()
+            name: cpu / wall for name, cpu in server_cpu_delta(servers0, servers1).items()
         }
         result.consumed = len(latencies)
         result.offered_s = max(window, result.offered_s)
@@ -491,7 +433,7 @@ async def baseline(args: argparse.Namespace, prefix: str, count: int) -> Baselin
     js = nc.jetstream(publish_async_max_pending=512)
     stream, subject = f"{prefix}_RAW", f"{prefix.lower()}raw"
     await js.add_stream(name=stream, subjects=[f"{subject}.*"], max_age=3600, duplicate_window=120)
-    consumed = 0
+    consumed = [0]  # shared by the partitions' drains
     try:
         pulls = [
             await js.pull_subscribe(
@@ -503,33 +445,14 @@ async def baseline(args: argparse.Namespace, prefix: str, count: int) -> Baselin
             for p in range(args.partitions)
         ]
 
-        async def drain(pull: Any) -> None:
-            nonlocal consumed
-            while consumed < count:
-                try:
-                    messages = await pull.fetch(args.batch, timeout=0.2)
-                except TimeoutError:
-                    continue
-                for message in messages:
-                    await message.ack()
-                consumed += len(messages)
-
-        async def publish() -> None:
-            acks = [
-                await js.publish_async(
-                    f"{subject}.{partition_of(key, args.partitions)}",
-                    data,
-                    headers={"Nats-Msg-Id": event_id, "Tl-Key": key},
-                )
-                for event_id, data, key in payloads
-            ]
-            await asyncio.gather(*acks)
-
-        cpu0, servers0 = time.process_time(), _server_cpu()
+        cpu0, servers0 = time.process_time(), server_cpu(SERVER_NAMES)
         started = time.perf_counter()
-        await asyncio.gather(publish(), *(drain(pull) for pull in pulls))
+        await asyncio.gather(
+            publish_raw(js, subject, payloads, args.partitions),
+            *(fetch_and_ack(pull, args.batch, consumed, count) for pull in pulls),
+        )
         wall = time.perf_counter() - started
-        cpu, servers1 = time.process_time() - cpu0, _server_cpu()
+        cpu, servers1 = time.process_time() - cpu0, server_cpu(SERVER_NAMES)
     finally:
         with contextlib.suppress(Exception):
             await js.delete_stream(stream)
@@ -539,45 +462,11 @@ async def baseline(args: argparse.Namespace, prefix: str, count: int) -> Baselin
         size=len(payloads[0][1]),
         rate=count / wall,
         cpu=cpu / wall,
-        servers={k: v / wall for k, v in _server_cpu_delta(servers0, servers1).items()},
+        servers={k: v / wall for k, v in server_cpu_delta(servers0, servers1).items()},
     )
 
 
 # --- setup, teardown, report ----------------------------------------------------------------
-
-
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def _percentile(samples: Sequence[float], q: int) -> float:
-    if not samples:
-        return float("nan")
-    return statistics.quantiles(samples, n=100)[q - 1] if len(samples) > 1 else samples[0]
-
-
-def _top_functions(path: str) -> tuple[Counter[str], Counter[str], int]:
-    """Own-time and inclusive samples per function of a py-spy raw (collapsed stacks) file."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
-        for line in handle:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            frames = [frame for frame in stack.split(";") if not frame.startswith("process ")]
-            samples = int(count)
-            total += samples
-            if frames:
-                own[frames[-1]] += samples
-            for frame in set(frames):
-                inclusive[frame] += samples
-    return own, inclusive, max(total, 1)
 
 
 def _ms(samples: Sequence[float]) -> tuple[float, float, float]:
@@ -585,7 +474,7 @@ def _ms(samples: Sequence[float]) -> tuple[float, float, float]:
     ordered = sorted(samples)
     if not ordered:
         return float("nan"), float("nan"), float("nan")
-    return _percentile(ordered, 50) * 1000, _percentile(ordered, 99) * 1000, ordered[-1] * 1000
+    return percentile(ordered, 50) * 1000, percentile(ordered, 99) * 1000, ordered[-1] * 1000
 
 
 def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> None:
@@ -593,7 +482,7 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
     offered = e2e.offered / window
     sustained = e2e.consumed_in_window / window
     lat = sorted(e2e.latencies)
-    p50, p99 = _percentile(lat, 50) * 1000, _percentile(lat, 99) * 1000
+    p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
     kept_up = e2e.backlog_at_end <= max(1000, offered * 0.25) and not e2e.exchange_dropped
     rows = [
         ("wire", f"{e2e.wires} (FIX share {args.fix_share:.0%})"),
@@ -677,7 +566,7 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
         print(f"  {name:<{width}}  {value}")
     for name, path in e2e.profiles.items():
         print(f"  py-spy {name} ({path}), top functions by own time / inclusive time:")
-        own, inclusive, total = _top_functions(path)
+        own, inclusive, total = top_functions(path)
         for function, samples in own.most_common(args.profile_top):
             print(
                 f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
@@ -692,7 +581,7 @@ async def main(args: argparse.Namespace) -> None:
     database = f"tl_bench_{token}"
     admin_url = args.postgres_url
     database_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
-    await _admin(admin_url, f'CREATE DATABASE "{database}"')
+    await admin_execute(admin_url, f'CREATE DATABASE "{database}"')
     try:
         await upgrade_database(database_url)
         settings = Settings(
@@ -714,15 +603,8 @@ async def main(args: argparse.Namespace) -> None:
         if keys:
             await cache.delete(*keys)
         await cache.aclose()
-        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     report(args, e2e, base)
-
-
-def _local(url: str) -> str:
-    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0]
-    if host != "127.0.0.1":
-        raise argparse.ArgumentTypeError(f"only 127.0.0.1 is allowed, not {host!r}")
-    return url
 
 
 def parse_args() -> argparse.Namespace:
@@ -747,10 +629,10 @@ def parse_args() -> argparse.Namespace:
         "--profile", metavar="DIR", help="py-spy the ingest and consumer processes into DIR"
     )
     parser.add_argument("--profile-top", type=int, default=15, help="functions shown per profile")
-    parser.add_argument("--nats-url", type=_local, default="nats://127.0.0.1:4222")
-    parser.add_argument("--redis-url", type=_local, default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--nats-url", type=local_url, default="nats://127.0.0.1:4222")
+    parser.add_argument("--redis-url", type=local_url, default="redis://127.0.0.1:6379/0")
     parser.add_argument(
-        "--postgres-url", type=_local, default="postgresql://postgres@127.0.0.1:5432/postgres"
+        "--postgres-url", type=local_url, default="postgresql://postgres@127.0.0.1:5432/postgres"
     )
     args = parser.parse_args()
     if not 0 <= args.fix_share <= 0.5:
@@ -761,7 +643,7 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     logging.disable(logging.WARNING)
     structlog.configure(
-        processors=[_count_warnings],
+        processors=[count_warnings],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
     asyncio.run(main(parse_args()))

@@ -46,13 +46,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -64,6 +63,21 @@ import structlog
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
+from benchkit import (
+    CLOCK_TICKS,
+    CORES,
+    WARNINGS,
+    admin_execute,
+    count_warnings,
+    local_url,
+    loop_lag,
+    peak_rss_mb,
+    percentile,
+    process_cpu,
+    server_cpu,
+    server_cpu_delta,
+    top_functions,
+)
 from tradeloom.bootstrap import Platform, build_platform
 from tradeloom.config import Settings
 from tradeloom.domain.commands import PlaceOrder
@@ -75,62 +89,7 @@ from tradeloom.market_data.universe import default_universe
 from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.storage.migrate import upgrade_database
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-CORES = os.cpu_count() or 1
-SERVER_NAMES = ("postgres", "nats-server", "redis-server")
-WARNINGS: Counter[str] = Counter()
-
-
-def _count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
-    """Count warnings and errors by event name instead of printing them over the table."""
-    WARNINGS[f"{level} {event.get('event')}"] += 1
-    raise structlog.DropEvent
-
-
 # --- CPU and memory, from /proc -------------------------------------------------------------
-
-
-def _process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) so far of process ``pid``, all its threads."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-        stat = handle.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
-        for line in handle:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _server_cpu() -> dict[str, dict[int, float]]:
-    """CPU seconds so far of every postgres, nats-server and redis-server process, by pid."""
-    found: dict[str, dict[int, float]] = {name: {} for name in SERVER_NAMES}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if name in found:
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[name][int(entry)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return found
-
-
-def _server_cpu_delta(
-    before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
-) -> dict[str, float]:
-    return {
-        name: sum(cpu - before[name].get(pid, 0.0) for pid, cpu in after[name].items())
-        for name in SERVER_NAMES
-    }
 
 
 def _total_cpu() -> tuple[float, float]:
@@ -301,14 +260,6 @@ async def _quote_pump(
         return sent
 
 
-async def _loop_lag(samples: list[float], period: float = 0.01) -> None:
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + period
-        await asyncio.sleep(period)
-        samples.append(max(0.0, loop.time() - due))
-
-
 async def _sample_sessions(url: str, run: Run, period: float = 0.1) -> None:
     """Every ``period``: what the bench database's sessions are doing (state, wait event,
     first words of the query), to see where the order path waits inside PostgreSQL."""
@@ -405,7 +356,7 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
             await platform.accounts.create(account, f"user-{number:04d}", Decimal(args.cash))
         pump = asyncio.create_task(_quote_pump(platform, symbols, args.quote_interval))
         await _wait_for_prices(platform, [s for s, _, _ in symbols])
-        tasks.append(asyncio.create_task(_loop_lag(run.lag)))
+        tasks.append(asyncio.create_task(loop_lag(run.lag)))
         tasks.append(asyncio.create_task(_sample_sessions(args.database_url, run)))
 
         total = round(args.rate * args.duration) if args.rate else None
@@ -464,7 +415,7 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
         xacts0 = await _pg_xacts(args.database_url)
         redis0 = await _redis_commands(args.redis_url)
         _count_statements(platform, run)
-        cpu0, servers0, machine0 = _process_cpu(os.getpid()), _server_cpu(), _total_cpu()
+        cpu0, servers0, machine0 = process_cpu(os.getpid()), server_cpu(), _total_cpu()
         profiler = _start_profiler(args)
         started = time.perf_counter()
         stop_at = started + args.duration
@@ -481,11 +432,11 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
         ended = time.perf_counter()
         run.drain_s = max(0.0, ended - stop_at)
         wall = ended - started
-        cpu1, servers1, machine1 = _process_cpu(os.getpid()), _server_cpu(), _total_cpu()
+        cpu1, servers1, machine1 = process_cpu(os.getpid()), server_cpu(), _total_cpu()
         run.cpu = (cpu1 - cpu0) / wall
-        run.servers = {k: v / wall for k, v in _server_cpu_delta(servers0, servers1).items()}
+        run.servers = {k: v / wall for k, v in server_cpu_delta(servers0, servers1).items()}
         run.machine_busy = (machine1[0] - machine0[0]) / wall
-        run.rss_mb = _peak_rss_mb(os.getpid())
+        run.rss_mb = peak_rss_mb(os.getpid())
         xacts1 = await _pg_xacts(args.database_url)
         run.pg_xacts = {k: xacts1[k] - xacts0[k] for k in xacts1}
         run.redis_commands = await _redis_commands(args.redis_url) - redis0
@@ -519,50 +470,16 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
 # --- setup, teardown, report ----------------------------------------------------------------
 
 
-async def _admin(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-def _percentile(ordered: Sequence[float], q: int) -> float:
-    if not ordered:
-        return float("nan")
-    return statistics.quantiles(ordered, n=100)[q - 1] if len(ordered) > 1 else ordered[0]
-
-
 def _ms(samples: Sequence[float]) -> str:
     ordered = sorted(samples)
     if not ordered:
         return "n/a"
-    p50, p99 = _percentile(ordered, 50) * 1000, _percentile(ordered, 99) * 1000
+    p50, p99 = percentile(ordered, 50) * 1000, percentile(ordered, 99) * 1000
     return f"{p50:.1f} / {p99:.1f} / {ordered[-1] * 1000:.0f} ms"
 
 
 def _p99(samples: Sequence[float]) -> float:
-    return _percentile(sorted(samples), 99) * 1000
-
-
-def _top_functions(path: str) -> tuple[Counter[str], Counter[str], int]:
-    """Own-time and inclusive samples per function of a py-spy raw (collapsed stacks) file."""
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    with contextlib.suppress(OSError), open(path, encoding="utf-8") as handle:
-        for line in handle:
-            stack, _, count = line.rstrip("\n").rpartition(" ")
-            if not stack or not count.isdigit():
-                continue
-            frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-            samples = int(count)
-            total += samples
-            if frames:
-                own[frames[-1]] += samples
-            for frame in set(frames):
-                inclusive[frame] += samples
-    return own, inclusive, max(total, 1)
+    return percentile(sorted(samples), 99) * 1000
 
 
 def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
@@ -671,7 +588,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         print(f"  {name:<{width}}  {value}")
     if run.profile:
         print(f"  py-spy ({run.profile}), top functions by own time / inclusive time:")
-        own, inclusive, total = _top_functions(run.profile)
+        own, inclusive, total = top_functions(run.profile, skip=("process ", "thread "))
         for function, samples in own.most_common(args.profile_top):
             print(
                 f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
@@ -686,7 +603,7 @@ async def main(args: argparse.Namespace) -> None:
     admin_url = args.postgres_url
     database_url = admin_url.rsplit("/", 1)[0] + f"/{database}"
     args.database_url = database_url
-    await _admin(admin_url, f'CREATE DATABASE "{database}"')
+    await admin_execute(admin_url, f'CREATE DATABASE "{database}"')
     base: Baseline | None = None
     try:
         await upgrade_database(database_url)
@@ -708,15 +625,8 @@ async def main(args: argparse.Namespace) -> None:
         for start in range(0, len(keys), 1000):
             await cache.delete(*keys[start : start + 1000])
         await cache.aclose()
-        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     report(args, run, base)
-
-
-def _local(url: str) -> str:
-    host = url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1].rsplit(":", 1)[0]
-    if host != "127.0.0.1":
-        raise argparse.ArgumentTypeError(f"only 127.0.0.1 is allowed, not {host!r}")
-    return url
 
 
 def parse_args() -> argparse.Namespace:
@@ -739,10 +649,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--profile", metavar="DIR", help="py-spy this process into DIR")
     parser.add_argument("--profile-top", type=int, default=25, help="functions shown")
     parser.add_argument("--sessions-top", type=int, default=8, help="pg session kinds shown")
-    parser.add_argument("--nats-url", type=_local, default="nats://127.0.0.1:4222")
-    parser.add_argument("--redis-url", type=_local, default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--nats-url", type=local_url, default="nats://127.0.0.1:4222")
+    parser.add_argument("--redis-url", type=local_url, default="redis://127.0.0.1:6379/0")
     parser.add_argument(
-        "--postgres-url", type=_local, default="postgresql://postgres@127.0.0.1:5432/postgres"
+        "--postgres-url", type=local_url, default="postgresql://postgres@127.0.0.1:5432/postgres"
     )
     args = parser.parse_args()
     if args.rate < 0 or args.duration <= 0 or args.placers < 1 or args.accounts < 1:
@@ -753,7 +663,7 @@ def parse_args() -> argparse.Namespace:
 if __name__ == "__main__":
     logging.disable(logging.WARNING)
     structlog.configure(
-        processors=[_count_warnings],
+        processors=[count_warnings],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
     asyncio.run(main(parse_args()))
