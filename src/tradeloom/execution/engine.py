@@ -23,7 +23,6 @@ from collections.abc import Callable
 
 import structlog
 from sqlalchemy import delete
-from sqlalchemy.exc import IntegrityError
 
 from tradeloom.broker.adapter import BrokerTimeout, BrokerUnavailable
 from tradeloom.broker.gateway import BrokerGateway
@@ -42,7 +41,7 @@ from tradeloom.domain.events import (
 from tradeloom.domain.time import Clock
 from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_COMMANDS, ORDER_EVENTS
-from tradeloom.storage.database import Database
+from tradeloom.storage.database import Database, insert_if_absent
 from tradeloom.storage.outbox import Outbox
 from tradeloom.storage.schema import broker_orders
 
@@ -126,23 +125,17 @@ class ExecutionEngine:
 
     async def _claim(self, event: Event, order: OrderSubmitted, account: str) -> bool:
         """Commit the row that says this order went to the broker; False if it already did."""
-        try:
-            async with self._database.transaction() as conn:
-                await conn.execute(
-                    broker_orders.insert(),
-                    {
-                        "order_id": order.order_id,
-                        "account_id": account,
-                        "symbol": order.symbol,
-                        "side": order.side.value,
-                        "correlation_id": event.correlation_id,
-                        "causation_id": event.id,
-                        "sent_at": self._clock.now(),
-                    },
-                )
-        except IntegrityError:
-            return False
-        return True
+        row = {
+            "order_id": order.order_id,
+            "account_id": account,
+            "symbol": order.symbol,
+            "side": order.side.value,
+            "correlation_id": event.correlation_id,
+            "causation_id": event.id,
+            "sent_at": self._clock.now(),
+        }
+        async with self._database.transaction() as conn:
+            return await insert_if_absent(conn, broker_orders, row)
 
     async def _cancel(self, event: Event, request: OrderCancelRequested) -> None:
         cancel = CancelRequest(order_id=request.order_id, account_id=event.account_id or "")

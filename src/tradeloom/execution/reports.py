@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 import msgspec
 import structlog
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.broker.reports import (
@@ -45,7 +44,7 @@ from tradeloom.domain.events import (
 from tradeloom.domain.orders import Side
 from tradeloom.domain.time import Clock
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
-from tradeloom.storage.database import Database
+from tradeloom.storage.database import Database, insert_if_absent
 from tradeloom.storage.outbox import Outbox
 from tradeloom.storage.schema import broker_orders, broker_reports
 
@@ -165,19 +164,8 @@ class ReportRecorder:
         key = report_id(report)
         if key is None:
             return True
-        try:
-            async with conn.begin_nested():
-                await conn.execute(
-                    broker_reports.insert(),
-                    {
-                        "report_id": key,
-                        "order_id": report.order_id,
-                        "received_at": self._clock.now(),
-                    },
-                )
-        except IntegrityError:
-            return False
-        return True
+        row = {"report_id": key, "order_id": report.order_id, "received_at": self._clock.now()}
+        return await insert_if_absent(conn, broker_reports, row)
 
 
 def to_payload(report: BrokerReport, sent: SentOrder) -> AnyPayload:

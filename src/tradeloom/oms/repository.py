@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
+from tradeloom.storage.database import insert_if_absent
 from tradeloom.storage.schema import order_fills, orders
 
 
@@ -68,7 +69,9 @@ def _values(order: Order) -> dict[str, object]:
 
 
 async def insert_order(conn: AsyncConnection, order: Order) -> None:
-    """Insert a new order; raises :class:`DuplicateClientOrderId` if the id is taken."""
+    """Insert a new order; raises :class:`DuplicateClientOrderId` if the id is taken. A taken
+    client order id is detected by ``ON CONFLICT`` on the unique constraint, without a
+    savepoint; the transaction stays usable."""
     row = {
         "order_id": order.order_id,
         "account_id": order.account_id,
@@ -82,13 +85,19 @@ async def insert_order(conn: AsyncConnection, order: Order) -> None:
         "updated_at": order.created_at,
         **_values(order),
     }
+    duplicate = DuplicateClientOrderId(
+        f"client order id {order.client_order_id!r} is already used by this account"
+    )
     try:
-        async with conn.begin_nested():
-            await conn.execute(insert(orders), row)
+        inserted = await insert_if_absent(
+            conn, orders, row, conflict_on=("account_id", "client_order_id")
+        )
     except IntegrityError as exc:
-        raise DuplicateClientOrderId(
-            f"client order id {order.client_order_id!r} is already used by this account"
-        ) from exc
+        # Any other constraint (the order id itself, never reused: ids are fresh) is reported
+        # the same way; unlike a client order id conflict, it leaves the transaction aborted.
+        raise duplicate from exc
+    if not inserted:
+        raise duplicate
 
 
 async def load_order(

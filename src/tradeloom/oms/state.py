@@ -18,8 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import structlog
-from sqlalchemy import insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
@@ -39,7 +37,7 @@ from tradeloom.domain.time import Clock
 from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
 from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.oms.repository import load_order, save_order
-from tradeloom.storage.database import Database
+from tradeloom.storage.database import Database, insert_if_absent
 from tradeloom.storage.schema import processed_events
 
 log = structlog.get_logger("tradeloom.oms.state")
@@ -85,19 +83,8 @@ class OrderStateUpdater:
         self.ignored += len(events) - applied
 
     async def _first_time(self, conn: AsyncConnection, event: Event) -> bool:
-        try:
-            async with conn.begin_nested():
-                await conn.execute(
-                    insert(processed_events),
-                    {
-                        "consumer": self._group,
-                        "event_id": event.id,
-                        "processed_at": self._clock.now(),
-                    },
-                )
-        except IntegrityError:
-            return False
-        return True
+        row = {"consumer": self._group, "event_id": event.id, "processed_at": self._clock.now()}
+        return await insert_if_absent(conn, processed_events, row)
 
     async def _apply(self, conn: AsyncConnection, event: Event) -> Order | None:
         payload = event.payload

@@ -13,8 +13,28 @@ Guarantees:
   consistent snapshot while a writer works. A consequence used by the outbox: on SQLite
   commit order equals outbox sequence order.
 * On PostgreSQL transactions run concurrently under READ COMMITTED, from a pool of
-  ``pool_size`` connections (plus ``max_overflow``), pre-pinged so a restarted server does not
-  hand out dead connections.
+  ``pool_size`` connections (plus ``max_overflow``).
+
+Disconnects on PostgreSQL are handled optimistically, not pessimistically. A pre-ping
+(``pool_pre_ping``) would cost a round trip on every checkout, several per order, to guard
+against an event that happens once per server restart. Instead:
+
+* a pooled connection older than ``POSTGRES_POOL_RECYCLE_S`` is replaced on checkout, so none
+  outlives an idle timeout of a firewall or proxy on the way;
+* when a statement fails because its connection is gone, SQLAlchemy recognises the
+  disconnect (``is_disconnect``), discards that connection and invalidates the whole pool:
+  every connection opened before the failure is replaced on its next checkout, so one restart
+  costs one failed statement per caller that happened to hold a connection, not one per
+  pooled connection.
+
+The trade-off: the first statement on a dead connection fails once (a ``DBAPIError`` with
+``connection_invalidated`` set) instead of being silently reconnected. Its transaction is
+rolled back and nothing of it is written, so the callers retry rather than this module: a bus
+consumer's handler raises and its event is redelivered with backoff (acknowledged only once a
+handler returned); broker reports and the outbox relay retry with backoff likewise; the web
+tier answers an error the client retries (the readiness check answers 503 once, then passes
+on a fresh connection). Retrying here instead would repeat statements whose outcome is
+unknown, which only the callers (idempotent by event id, fill id or client order id) may do.
 """
 
 from __future__ import annotations
@@ -25,12 +45,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 _WRITE_OPTION = "tradeloom_write"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+POSTGRES_POOL_RECYCLE_S = 300
 
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
@@ -69,7 +91,11 @@ class Database:
             self._write_lock = asyncio.Lock()
         else:
             self._engine = create_async_engine(
-                self._url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+                self._url,
+                pool_size=pool_size,
+                max_overflow=max_overflow,
+                pool_pre_ping=False,
+                pool_recycle=POSTGRES_POOL_RECYCLE_S,
             )
 
     @property
@@ -114,6 +140,26 @@ class Database:
         if self._write_lock is None:
             return contextlib.nullcontext()
         return self._write_lock
+
+
+async def insert_if_absent(
+    conn: AsyncConnection,
+    table: Table,
+    row: dict[str, Any],
+    *,
+    conflict_on: tuple[str, ...] | None = None,
+) -> bool:
+    """Insert ``row`` unless ``table`` already holds a row with the same key; True if it was
+    inserted. The key is ``conflict_on`` (columns of a unique constraint), by default the
+    primary key. One ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL; SQLite 3.24+), so a
+    duplicate needs no savepoint and leaves the transaction usable; any other violation still
+    raises ``IntegrityError``. Under concurrency PostgreSQL waits for an uncommitted twin and
+    then does nothing if it committed, so exactly one of two racing inserts returns True."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    columns = conflict_on or tuple(column.name for column in table.primary_key.columns)
+    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=columns)
+    result = await conn.execute(statement, row)
+    return result.rowcount == 1
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
