@@ -137,12 +137,24 @@ class NatsBus:
             await self._ensure_stream(each)
         self._kv = await self._ensure_lease_bucket()
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop every member (in-flight events finish and are acked, leases are released),
+        then drain the connection. Shutdown is bounded: a member still busy after ``grace``
+        seconds is aborted like a crashed process (its unacked events go back to the server
+        after ``ack_wait``)."""
         members, self._members = self._members, []
         for member in members:
-            await member.stop()
+            try:
+                await asyncio.wait_for(member.stop(), grace)
+            except TimeoutError:
+                _log.warning("bus.stop_timed_out", grace=grace)
+                await member.abort()
         if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+            try:
+                await asyncio.wait_for(self._nc.drain(), grace)
+            except TimeoutError:
+                _log.warning("bus.drain_timed_out", grace=grace)
+                await self._nc.close()
 
     async def abort(self) -> None:
         """Vanish like a crashed process: nothing is acked or released, leases lapse."""
