@@ -72,6 +72,7 @@ class PartitionLeases:
         self._releasing: dict[int, asyncio.Task[None]] = {}
         self._member_revision = 0
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False  # ends the loop even if its cancellation was swallowed
         self._kv_lock = asyncio.Lock()  # renewals and releases must not interleave
 
     @property
@@ -101,13 +102,17 @@ class PartitionLeases:
             task.cancel()
 
     async def _cancel_loop(self) -> None:
+        self._stopping = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.wait([self._loop_task])
             self._loop_task = None
 
     async def _maintain(self) -> None:
-        while True:
+        # Cancelling alone does not end this loop reliably: on Python 3.11 ``asyncio.wait_for``
+        # (which nats-py's requests use) returns the reply instead of raising when the cancel
+        # arrives together with it. The flag ends the loop after that round at the latest.
+        while not self._stopping:
             await asyncio.sleep(self._ttl / 3)
             try:
                 async with self._kv_lock:
