@@ -30,12 +30,16 @@ async def eventually(
 
 
 async def eventually_equals(
-    read: Callable[[], Awaitable[T]], expected: T, within: float = 10.0
+    read: Callable[[], Awaitable[T]], expected: T, within: float = 10.0, *, what: str = ""
 ) -> None:
-    """Poll the coroutine ``read`` until it returns ``expected``; fail showing the last value."""
+    """Poll the coroutine ``read`` until it returns ``expected``; fail showing the last value
+    (and ``what`` was awaited, when given)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while (value := await read()) != expected:
         if loop.time() > deadline:
-            raise AssertionError(f"expected {expected!r}, still {value!r} after {within:.1f}s")
-        await asyncio.sleep(0.01)
+            waited = f" waiting until {what}" if what else ""
+            raise AssertionError(
+                f"expected {expected!r}, still {value!r} after {within:.1f}s{waited}"
+            )
+        await asyncio.sleep(0.005)

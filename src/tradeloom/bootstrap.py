@@ -30,8 +30,7 @@ from tradeloom.market_data.service import MarketData
 from tradeloom.market_data.universe import default_universe, load_universe
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
-from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus
-from tradeloom.messaging.topics import ORDER_EVENTS
+from tradeloom.messaging.port import EventBus
 from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.commands import OrderCommands
 from tradeloom.oms.state import OrderStateUpdater
@@ -251,21 +250,6 @@ def build_platform(
     order_state = OrderStateUpdater(bus, database, clock)
     exposure_updates = ExposureUpdater(exposure)
 
-    async def follow_exposure() -> None:
-        subscription = await bus.subscribe(
-            ORDER_EVENTS.name,
-            "risk-exposure",
-            exposure_updates.on_order_event,
-            ConsumerOptions(retry=PERSISTENT_RETRY),
-        )
-        stop_exposure.append(subscription.stop)
-
-    stop_exposure: list[Callable[[], Awaitable[None]]] = []
-
-    async def unfollow_exposure() -> None:
-        while stop_exposure:
-            await stop_exposure.pop()()
-
     platform = Platform(
         settings=settings,
         database=database,
@@ -294,7 +278,7 @@ def build_platform(
         Component("broker gateway", gateway.start, gateway.stop),
         Component("market data", market_data.start, market_data.stop),
         Component("order state", order_state.start, order_state.stop),
-        Component("risk exposure", follow_exposure, unfollow_exposure),
+        Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
         Component("execution", execution.start, execution.stop),
         Component("outbox relay", relay.start, relay.close),
     ]

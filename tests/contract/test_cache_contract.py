@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ import pytest
 import structlog.testing
 from redis.asyncio import Redis
 
+from tests.helpers import eventually_equals
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import Cache, CacheScript, ScriptStore
 from tradeloom.cache.redis import RedisCache
@@ -26,12 +26,7 @@ Condition = Callable[[], Awaitable[bool]]
 
 
 async def eventually(condition: Condition, within: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.005)
+    await eventually_equals(condition, True, within, what=what)
 
 
 class ManualMonotonic:

@@ -20,6 +20,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from tests.helpers import eventually_equals
 from tradeloom.domain.events import Event, OrderAccepted, new_event
 from tradeloom.domain.time import ManualClock
 from tradeloom.storage.database import Database
@@ -142,13 +143,7 @@ def event(account: str) -> Event:
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """Poll ``check`` until it holds or the deadline passes."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DEADLINE
-    while not await check():
-        if loop.time() > deadline:
-            pytest.fail(f"timed out after {DEADLINE}s waiting until {what}")
-        await asyncio.sleep(0.01)
+    await eventually_equals(check, True, DEADLINE, what=what)
 
 
 async def outbox_rows(db: Database) -> list[dict[str, object]]:

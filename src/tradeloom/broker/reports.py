@@ -18,8 +18,14 @@ from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import require_utc
 
 
-def _optional_exact(value: Decimal | None, field: str) -> Decimal | None:
-    return None if value is None else exact(value, field=field)
+def _make_exact(item: object, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Turn the named fields of a frozen dataclass into exact Decimals (None stays None for
+    ``optional`` ones); raises InvalidNumber naming the field."""
+    for name in required:
+        object.__setattr__(item, name, exact(getattr(item, name), field=name))
+    for name in optional:
+        value = getattr(item, name)
+        object.__setattr__(item, name, None if value is None else exact(value, field=name))
 
 
 # -- requests ---------------------------------------------------------------------------------
@@ -40,9 +46,7 @@ class SubmitOrder:
     stop_price: Decimal | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "quantity", exact(self.quantity, field="quantity"))
-        object.__setattr__(self, "limit_price", _optional_exact(self.limit_price, "limit_price"))
-        object.__setattr__(self, "stop_price", _optional_exact(self.stop_price, "stop_price"))
+        _make_exact(self, ("quantity",), ("limit_price", "stop_price"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -64,9 +68,7 @@ class AmendRequest:
     stop_price: Decimal | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "quantity", _optional_exact(self.quantity, "quantity"))
-        object.__setattr__(self, "limit_price", _optional_exact(self.limit_price, "limit_price"))
-        object.__setattr__(self, "stop_price", _optional_exact(self.stop_price, "stop_price"))
+        _make_exact(self, (), ("quantity", "limit_price", "stop_price"))
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -105,8 +107,7 @@ class BrokerFill:
     fee: Decimal = ZERO
 
     def __post_init__(self) -> None:
-        for name in ("quantity", "price", "cumulative_quantity", "leaves_quantity", "fee"):
-            object.__setattr__(self, name, exact(getattr(self, name), field=name))
+        _make_exact(self, ("quantity", "price", "cumulative_quantity", "leaves_quantity", "fee"))
         require_utc(self.filled_at, field="filled_at")
 
 
@@ -143,9 +144,7 @@ class BrokerReplaced:
     stop_price: Decimal | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "quantity", exact(self.quantity, field="quantity"))
-        object.__setattr__(self, "limit_price", _optional_exact(self.limit_price, "limit_price"))
-        object.__setattr__(self, "stop_price", _optional_exact(self.stop_price, "stop_price"))
+        _make_exact(self, ("quantity",), ("limit_price", "stop_price"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

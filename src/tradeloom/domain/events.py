@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Any, TypeAlias
+from typing import Annotated, TypeAlias
 
 import msgspec
 
@@ -230,9 +230,3 @@ def encode_event(event: Event) -> bytes:
 def decode_event(data: bytes | bytearray | memoryview) -> Event:
     """Decode bytes made by :func:`encode_event`; raises ``msgspec.ValidationError`` on junk."""
     return _decoder.decode(data)
-
-
-def payload_fields(event: Event) -> dict[str, Any]:
-    """The payload as plain builtins (decimals as strings), for logs and tables."""
-    result: dict[str, Any] = msgspec.to_builtins(event.payload)
-    return result

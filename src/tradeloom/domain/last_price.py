@@ -7,8 +7,7 @@ of two updates with the same time, the one that arrived later wins (arrival orde
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from collections.abc import Iterable
 
 from tradeloom.domain.events import PriceUpdate
 
@@ -20,26 +19,11 @@ def is_newer(update: PriceUpdate, last_seen: PriceUpdate | None) -> bool:
     return update.exchange_time >= last_seen.exchange_time
 
 
-@dataclass
-class LastPriceGuard:
-    """Remembers the exchange time of the newest update seen per symbol.
-
-    ``admit`` answers whether an update is newer than every one admitted before for its symbol
-    and, if so, records it. Updates it refuses are counted in ``stale``. Not thread-safe: one
-    guard belongs to one consumer task (updates of one symbol are consumed in order by one task).
-    """
-
-    stale: int = 0
-    _newest: dict[str, datetime] = field(default_factory=dict, repr=False)
-
-    def admit(self, update: PriceUpdate) -> bool:
-        newest = self._newest.get(update.symbol)
-        if newest is not None and update.exchange_time < newest:
-            self.stale += 1
-            return False
-        self._newest[update.symbol] = update.exchange_time
-        return True
-
-    def newest(self, symbol: str) -> datetime | None:
-        """The exchange time of the newest update admitted for ``symbol``, if any."""
-        return self._newest.get(symbol)
+def newest_per_symbol(updates: Iterable[PriceUpdate]) -> dict[str, PriceUpdate]:
+    """The newest update of each symbol among ``updates``, by :func:`is_newer` (of two with
+    the same exchange time, the later in ``updates`` wins)."""
+    newest: dict[str, PriceUpdate] = {}
+    for update in updates:
+        if is_newer(update, newest.get(update.symbol)):
+            newest[update.symbol] = update
+    return newest

@@ -22,6 +22,7 @@ import msgspec
 
 from tradeloom.cache.port import Cache, CacheScript, ScriptStore
 from tradeloom.domain.events import PriceUpdate
+from tradeloom.domain.last_price import newest_per_symbol
 from tradeloom.domain.time import Clock
 
 PRICE_TTL = 5.0
@@ -74,16 +75,6 @@ SET_IF_NEWER = CacheScript(
 def exchange_micros(update: PriceUpdate) -> int:
     delta = update.exchange_time - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def newest_per_symbol(updates: Iterable[PriceUpdate]) -> dict[str, PriceUpdate]:
-    """The newest update of each symbol in a batch (ties: the later one in the batch)."""
-    newest: dict[str, PriceUpdate] = {}
-    for update in updates:
-        seen = newest.get(update.symbol)
-        if seen is None or update.exchange_time >= seen.exchange_time:
-            newest[update.symbol] = update
-    return newest
 
 
 class LastPrices:

@@ -18,14 +18,29 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
 )
+from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.risk.exposure import Exposure
 
 
 class ExposureUpdater:
-    """``on_order_event`` is an ``EventHandler``; subscribe it to the order events topic."""
+    """``on_order_event`` is an ``EventHandler``; ``start`` subscribes it to the order events
+    topic as the ``risk-exposure`` group, with persistent retries (a cache outage must not
+    park a fill or a release)."""
 
     def __init__(self, exposure: Exposure) -> None:
         self._exposure = exposure
+        self._subscription: Subscription | None = None
+
+    async def start(self, bus: EventBus, group: str = "risk-exposure") -> None:
+        self._subscription = await bus.subscribe(
+            ORDER_EVENTS.name, group, self.on_order_event, ConsumerOptions(retry=PERSISTENT_RETRY)
+        )
+
+    async def stop(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.stop()
+            self._subscription = None
 
     async def on_order_event(self, event: Event) -> None:
         payload = event.payload

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tradeloom.domain.events import PriceUpdate
-from tradeloom.domain.last_price import LastPriceGuard, is_newer
+from tradeloom.domain.last_price import is_newer, newest_per_symbol
 
 T0 = datetime(2026, 1, 5, 14, 0, tzinfo=UTC)
 
@@ -34,13 +34,12 @@ def test_is_newer_by_exchange_time_with_ties_going_to_the_later_arrival() -> Non
     assert not is_newer(update("A", 0), update("A", 1))
 
 
-def test_symbols_are_guarded_independently() -> None:
-    guard = LastPriceGuard()
-    assert guard.admit(update("A", 10))
-    assert guard.admit(update("B", 1))
-    assert not guard.admit(update("A", 9))
-    assert guard.stale == 1
-    assert guard.newest("A") == T0 + timedelta(seconds=10)
+def test_symbols_are_judged_independently() -> None:
+    newest = newest_per_symbol([update("A", 10), update("B", 1), update("A", 9)])
+    assert {symbol: u.exchange_time for symbol, u in newest.items()} == {
+        "A": T0 + timedelta(seconds=10),
+        "B": T0 + timedelta(seconds=1),
+    }
 
 
 @given(
@@ -52,16 +51,8 @@ def test_an_older_update_never_wins_whatever_the_arrival_order(
 ) -> None:
     updates = [update(symbol, seconds) for symbol, seconds in raw]
     shuffler.shuffle(updates)
-    guard = LastPriceGuard()
-    last_price: dict[str, PriceUpdate] = {}
-    for incoming in updates:
-        if guard.admit(incoming):
-            assert is_newer(incoming, last_price.get(incoming.symbol))
-            last_price[incoming.symbol] = incoming
-    for symbol, kept in last_price.items():
+    for symbol, kept in newest_per_symbol(updates).items():
         newest = max(u.exchange_time for u in updates if u.symbol == symbol)
         assert kept.exchange_time == newest
-    assert guard.stale == len(updates) - sum(
-        1 for i, u in enumerate(updates)
-        if all(u.exchange_time >= v.exchange_time for v in updates[:i] if v.symbol == u.symbol)
-    )  # fmt: skip
+        ties = [u for u in updates if u.symbol == symbol and u.exchange_time == newest]
+        assert kept is ties[-1]

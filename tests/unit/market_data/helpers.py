@@ -8,6 +8,7 @@ import itertools
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
+from tests.helpers import eventually
 from tradeloom.domain.events import PriceUpdate
 from tradeloom.domain.time import ManualClock
 from tradeloom.market_data.simulator import SimulationSettings, Simulator, Tick
@@ -26,12 +27,7 @@ def ticks(count: int, seed: int = 7) -> list[Tick]:
 
 async def wait_until(condition: Callable[[], bool], what: str, seconds: float = 5.0) -> None:
     """Poll ``condition`` until true; fail naming ``what`` after ``seconds``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
-        await asyncio.sleep(0.002)
+    await eventually(condition, seconds, interval=0.002, message=what)
 
 
 class Collector:
