@@ -103,6 +103,23 @@ class OrderReplaced(Payload, frozen=True, kw_only=True, tag="order.replaced"):
     stop_price: Decimal | None = None
 
 
+class PositionUpdated(Payload, frozen=True, kw_only=True, tag="position.updated"):
+    """A position row after the fill ``fill_id`` (average cost; see domain/positions.py).
+
+    ``cash`` is the account's cash after the fill. ``average_cost`` is None when flat."""
+
+    symbol: str
+    quantity: Decimal
+    average_cost: Decimal | None
+    cost_basis: Decimal
+    realized_pnl: Decimal
+    fees: Decimal
+    cash: Decimal
+    fill_id: str
+    order_id: str
+    filled_at: UtcDatetime
+
+
 class PriceUpdate(Payload, frozen=True, kw_only=True, tag="market.price"):
     """The one canonical quote/trade update every feed is normalized into."""
 
@@ -168,6 +185,7 @@ AnyPayload: TypeAlias = (
     | OrderCancelRejected
     | OrderExpired
     | OrderReplaced
+    | PositionUpdated
     | PriceUpdate
     | PriceBatch
     | CandleClosed

@@ -9,6 +9,8 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Lags of eventually consistent views: from milliseconds to "a consumer is minutes behind".
+_LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0)
 
 
 class Metrics:
@@ -56,6 +58,31 @@ class Metrics:
             "tradeloom_risk_check_seconds",
             "Pre-trade risk check latency",
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.projection_lag_seconds = Histogram(
+            "tradeloom_projection_lag_seconds",
+            "From an event's occurred_at to a projection having applied it, by consumer group",
+            ["group"],
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.position_update_lag_seconds = Histogram(
+            "tradeloom_position_update_lag_seconds",
+            "From a fill event's occurred_at to its position row being committed",
+            buckets=_LAG_BUCKETS,
+            registry=self.registry,
+        )
+        self.events_projected = Counter(
+            "tradeloom_events_projected",
+            "Events a projection received, by consumer group and outcome (applied, duplicate)",
+            ["group", "outcome"],
+            registry=self.registry,
+        )
+        self.notifications_sent = Counter(
+            "tradeloom_notifications_sent",
+            "Messages published to users' streams, by kind (order, position)",
+            ["kind"],
             registry=self.registry,
         )
         self.price_subscribers = Gauge(

@@ -228,3 +228,105 @@ processed_events = Table(
     Column("processed_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("consumer", "event_id"),
 )
+
+
+# ---- Read side (issue: read models). Kept by projections from the bus; never written by the
+# command side, and rebuildable from the history each projection keeps.
+
+# The order read model: one row per order, answering "where does my order stand" at once.
+# Keyset paging walks (account_id, submitted_at, order_id), which the index covers.
+order_views = Table(
+    "order_views",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("client_order_id", String(64), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("side", String(8), nullable=False),
+    Column("order_type", String(16), nullable=False),
+    Column("time_in_force", String(8), nullable=False),
+    Column("quantity", ExactDecimal(), nullable=False),
+    Column("filled_quantity", ExactDecimal(), nullable=False),
+    Column("remaining_quantity", ExactDecimal(), nullable=False),
+    Column("average_fill_price", ExactDecimal(), nullable=True),
+    Column("limit_price", ExactDecimal(), nullable=True),
+    Column("stop_price", ExactDecimal(), nullable=True),
+    Column("status", String(24), nullable=False),
+    Column("is_open", Boolean(), nullable=False),
+    Column("reason", Text(), nullable=True),
+    Column("correlation_id", String(64), nullable=False),
+    Column("submitted_at", UtcDateTime(), nullable=False),
+    Column("accepted_at", UtcDateTime(), nullable=True),
+    Column("last_fill_at", UtcDateTime(), nullable=True),
+    Column("closed_at", UtcDateTime(), nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    Column("event_count", Integer(), nullable=False),
+    Column("last_event_id", String(64), nullable=False),
+)
+Index(
+    "ix_order_views_account_id_submitted_at_order_id",
+    order_views.c.account_id,
+    order_views.c.submitted_at,
+    order_views.c.order_id,
+)
+
+# Every order event the projection received, once each (by event id): the history a user can
+# read, and what `tradeloom orders rebuild` folds the read model from.
+order_history = Table(
+    "order_history",
+    metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("account_id", String(64), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("correlation_id", String(64), nullable=False),
+    Column("event", LargeBinary(), nullable=False),
+)
+Index(
+    "ix_order_history_order_id_occurred_at", order_history.c.order_id, order_history.c.occurred_at
+)
+
+# Positions per (account, symbol), by the average-cost method (domain/positions.py). The cost
+# basis is stored, not the rounded average, so a position is rebuilt exactly.
+# ``last_filled_at``/``last_fill_id`` is the newest fill applied, in the canonical fill order.
+positions = Table(
+    "positions",
+    metadata,
+    Column("account_id", String(64), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("quantity", ExactDecimal(), nullable=False),
+    Column("cost_basis", ExactDecimal(), nullable=False),
+    Column("realized_pnl", ExactDecimal(), nullable=False),
+    Column("fees", ExactDecimal(), nullable=False),
+    Column("fill_count", Integer(), nullable=False),
+    Column("last_filled_at", UtcDateTime(), nullable=False),
+    Column("last_fill_id", String(64), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("account_id", "symbol"),
+)
+
+# Every fill positions applied, once each (the fill id is the idempotency key), with its terms:
+# a fill that arrives out of order is placed by (filled_at, fill_id) and its position refolded.
+position_fills = Table(
+    "position_fills",
+    metadata,
+    Column("fill_id", String(64), primary_key=True),
+    Column("account_id", String(64), nullable=False),
+    Column("symbol", String(32), nullable=False),
+    Column("order_id", String(64), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("side", String(8), nullable=False),
+    Column("quantity", ExactDecimal(), nullable=False),
+    Column("price", ExactDecimal(), nullable=False),
+    Column("fee", ExactDecimal(), nullable=False),
+    Column("filled_at", UtcDateTime(), nullable=False),
+    Column("applied_at", UtcDateTime(), nullable=False),
+)
+Index(
+    "ix_position_fills_account_id_symbol_filled_at_fill_id",
+    position_fills.c.account_id,
+    position_fills.c.symbol,
+    position_fills.c.filled_at,
+    position_fills.c.fill_id,
+)
