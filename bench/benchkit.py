@@ -9,6 +9,7 @@ import these as ``from benchkit import ...`` (spawned child processes inherit th
   :func:`server_cpu_delta` (and :data:`CLOCK_TICKS`, :data:`CORES`, :data:`SERVER_NAMES`);
 * the event loop: :func:`loop_lag`;
 * raw nats-py JetStream, the baselines: :func:`publish_raw`, :func:`fetch_and_ack`;
+* the database baseline: :class:`Baseline`, :func:`baseline` (bare insert-commit rates);
 * setup and report: :func:`admin_execute`, :func:`local_url`, :func:`percentile`,
   :func:`top_functions`.
 """
@@ -20,8 +21,10 @@ import asyncio
 import contextlib
 import os
 import statistics
+import time
 from collections import Counter
 from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -166,6 +169,70 @@ async def fetch_and_ack(pull: Any, batch: int, consumed: list[int], total: int) 
         for message in messages:
             await message.ack()
         consumed[0] += len(messages)
+
+
+# --- the database baseline: bare insert-commit -----------------------------------------------
+
+
+@dataclass
+class Baseline:
+    """Bare ``BEGIN; INSERT; COMMIT`` rates (per second) and the server settings that shape them."""
+
+    single: float = 0.0
+    concurrent: float = 0.0
+    connections: int = 8
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+async def baseline(url: str, seconds: float, connections: int) -> Baseline:
+    """``BEGIN; INSERT; COMMIT`` in a loop: on one connection, then on ``connections``."""
+    result = Baseline(connections=connections)
+    admin = await asyncpg.connect(url)
+    try:
+        for name in (
+            "synchronous_commit",
+            "fsync",
+            "wal_sync_method",
+            "commit_delay",
+            "commit_siblings",
+            "shared_buffers",
+            "max_connections",
+        ):
+            result.settings[name] = await admin.fetchval(f"SHOW {name}")
+        await admin.execute(
+            "CREATE TABLE bench_commit (id bigserial PRIMARY KEY, payload text NOT NULL,"
+            " created_at timestamptz NOT NULL DEFAULT now())"
+        )
+    finally:
+        await admin.close()
+
+    async def loop(conn: Any, deadline: float) -> int:
+        done = 0
+        while time.perf_counter() < deadline:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO bench_commit (payload) VALUES ($1)", "x" * 200)
+            done += 1
+        return done
+
+    for count in (1, connections):
+        conns = [await asyncpg.connect(url) for _ in range(count)]
+        try:
+            started = time.perf_counter()
+            done = await asyncio.gather(*(loop(c, started + seconds) for c in conns))
+            rate = sum(done) / (time.perf_counter() - started)
+        finally:
+            for conn in conns:
+                await conn.close()
+        if count == 1:
+            result.single = rate
+        else:
+            result.concurrent = rate
+    admin = await asyncpg.connect(url)
+    try:
+        await admin.execute("DROP TABLE bench_commit")
+    finally:
+        await admin.close()
+    return result
 
 
 # --- setup, teardown, report ----------------------------------------------------------------

@@ -67,7 +67,9 @@ from benchkit import (
     CLOCK_TICKS,
     CORES,
     WARNINGS,
+    Baseline,
     admin_execute,
+    baseline,
     count_warnings,
     local_url,
     loop_lag,
@@ -98,68 +100,6 @@ def _total_cpu() -> tuple[float, float]:
         values = [int(v) for v in handle.readline().split()[1:]]
     idle = values[3] + values[4]
     return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
-
-
-# --- the baseline: bare insert-commit -------------------------------------------------------
-
-
-@dataclass
-class Baseline:
-    single: float = 0.0
-    concurrent: float = 0.0
-    connections: int = 8
-    settings: dict[str, str] = field(default_factory=dict)
-
-
-async def baseline(url: str, seconds: float, connections: int) -> Baseline:
-    """``BEGIN; INSERT; COMMIT`` in a loop: on one connection, then on ``connections``."""
-    result = Baseline(connections=connections)
-    admin = await asyncpg.connect(url)
-    try:
-        for name in (
-            "synchronous_commit",
-            "fsync",
-            "wal_sync_method",
-            "commit_delay",
-            "commit_siblings",
-            "shared_buffers",
-            "max_connections",
-        ):
-            result.settings[name] = await admin.fetchval(f"SHOW {name}")
-        await admin.execute(
-            "CREATE TABLE bench_commit (id bigserial PRIMARY KEY, payload text NOT NULL,"
-            " created_at timestamptz NOT NULL DEFAULT now())"
-        )
-    finally:
-        await admin.close()
-
-    async def loop(conn: Any, deadline: float) -> int:
-        done = 0
-        while time.perf_counter() < deadline:
-            async with conn.transaction():
-                await conn.execute("INSERT INTO bench_commit (payload) VALUES ($1)", "x" * 200)
-            done += 1
-        return done
-
-    for count in (1, connections):
-        conns = [await asyncpg.connect(url) for _ in range(count)]
-        try:
-            started = time.perf_counter()
-            done = await asyncio.gather(*(loop(c, started + seconds) for c in conns))
-            rate = sum(done) / (time.perf_counter() - started)
-        finally:
-            for conn in conns:
-                await conn.close()
-        if count == 1:
-            result.single = rate
-        else:
-            result.concurrent = rate
-    admin = await asyncpg.connect(url)
-    try:
-        await admin.execute("DROP TABLE bench_commit")
-    finally:
-        await admin.close()
-    return result
 
 
 # --- the order path -------------------------------------------------------------------------
