@@ -1,0 +1,314 @@
+"""Server-Sent Events: one process-wide hub, one bounded outbox per connection.
+
+The traps this module exists to avoid (ARCHITECTURE.md): one upstream subscription per client,
+a stream loop that sleeps after every message, and a slow client slowing the others.
+
+* **One upstream subscription per channel per process.** :class:`StreamHub` subscribes to a
+  symbol's price channel when the first stream of this process wants the symbol and to a
+  user's notification channel when that user's first stream opens; the cache adapter itself
+  keeps one upstream connection per process. Both are reference-counted and closed with the
+  last stream that needed them.
+* **Quotes are conflated twice.** The hub keeps only the newest quote of each symbol and, on a
+  ticker at the fastest rate any stream may ask for, offers the symbols that changed to their
+  streams: the cost per tick is (streams x changed symbols they watch), whatever the feed's
+  rate. Each :class:`ClientStream` keeps at most one pending quote per symbol (latest wins)
+  and sends a symbol no more often than its own ``quotes_per_second``.
+* **User events are never dropped.** They queue per stream, bounded; a stream whose queue
+  would overflow is closed instead (``overflowed``) so the client reconnects with
+  ``Last-Event-ID`` and resumes from the user's replay buffer without a gap.
+* **No sleep per message.** A stream writes everything that is ready as one chunk, then waits
+  on an event that the hub sets, with a timeout for the heartbeat and the next quote due.
+
+SSE mapping: a user event goes out as ``id: <per-user id>``, ``event: <event type>``,
+``data: <the notification JSON>``; a quote as ``event: quote`` without an id (quotes are not
+replayed: the newest one is the snapshot). A ``: heartbeat`` comment goes out after
+``heartbeat`` seconds of silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+import structlog
+
+from tradeloom.cache.port import Cache, LocalSubscription
+
+log = structlog.get_logger("tradeloom.web.sse")
+
+HEARTBEAT = b": heartbeat\n\n"
+Monotonic = Callable[[], float]
+
+
+def sse_frame(data: bytes, *, event: str | None = None, event_id: int | None = None) -> bytes:
+    """One SSE message. ``data`` must be one line (JSON is)."""
+    head = b""
+    if event_id is not None:
+        head += b"id: %d\n" % event_id
+    if event is not None:
+        head += b"event: " + event.encode() + b"\n"
+    return head + b"data: " + data + b"\n\n"
+
+
+class ClientStream:
+    """The outbox of one SSE connection. Owned by the event loop; the hub offers, the
+    response iterates :meth:`frames`."""
+
+    def __init__(
+        self,
+        owner: str,
+        symbols: Iterable[str],
+        *,
+        quotes_per_second: float = 2.0,
+        max_user_events: int = 1000,
+        heartbeat: float = 15.0,
+        monotonic: Monotonic = time.monotonic,
+    ) -> None:
+        if quotes_per_second <= 0:
+            raise ValueError("quotes_per_second must be positive")
+        self.owner = owner
+        self.symbols = frozenset(symbols)
+        self._quote_interval = 1.0 / quotes_per_second
+        self._max_user_events = max_user_events
+        self._heartbeat = heartbeat
+        self._now = monotonic
+        self._quotes: dict[str, bytes] = {}
+        self._quote_due: dict[str, float] = {}
+        self._user: deque[bytes] = deque()
+        self._initial: list[bytes] = []
+        self._last_user_id = 0
+        self._wake = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+        self.quotes_conflated = 0
+
+    # --- the hub's side -------------------------------------------------------------------
+
+    def start_with(self, frames: Sequence[bytes], last_user_id: int) -> None:
+        """Frames to send before anything live (snapshot or replay), and the last user event
+        id they cover: a live event at or below it arrived both ways and is skipped."""
+        self._initial.extend(frames)
+        self._last_user_id = max(self._last_user_id, last_user_id)
+        self._wake.set()
+
+    def offer_quote(self, symbol: str, data: bytes) -> None:
+        """The newest quote of ``symbol``; replaces one not yet sent."""
+        if symbol in self._quotes:
+            self.quotes_conflated += 1
+        self._quotes[symbol] = data
+        self._wake.set()
+
+    def offer_user_event(self, event_id: int, frame: bytes) -> None:
+        """A user event; never dropped: past the bound the stream closes instead."""
+        if event_id <= self._last_user_id:
+            return
+        if len(self._user) >= self._max_user_events:
+            self.overflowed = True
+        else:
+            self._user.append(frame)
+            self._last_user_id = event_id
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake.set()
+
+    # --- the response's side --------------------------------------------------------------
+
+    async def frames(self) -> AsyncIterator[bytes]:
+        """Chunks to write, until the stream is closed or overflows."""
+        silent_since = self._now()
+        while not self.closed and not self.overflowed:
+            chunk = self._take_ready()
+            if chunk:
+                silent_since = self._now()
+                yield chunk
+                continue
+            now = self._now()
+            if now - silent_since >= self._heartbeat:
+                silent_since = now
+                yield HEARTBEAT
+                continue
+            wait = self._heartbeat - (now - silent_since)
+            if self._quotes:
+                wait = min(
+                    wait, max(0.0, min(self._quote_due.get(s, 0.0) for s in self._quotes) - now)
+                )
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                    await self._wake.wait()
+
+    def _take_ready(self) -> bytes:
+        parts = self._initial
+        self._initial = []
+        while self._user:
+            parts.append(self._user.popleft())
+        if self._quotes:
+            now = self._now()
+            for symbol in [s for s in self._quotes if self._quote_due.get(s, 0.0) <= now]:
+                parts.append(sse_frame(self._quotes.pop(symbol), event="quote"))
+                self._quote_due[symbol] = now + self._quote_interval
+        return b"".join(parts)
+
+
+class _UserEventHead(msgspec.Struct):
+    """The two fields of a notification the stream needs; the rest passes through."""
+
+    id: int
+    type: str
+
+
+_head_decoder = msgspec.json.Decoder(_UserEventHead)
+
+
+def user_event_frame(message: bytes) -> tuple[int, bytes]:
+    """A notification message as ``(id, SSE frame)``."""
+    head = _head_decoder.decode(message)
+    return head.id, sse_frame(message, event=head.type, event_id=head.id)
+
+
+@dataclass
+class _Channel:
+    subscription: LocalSubscription | None = None
+    streams: set[ClientStream] = field(default_factory=set)
+
+
+QuoteEncoder = Callable[[bytes], tuple[str, bytes] | None]
+"""Turns one price-channel message into ``(symbol, quote JSON)`` (the newest update in it),
+or None when it holds none."""
+
+
+class StreamHub:
+    """Every SSE stream of this process, and the upstream subscriptions they share."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        *,
+        price_channel: Callable[[str], str],
+        user_channel: Callable[[str], str],
+        quote_from_message: QuoteEncoder,
+        ticks_per_second: float = 4.0,
+    ) -> None:
+        self._cache = cache
+        self._price_channel = price_channel
+        self._user_channel = user_channel
+        self._quote_from_message = quote_from_message
+        self._tick = 1.0 / ticks_per_second
+        self._symbols: dict[str, _Channel] = {}
+        self._users: dict[str, _Channel] = {}
+        self._latest: dict[str, bytes] = {}
+        self._changed: set[str] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def streams(self) -> int:
+        return sum(len(channel.streams) for channel in self._users.values())
+
+    async def start(self) -> None:
+        self._ticker = asyncio.create_task(self._offer_changed_quotes(), name="sse-quotes")
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+            self._ticker = None
+        for channel in [*self._symbols.values(), *self._users.values()]:
+            for stream in channel.streams:
+                stream.close()
+            if channel.subscription is not None:
+                await channel.subscription.close()
+        self._symbols.clear()
+        self._users.clear()
+
+    async def open(self, stream: ClientStream) -> None:
+        """Register ``stream``; returns once its channels are subscribed upstream, so every
+        event published from now on reaches it (read the replay buffer after this)."""
+        async with self._lock:
+            owner = stream.owner
+            await self._join(
+                self._users,
+                owner,
+                stream,
+                lambda _channel, message: self._on_user_message(owner, message),
+                self._user_channel,
+            )
+            for symbol in stream.symbols:
+                await self._join(
+                    self._symbols, symbol, stream, self._on_price_message, self._price_channel
+                )
+
+    async def close(self, stream: ClientStream) -> None:
+        stream.close()
+        async with self._lock:
+            await self._leave(self._users, stream.owner, stream)
+            for symbol in stream.symbols:
+                await self._leave(self._symbols, symbol, stream)
+
+    def latest_quote(self, symbol: str) -> bytes | None:
+        return self._latest.get(symbol)
+
+    async def _join(
+        self,
+        channels: dict[str, _Channel],
+        name: str,
+        stream: ClientStream,
+        on_message: Callable[[str, bytes], None],
+        channel_of: Callable[[str], str],
+    ) -> None:
+        channel = channels.setdefault(name, _Channel())
+        channel.streams.add(stream)
+        if channel.subscription is None:
+            try:
+                channel.subscription = await self._cache.subscribe(channel_of(name), on_message)
+            except Exception:
+                channel.streams.discard(stream)
+                if not channel.streams:
+                    del channels[name]
+                raise
+
+    async def _leave(self, channels: dict[str, _Channel], name: str, stream: ClientStream) -> None:
+        channel = channels.get(name)
+        if channel is None:
+            return
+        channel.streams.discard(stream)
+        if not channel.streams:
+            del channels[name]
+            if channel.subscription is not None:
+                await channel.subscription.close()
+
+    def _on_price_message(self, _channel: str, message: bytes) -> None:
+        quote = self._quote_from_message(message)
+        if quote is not None:
+            symbol, data = quote
+            self._latest[symbol] = data
+            self._changed.add(symbol)
+
+    def _on_user_message(self, owner: str, message: bytes) -> None:
+        try:
+            event_id, frame = user_event_frame(message)
+        except msgspec.DecodeError:
+            log.warning("sse.bad_user_event", owner=owner, raw=message[:200])
+            return
+        channel = self._users.get(owner)
+        for stream in channel.streams if channel is not None else ():
+            stream.offer_user_event(event_id, frame)
+
+    async def _offer_changed_quotes(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick)
+            changed, self._changed = self._changed, set()
+            for symbol in changed:
+                channel = self._symbols.get(symbol)
+                if channel is None:
+                    continue
+                data = self._latest[symbol]
+                for stream in channel.streams:
+                    stream.offer_quote(symbol, data)

@@ -1,0 +1,181 @@
+"""SSE streams: conflated quotes, user events that are never dropped, one upstream
+subscription per channel per process."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import msgspec
+import pytest
+
+from tests.helpers import eventually
+from tradeloom.cache.memory import MemoryCache
+from tradeloom.cache.port import LocalSubscription, MessageCallback
+from tradeloom.web.sse import HEARTBEAT, ClientStream, StreamHub, sse_frame, user_event_frame
+
+
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def next_chunk(frames: AsyncIterator[bytes], within: float = 1.0) -> bytes:
+    return await asyncio.wait_for(anext(frames), within)
+
+
+def user_message(event_id: int, kind: str = "order.accepted") -> bytes:
+    return msgspec.json.encode({"id": event_id, "type": kind, "data": {"order_id": "o1"}})
+
+
+def test_a_user_event_frame_carries_its_id_and_type() -> None:
+    event_id, frame = user_event_frame(user_message(7))
+    assert event_id == 7
+    assert frame.startswith(b"id: 7\nevent: order.accepted\ndata: {")
+    assert frame.endswith(b"\n\n")
+
+
+async def test_the_snapshot_goes_first_then_live_events_newer_than_it() -> None:
+    stream = ClientStream("alice", ["AAPL"])
+    stream.start_with([sse_frame(b"{}", event="snapshot")], last_user_id=5)
+    stream.offer_user_event(5, b"already in the snapshot\n\n")
+    stream.offer_user_event(6, b"six\n\n")
+    frames = stream.frames()
+    chunk = await next_chunk(frames)
+    assert chunk == b"event: snapshot\ndata: {}\n\n" + b"six\n\n"
+
+
+async def test_quotes_are_conflated_latest_wins() -> None:
+    stream = ClientStream("alice", ["AAPL"])
+    stream.offer_quote("AAPL", b'{"bid":"1"}')
+    stream.offer_quote("AAPL", b'{"bid":"2"}')
+    chunk = await next_chunk(stream.frames())
+    assert chunk == b'event: quote\ndata: {"bid":"2"}\n\n'
+    assert stream.quotes_conflated == 1
+
+
+async def test_a_symbol_is_sent_no_more_often_than_the_stream_allows() -> None:
+    clock = FakeMonotonic()
+    stream = ClientStream("alice", ["AAPL", "MSFT"], quotes_per_second=2, monotonic=clock)
+    frames = stream.frames()
+    stream.offer_quote("AAPL", b"a1")
+    assert await next_chunk(frames) == sse_frame(b"a1", event="quote")
+
+    clock.now += 0.1  # AAPL is not due again before 0.5 s; MSFT has never been sent
+    stream.offer_quote("AAPL", b"a2")
+    stream.offer_quote("MSFT", b"m1")
+    assert await next_chunk(frames) == sse_frame(b"m1", event="quote")
+
+    clock.now += 0.4
+    stream.offer_quote("MSFT", b"m2")  # wakes the stream; MSFT itself is not due yet
+    assert await next_chunk(frames) == sse_frame(b"a2", event="quote")
+
+
+async def test_user_events_are_never_dropped_an_overflowing_stream_closes() -> None:
+    stream = ClientStream("alice", [], max_user_events=3)
+    for event_id in range(1, 5):
+        stream.offer_user_event(event_id, b"e%d\n\n" % event_id)
+    assert stream.overflowed
+    received = [chunk async for chunk in stream.frames()]
+    assert received == []  # closed: the client reconnects and resumes from the buffer
+
+
+async def test_a_silent_stream_sends_a_heartbeat() -> None:
+    stream = ClientStream("alice", [], heartbeat=0.05)
+    assert await next_chunk(stream.frames()) == HEARTBEAT
+
+
+class CountingCache(MemoryCache):
+    """The memory cache, counting subscriptions opened and still open per channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened: dict[str, int] = {}
+
+    async def subscribe(self, channel: str, callback: MessageCallback) -> LocalSubscription:
+        self.opened[channel] = self.opened.get(channel, 0) + 1
+        return await super().subscribe(channel, callback)
+
+
+def quote_of(message: bytes) -> tuple[str, bytes] | None:
+    updates = msgspec.json.decode(message)
+    if not updates:
+        return None
+    newest = updates[-1]
+    return newest["symbol"], msgspec.json.encode(newest)
+
+
+@pytest.fixture
+async def hub_and_cache() -> AsyncIterator[tuple[StreamHub, CountingCache]]:
+    cache = CountingCache()
+    hub = StreamHub(
+        cache,
+        price_channel=lambda symbol: f"prices:{symbol}",
+        user_channel=lambda owner: f"user:{owner}",
+        quote_from_message=quote_of,
+        ticks_per_second=50,
+    )
+    await hub.start()
+    yield hub, cache
+    await hub.stop()
+
+
+async def test_many_streams_share_one_upstream_subscription_per_channel(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, cache = hub_and_cache
+    streams = [ClientStream("alice", ["AAPL"]) for _ in range(3)] + [
+        ClientStream("bob", ["AAPL", "MSFT"])
+    ]
+    for stream in streams:
+        await hub.open(stream)
+    assert cache.opened == {"user:alice": 1, "prices:AAPL": 1, "user:bob": 1, "prices:MSFT": 1}
+
+    for stream in streams:
+        await hub.close(stream)
+    await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"}]')
+    assert hub.streams == 0
+    assert hub.latest_quote("AAPL") is None  # nobody listens upstream any more
+
+
+async def test_quotes_reach_every_stream_watching_the_symbol_and_no_other(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, cache = hub_and_cache
+    apple, microsoft = ClientStream("alice", ["AAPL"]), ClientStream("bob", ["MSFT"])
+    await hub.open(apple)
+    await hub.open(microsoft)
+    await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"},{"symbol":"AAPL","bid":"2"}]')
+    chunk = await next_chunk(apple.frames())
+    assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"2"}', event="quote")
+    await asyncio.sleep(0.05)  # a few ticks: MSFT never changed
+    assert microsoft.quotes_conflated == 0
+    assert hub.latest_quote("MSFT") is None
+
+
+async def test_a_users_events_reach_only_that_users_streams(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, cache = hub_and_cache
+    alice_tabs = [ClientStream("alice", []), ClientStream("alice", [])]
+    bob = ClientStream("bob", [])
+    for stream in [*alice_tabs, bob]:
+        await hub.open(stream)
+    await cache.publish("user:alice", user_message(1))
+    for tab in alice_tabs:
+        chunk = await next_chunk(tab.frames())
+        assert chunk.startswith(b"id: 1\nevent: order.accepted\n")
+    received: list[bytes] = []
+
+    async def drain_bob() -> None:
+        async for chunk in bob.frames():
+            received.append(chunk)
+
+    task = asyncio.create_task(drain_bob())
+    await asyncio.sleep(0.05)
+    await hub.close(bob)
+    await eventually(task.done)
+    assert received == []
