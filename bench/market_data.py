@@ -81,7 +81,7 @@ from benchkit import (
     server_cpu_delta,
     top_functions,
 )
-from tradeloom.bootstrap import build_bus, build_platform
+from tradeloom.bootstrap import build_bus, build_platform, settle_heap
 from tradeloom.config import Settings
 from tradeloom.domain.events import Event, PriceUpdate, encode_event, new_event
 from tradeloom.domain.market import Instrument
@@ -222,6 +222,7 @@ async def _ingest(
     tasks = [asyncio.create_task(publisher.publish_feed(feed)) for feed in feeds]
     lag: list[float] = []
     tasks.append(asyncio.create_task(loop_lag(lag)))
+    settle_heap()
     pipe.send("ready")
     while await loop.run_in_executor(None, pipe.recv) != "stop":  # "stats"
         pipe.send(_ingest_stats(feeds, publisher))
@@ -312,6 +313,7 @@ async def end_to_end(args: argparse.Namespace, settings: Settings) -> EndToEnd:
     # The consumer side (this process): subscribes market.price, creates the streams first.
     platform = build_platform(settings, latency_probe=latencies.append)
     await platform.start()
+    settle_heap()
     spawn = multiprocessing.get_context("spawn")
     exchange_pipe, child = spawn.Pipe()
     exchange = spawn.Process(target=_exchange_main, args=(child, args), daemon=True)

@@ -8,6 +8,7 @@ class (import-linter enforces it).
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +45,20 @@ from tradeloom.storage.migrate import current_revision, head_revision, upgrade
 from tradeloom.storage.outbox import Outbox, OutboxRelay
 
 log = structlog.get_logger()
+
+
+def settle_heap() -> None:
+    """Collect, then move every object alive now into the collector's permanent generation.
+
+    Call it once a long-running process has started. What start-up builds (modules, the
+    platform, connection pools) lives as long as the process, yet a full (generation 2)
+    collection scans all of it: measured on the market-data path at 20,000 updates/s, those
+    scans paused the event loop for up to 70 ms and made the p99 latency. Frozen, they are
+    never scanned again. Not for test processes that build many platforms: anything frozen is
+    never freed.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class StartupError(Exception):
