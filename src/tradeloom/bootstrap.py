@@ -32,6 +32,7 @@ from tradeloom.market_data.universe import default_universe, load_universe
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.nats import NatsBus
 from tradeloom.messaging.port import EventBus
+from tradeloom.notifications import MemoizedOwners, Notifier, UserStreams
 from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.commands import OrderCommands
 from tradeloom.oms.state import OrderStateUpdater
@@ -153,6 +154,8 @@ class Platform:
     gateway: BrokerGateway
     execution: ExecutionEngine
     order_state: OrderStateUpdater
+    notifier: Notifier
+    user_streams: UserStreams
     components: list[Component] = field(default_factory=list)
     _started: list[Component] = field(default_factory=list)
 
@@ -263,6 +266,7 @@ def build_platform(
     )
     execution = ExecutionEngine(bus, database, outbox, gateway, clock, notify=relay.notify)
     order_state = OrderStateUpdater(bus, database, clock)
+    notifier = Notifier(bus, cache, MemoizedOwners(accounts), clock, metrics=metrics)
     exposure_updates = ExposureUpdater(exposure)
 
     platform = Platform(
@@ -284,6 +288,8 @@ def build_platform(
         gateway=gateway,
         execution=execution,
         order_state=order_state,
+        notifier=notifier,
+        user_streams=UserStreams(cache),
     )
     # Every consumer joins before the relay starts publishing what a previous run left in
     # the outbox, so no group misses the backlog.
@@ -295,6 +301,7 @@ def build_platform(
         Component("order state", order_state.start, order_state.stop),
         Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
         Component("execution", execution.start, execution.stop),
+        Component("notifications", notifier.start, notifier.stop),
         Component("outbox relay", relay.start, relay.close),
     ]
     return platform

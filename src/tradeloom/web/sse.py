@@ -4,10 +4,10 @@ The traps this module exists to avoid (ARCHITECTURE.md): one upstream subscripti
 a stream loop that sleeps after every message, and a slow client slowing the others.
 
 * **One upstream subscription per channel per process.** :class:`StreamHub` subscribes to a
-  symbol's price channel when the first stream of this process wants the symbol and to a
-  user's notification channel when that user's first stream opens; the cache adapter itself
-  keeps one upstream connection per process. Both are reference-counted and closed with the
-  last stream that needed them.
+  symbol's price channel when the first stream of this process wants the symbol, and closes
+  it with the last one; the cache adapter itself keeps one upstream connection per process.
+  (A user's events come through :mod:`tradeloom.notifications.stream`, which resumes from
+  ``Last-Event-ID``; the response pumps them into the same :class:`ClientStream`.)
 * **Quotes are conflated twice.** The hub keeps only the newest quote of each symbol and, on a
   ticker at the fastest rate any stream may ask for, offers the symbols that changed to their
   streams: the cost per tick is (streams x changed symbols they watch), whatever the feed's
@@ -19,8 +19,8 @@ a stream loop that sleeps after every message, and a slow client slowing the oth
 * **No sleep per message.** A stream writes everything that is ready as one chunk, then waits
   on an event that the hub sets, with a timeout for the heartbeat and the next quote due.
 
-SSE mapping: a user event goes out as ``id: <per-user id>``, ``event: <event type>``,
-``data: <the notification JSON>``; a quote as ``event: quote`` without an id (quotes are not
+SSE mapping: a user event goes out as the notifications module frames it (``id:`` the
+per-user id, ``event:`` its type); a quote as ``event: quote`` without an id (quotes are not
 replayed: the newest one is the snapshot). A ``: heartbeat`` comment goes out after
 ``heartbeat`` seconds of silence.
 """
@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-import msgspec
 import structlog
 
 from tradeloom.cache.port import Cache, LocalSubscription
@@ -81,7 +80,6 @@ class ClientStream:
         self._quote_due: dict[str, float] = {}
         self._user: deque[bytes] = deque()
         self._initial: list[bytes] = []
-        self._last_user_id = 0
         self._wake = asyncio.Event()
         self.overflowed = False
         self.closed = False
@@ -89,11 +87,9 @@ class ClientStream:
 
     # --- the hub's side -------------------------------------------------------------------
 
-    def start_with(self, frames: Sequence[bytes], last_user_id: int) -> None:
-        """Frames to send before anything live (snapshot or replay), and the last user event
-        id they cover: a live event at or below it arrived both ways and is skipped."""
+    def start_with(self, frames: Sequence[bytes]) -> None:
+        """Frames to send before anything live (the snapshot)."""
         self._initial.extend(frames)
-        self._last_user_id = max(self._last_user_id, last_user_id)
         self._wake.set()
 
     def offer_quote(self, symbol: str, data: bytes) -> None:
@@ -103,15 +99,12 @@ class ClientStream:
         self._quotes[symbol] = data
         self._wake.set()
 
-    def offer_user_event(self, event_id: int, frame: bytes) -> None:
-        """A user event; never dropped: past the bound the stream closes instead."""
-        if event_id <= self._last_user_id:
-            return
+    def offer_user_frame(self, frame: bytes) -> None:
+        """A user event, in order; never dropped: past the bound the stream closes instead."""
         if len(self._user) >= self._max_user_events:
             self.overflowed = True
         else:
             self._user.append(frame)
-            self._last_user_id = event_id
         self._wake.set()
 
     def close(self) -> None:
@@ -157,22 +150,6 @@ class ClientStream:
         return b"".join(parts)
 
 
-class _UserEventHead(msgspec.Struct):
-    """The two fields of a notification the stream needs; the rest passes through."""
-
-    id: int
-    type: str
-
-
-_head_decoder = msgspec.json.Decoder(_UserEventHead)
-
-
-def user_event_frame(message: bytes) -> tuple[int, bytes]:
-    """A notification message as ``(id, SSE frame)``."""
-    head = _head_decoder.decode(message)
-    return head.id, sse_frame(message, event=head.type, event_id=head.id)
-
-
 @dataclass
 class _Channel:
     subscription: LocalSubscription | None = None
@@ -185,24 +162,22 @@ or None when it holds none."""
 
 
 class StreamHub:
-    """Every SSE stream of this process, and the upstream subscriptions they share."""
+    """Every SSE stream of this process, and the price subscriptions they share."""
 
     def __init__(
         self,
         cache: Cache,
         *,
         price_channel: Callable[[str], str],
-        user_channel: Callable[[str], str],
         quote_from_message: QuoteEncoder,
         ticks_per_second: float = 4.0,
     ) -> None:
         self._cache = cache
         self._price_channel = price_channel
-        self._user_channel = user_channel
         self._quote_from_message = quote_from_message
         self._tick = 1.0 / ticks_per_second
         self._symbols: dict[str, _Channel] = {}
-        self._users: dict[str, _Channel] = {}
+        self._streams: set[ClientStream] = set()
         self._latest: dict[str, bytes] = {}
         self._changed: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
@@ -210,7 +185,7 @@ class StreamHub:
 
     @property
     def streams(self) -> int:
-        return sum(len(channel.streams) for channel in self._users.values())
+        return len(self._streams)
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._offer_changed_quotes(), name="sse-quotes")
@@ -220,86 +195,65 @@ class StreamHub:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
-        for channel in [*self._symbols.values(), *self._users.values()]:
-            for stream in channel.streams:
-                stream.close()
+        for stream in self._streams:
+            stream.close()
+        for channel in self._symbols.values():
             if channel.subscription is not None:
                 await channel.subscription.close()
         self._symbols.clear()
-        self._users.clear()
+        self._streams.clear()
 
     async def open(self, stream: ClientStream) -> None:
-        """Register ``stream``; returns once its channels are subscribed upstream, so every
-        event published from now on reaches it (read the replay buffer after this)."""
+        """Register ``stream``; returns once its symbols are subscribed upstream."""
         async with self._lock:
-            owner = stream.owner
-            await self._join(
-                self._users,
-                owner,
-                stream,
-                lambda _channel, message: self._on_user_message(owner, message),
-                self._user_channel,
-            )
-            for symbol in stream.symbols:
-                await self._join(
-                    self._symbols, symbol, stream, self._on_price_message, self._price_channel
-                )
+            self._streams.add(stream)
+            try:
+                for symbol in stream.symbols:
+                    await self._join(symbol, stream)
+            except BaseException:
+                await self._leave_all(stream)
+                raise
 
     async def close(self, stream: ClientStream) -> None:
         stream.close()
         async with self._lock:
-            await self._leave(self._users, stream.owner, stream)
-            for symbol in stream.symbols:
-                await self._leave(self._symbols, symbol, stream)
+            await self._leave_all(stream)
 
     def latest_quote(self, symbol: str) -> bytes | None:
+        """The newest quote seen of a symbol some stream of this process watches."""
         return self._latest.get(symbol)
 
-    async def _join(
-        self,
-        channels: dict[str, _Channel],
-        name: str,
-        stream: ClientStream,
-        on_message: Callable[[str, bytes], None],
-        channel_of: Callable[[str], str],
-    ) -> None:
-        channel = channels.setdefault(name, _Channel())
+    async def _join(self, symbol: str, stream: ClientStream) -> None:
+        channel = self._symbols.setdefault(symbol, _Channel())
         channel.streams.add(stream)
         if channel.subscription is None:
-            try:
-                channel.subscription = await self._cache.subscribe(channel_of(name), on_message)
-            except Exception:
-                channel.streams.discard(stream)
-                if not channel.streams:
-                    del channels[name]
-                raise
+            channel.subscription = await self._cache.subscribe(
+                self._price_channel(symbol), self._on_price_message
+            )
 
-    async def _leave(self, channels: dict[str, _Channel], name: str, stream: ClientStream) -> None:
-        channel = channels.get(name)
-        if channel is None:
-            return
-        channel.streams.discard(stream)
-        if not channel.streams:
-            del channels[name]
-            if channel.subscription is not None:
-                await channel.subscription.close()
+    async def _leave_all(self, stream: ClientStream) -> None:
+        self._streams.discard(stream)
+        for symbol in stream.symbols:
+            channel = self._symbols.get(symbol)
+            if channel is None:
+                continue
+            channel.streams.discard(stream)
+            if not channel.streams:
+                del self._symbols[symbol]
+                self._latest.pop(symbol, None)
+                if channel.subscription is not None:
+                    await channel.subscription.close()
 
     def _on_price_message(self, _channel: str, message: bytes) -> None:
-        quote = self._quote_from_message(message)
+        try:
+            quote = self._quote_from_message(message)
+        except Exception:
+            log.warning("sse.bad_price_message", raw=message[:200])
+            return
         if quote is not None:
             symbol, data = quote
             self._latest[symbol] = data
             self._changed.add(symbol)
-
-    def _on_user_message(self, owner: str, message: bytes) -> None:
-        try:
-            event_id, frame = user_event_frame(message)
-        except msgspec.DecodeError:
-            log.warning("sse.bad_user_event", owner=owner, raw=message[:200])
-            return
-        channel = self._users.get(owner)
-        for stream in channel.streams if channel is not None else ():
-            stream.offer_user_event(event_id, frame)
 
     async def _offer_changed_quotes(self) -> None:
         while True:

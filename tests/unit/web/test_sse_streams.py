@@ -1,5 +1,5 @@
-"""SSE streams: conflated quotes, user events that are never dropped, one upstream
-subscription per channel per process."""
+"""SSE streams: conflated quotes, user events that are never dropped, one upstream price
+subscription per symbol per process."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
-from tests.helpers import eventually
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import LocalSubscription, MessageCallback
-from tradeloom.web.sse import HEARTBEAT, ClientStream, StreamHub, sse_frame, user_event_frame
+from tradeloom.web.sse import HEARTBEAT, ClientStream, StreamHub, sse_frame
 
 
 class FakeMonotonic:
@@ -27,25 +26,13 @@ async def next_chunk(frames: AsyncIterator[bytes], within: float = 1.0) -> bytes
     return await asyncio.wait_for(anext(frames), within)
 
 
-def user_message(event_id: int, kind: str = "order.accepted") -> bytes:
-    return msgspec.json.encode({"id": event_id, "type": kind, "data": {"order_id": "o1"}})
-
-
-def test_a_user_event_frame_carries_its_id_and_type() -> None:
-    event_id, frame = user_event_frame(user_message(7))
-    assert event_id == 7
-    assert frame.startswith(b"id: 7\nevent: order.accepted\ndata: {")
-    assert frame.endswith(b"\n\n")
-
-
-async def test_the_snapshot_goes_first_then_live_events_newer_than_it() -> None:
+async def test_the_snapshot_goes_first_then_user_events_in_order() -> None:
     stream = ClientStream("alice", ["AAPL"])
-    stream.start_with([sse_frame(b"{}", event="snapshot")], last_user_id=5)
-    stream.offer_user_event(5, b"already in the snapshot\n\n")
-    stream.offer_user_event(6, b"six\n\n")
-    frames = stream.frames()
-    chunk = await next_chunk(frames)
-    assert chunk == b"event: snapshot\ndata: {}\n\n" + b"six\n\n"
+    stream.offer_user_frame(b"five\n\n")
+    stream.start_with([sse_frame(b"{}", event="snapshot")])
+    stream.offer_user_frame(b"six\n\n")
+    chunk = await next_chunk(stream.frames())
+    assert chunk == b"event: snapshot\ndata: {}\n\n" + b"five\n\n" + b"six\n\n"
 
 
 async def test_quotes_are_conflated_latest_wins() -> None:
@@ -77,7 +64,7 @@ async def test_a_symbol_is_sent_no_more_often_than_the_stream_allows() -> None:
 async def test_user_events_are_never_dropped_an_overflowing_stream_closes() -> None:
     stream = ClientStream("alice", [], max_user_events=3)
     for event_id in range(1, 5):
-        stream.offer_user_event(event_id, b"e%d\n\n" % event_id)
+        stream.offer_user_frame(b"e%d\n\n" % event_id)
     assert stream.overflowed
     received = [chunk async for chunk in stream.frames()]
     assert received == []  # closed: the client reconnects and resumes from the buffer
@@ -114,7 +101,6 @@ async def hub_and_cache() -> AsyncIterator[tuple[StreamHub, CountingCache]]:
     hub = StreamHub(
         cache,
         price_channel=lambda symbol: f"prices:{symbol}",
-        user_channel=lambda owner: f"user:{owner}",
         quote_from_message=quote_of,
         ticks_per_second=50,
     )
@@ -132,7 +118,7 @@ async def test_many_streams_share_one_upstream_subscription_per_channel(
     ]
     for stream in streams:
         await hub.open(stream)
-    assert cache.opened == {"user:alice": 1, "prices:AAPL": 1, "user:bob": 1, "prices:MSFT": 1}
+    assert cache.opened == {"prices:AAPL": 1, "prices:MSFT": 1}
 
     for stream in streams:
         await hub.close(stream)
@@ -154,28 +140,3 @@ async def test_quotes_reach_every_stream_watching_the_symbol_and_no_other(
     await asyncio.sleep(0.05)  # a few ticks: MSFT never changed
     assert microsoft.quotes_conflated == 0
     assert hub.latest_quote("MSFT") is None
-
-
-async def test_a_users_events_reach_only_that_users_streams(
-    hub_and_cache: tuple[StreamHub, CountingCache],
-) -> None:
-    hub, cache = hub_and_cache
-    alice_tabs = [ClientStream("alice", []), ClientStream("alice", [])]
-    bob = ClientStream("bob", [])
-    for stream in [*alice_tabs, bob]:
-        await hub.open(stream)
-    await cache.publish("user:alice", user_message(1))
-    for tab in alice_tabs:
-        chunk = await next_chunk(tab.frames())
-        assert chunk.startswith(b"id: 1\nevent: order.accepted\n")
-    received: list[bytes] = []
-
-    async def drain_bob() -> None:
-        async for chunk in bob.frames():
-            received.append(chunk)
-
-    task = asyncio.create_task(drain_bob())
-    await asyncio.sleep(0.05)
-    await hub.close(bob)
-    await eventually(task.done)
-    assert received == []
