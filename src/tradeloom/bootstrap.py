@@ -35,6 +35,8 @@ from tradeloom.messaging.port import EventBus
 from tradeloom.notifications import MemoizedOwners, Notifier, UserStreams
 from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.commands import OrderCommands
+from tradeloom.oms.projection import OrderProjection
+from tradeloom.oms.queries import OrderQueries
 from tradeloom.oms.state import OrderStateUpdater
 from tradeloom.resilience.circuit_breaker import CircuitBreaker
 from tradeloom.risk.consumer import ExposureUpdater
@@ -154,6 +156,8 @@ class Platform:
     gateway: BrokerGateway
     execution: ExecutionEngine
     order_state: OrderStateUpdater
+    order_projection: OrderProjection
+    order_queries: OrderQueries
     notifier: Notifier
     user_streams: UserStreams
     components: list[Component] = field(default_factory=list)
@@ -266,6 +270,7 @@ def build_platform(
     )
     execution = ExecutionEngine(bus, database, outbox, gateway, clock, notify=relay.notify)
     order_state = OrderStateUpdater(bus, database, clock)
+    order_projection = OrderProjection(bus, database, clock, metrics=metrics)
     notifier = Notifier(bus, cache, MemoizedOwners(accounts), clock, metrics=metrics)
     exposure_updates = ExposureUpdater(exposure)
 
@@ -288,6 +293,8 @@ def build_platform(
         gateway=gateway,
         execution=execution,
         order_state=order_state,
+        order_projection=order_projection,
+        order_queries=OrderQueries(database),
         notifier=notifier,
         user_streams=UserStreams(cache),
     )
@@ -301,6 +308,7 @@ def build_platform(
         Component("order state", order_state.start, order_state.stop),
         Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
         Component("execution", execution.start, execution.stop),
+        Component("order projection", order_projection.start, order_projection.stop),
         Component("notifications", notifier.start, notifier.stop),
         Component("outbox relay", relay.start, relay.close),
     ]

@@ -32,6 +32,11 @@ runner = CliRunner()
         ["users", "halt"],
         ["users", "reduce-only"],
         ["users", "resume"],
+        ["orders"],
+        ["orders", "list"],
+        ["orders", "show"],
+        ["orders", "history"],
+        ["orders", "rebuild"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

@@ -1,0 +1,69 @@
+"""A migrated database (SQLite file, and the shared PostgreSQL one), an owner with an account,
+and an order projection on it. On PostgreSQL ids are unique per test: never assume empty
+tables."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.unit.oms.order_events import START
+from tradeloom.accounts.repository import AccountRepository
+from tradeloom.domain.time import ManualClock
+from tradeloom.messaging.memory import MemoryBus
+from tradeloom.observability.metrics import Metrics
+from tradeloom.oms.projection import OrderProjection
+from tradeloom.oms.queries import OrderQueries
+from tradeloom.storage.database import Database
+from tradeloom.storage.migrate import upgrade_database
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/orders.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+async def database(database_url: str) -> AsyncIterator[Database]:
+    await upgrade_database(database_url)
+    db = Database(database_url)
+    yield db
+    await db.dispose()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(START + timedelta(hours=1))
+
+
+@dataclass
+class ReadModel:
+    """The projection, the queries and a user with one account, all on one database."""
+
+    database: Database
+    projection: OrderProjection
+    queries: OrderQueries
+    accounts: AccountRepository
+    metrics: Metrics
+    clock: ManualClock
+    owner: str
+    account: str
+
+
+@pytest.fixture
+async def model(database: Database, clock: ManualClock, unique: str) -> ReadModel:
+    metrics = Metrics()
+    accounts = AccountRepository(database, clock)
+    owner, account = f"alice-{unique}", f"acc-a-{unique}"
+    await accounts.create(account, owner, 100_000)
+    projection = OrderProjection(MemoryBus(), database, clock, metrics=metrics)
+    return ReadModel(
+        database, projection, OrderQueries(database), accounts, metrics, clock, owner, account
+    )
