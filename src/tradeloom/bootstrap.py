@@ -46,6 +46,7 @@ from tradeloom.risk.limits import LimitsStore, RiskLimits
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import current_revision, head_revision, upgrade
 from tradeloom.storage.outbox import Outbox, OutboxRelay
+from tradeloom.users.passwords import HashParameters, Passwords
 
 log = structlog.get_logger()
 
@@ -122,6 +123,17 @@ def build_limits_store(settings: Settings, cache: Cache) -> LimitsStore:
             order_rate=settings.risk_order_rate,
             order_rate_window=settings.risk_order_rate_window,
         ),
+    )
+
+
+def build_passwords(settings: Settings) -> Passwords:
+    """Password hashing at the configured argon2 costs (the web tier and ``users create``)."""
+    return Passwords(
+        HashParameters(
+            time_cost=settings.password_time_cost,
+            memory_cost=settings.password_memory_cost,
+            parallelism=settings.password_parallelism,
+        )
     )
 
 

@@ -80,7 +80,7 @@ def serve(
     from tradeloom.web.app import create_app
 
     settings = _settings(ctx)
-    application = create_app(build_platform(settings))
+    application = create_app(build_platform(settings), settle_heap_after_start=True)
     uvicorn.run(
         application,
         host=host or settings.http_host,

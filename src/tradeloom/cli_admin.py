@@ -1,6 +1,7 @@
 """``tradeloom accounts`` and ``tradeloom users``: what an operator administers.
 
-* ``accounts create`` / ``accounts list`` work on the configured database.
+* ``accounts create`` / ``accounts list`` and ``users create`` / ``users list`` work on the
+  configured database. ``users create`` also opens the user's default trading account.
 * ``users limits`` and ``users halt`` / ``reduce-only`` / ``resume`` work on the configured
   cache, where the risk engine reads limits and trading states on every order. With the
   default ``memory://`` cache that is this process's own memory, so a change cannot reach a
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Annotated, NoReturn, TypeVar
@@ -23,17 +25,27 @@ from rich.console import Console
 from rich.table import Table
 
 from tradeloom.accounts.repository import AccountRepository, create_account
-from tradeloom.bootstrap import StartupError, build_cache, build_limits_store, open_database
+from tradeloom.bootstrap import (
+    StartupError,
+    build_cache,
+    build_limits_store,
+    build_passwords,
+    open_database,
+)
 from tradeloom.config import Settings
 from tradeloom.domain.accounts import Account, DuplicateAccount, InvalidAccount
-from tradeloom.domain.errors import InvalidNumber
+from tradeloom.domain.errors import DomainError, InvalidNumber
 from tradeloom.domain.numbers import ZERO, exact
 from tradeloom.risk.limits import PLATFORM, InvalidLimits, LimitsStore, RiskLimits, TradingState
 from tradeloom.storage.database import Database
+from tradeloom.users.model import Role, User
+from tradeloom.users.repository import UserRepository
+from tradeloom.users.service import DEFAULT_OPENING_CASH, Registration, UserService
 
 accounts_app = typer.Typer(help="Trading accounts: create, list.", no_args_is_help=True)
 users_app = typer.Typer(
-    help="Per-user risk limits and trading states (the kill switch).", no_args_is_help=True
+    help="Users (create, list), their risk limits and trading states (the kill switch).",
+    no_args_is_help=True,
 )
 console = Console()
 
@@ -141,6 +153,95 @@ async def _accounts(database: Database, owner: str | None) -> list[Account]:
 
 
 # -- users ------------------------------------------------------------------------------------
+
+
+def _password(from_stdin: bool) -> str:
+    """The first line of stdin (without its line ending), or a hidden prompt asked twice."""
+    if not from_stdin:
+        return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
+    password = typer.get_text_stream("stdin").readline().rstrip("\r\n")
+    if not password:
+        _fail("--password-stdin: no password on stdin")
+    return password
+
+
+@users_app.command("create")
+def users_create(
+    ctx: typer.Context,
+    username: Annotated[str, typer.Argument(help="3-32 characters of a-z, 0-9, _ . -")],
+    admin: Annotated[bool, typer.Option("--admin", help="an administrator, not a trader")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from stdin's first line")
+    ] = False,
+    cash: Annotated[
+        str, typer.Option(help="opening cash of the default account, an exact decimal")
+    ] = str(DEFAULT_OPENING_CASH),
+    currency: Annotated[str, typer.Option(help="the default account's currency")] = "USD",
+    account_id: Annotated[
+        str | None, typer.Option(help="the default account's id (default: a new UUIDv7)")
+    ] = None,
+) -> None:
+    """Create a user (asks for the password unless --password-stdin) and their account."""
+    settings = _settings(ctx)
+    opening = _amount(cash, "--cash")
+    password = _password(password_stdin)
+    role = Role.ADMIN if admin else Role.TRADER
+
+    async def create(database: Database) -> Registration:
+        service = UserService(
+            UserRepository(database), build_passwords(settings), AccountRepository(database)
+        )
+        return await service.register(
+            username,
+            password,
+            role=role,
+            opening_cash=opening,
+            currency=currency,
+            account_id=account_id,
+        )
+
+    try:
+        registration = asyncio.run(_with_database(settings, create))
+    except DomainError as exc:
+        _fail(str(exc))
+    account = registration.account
+    console.print(
+        f"created {role} {registration.user.username} with account {account.account_id}: "
+        f"{account.opening_cash} {account.currency} opening cash",
+        highlight=False,
+    )
+
+
+@users_app.command("list")
+def users_list(ctx: typer.Context) -> None:
+    """Print a table of users with their accounts, oldest first."""
+    settings = _settings(ctx)
+    found, accounts = asyncio.run(_with_database(settings, _users_and_accounts))
+    if not found:
+        console.print("no users", highlight=False)
+        return
+    owned: dict[str, list[str]] = defaultdict(list)
+    for account in accounts:
+        owned[account.owner].append(account.account_id)
+    table = Table(title="users")
+    for column in ("user", "role", "status", "accounts", "created (UTC)"):
+        table.add_column(column)
+    for user in found:
+        table.add_row(
+            user.username,
+            user.role.value,
+            "disabled" if user.disabled else "active",
+            ", ".join(owned[user.username]),
+            user.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+async def _users_and_accounts(database: Database) -> tuple[list[User], list[Account]]:
+    return (
+        await UserRepository(database).list_users(),
+        await AccountRepository(database).list_accounts(),
+    )
 
 
 async def _with_limits(settings: Settings, work: Callable[[LimitsStore], Awaitable[T]]) -> T:

@@ -60,6 +60,24 @@ class Settings(BaseSettings):
     broker_timeout: float = Field(default=10.0, gt=0, description="seconds to await the broker")
     paper_latency: float = Field(default=0.0, ge=0, description="paper broker latency, seconds")
     paper_slippage_ticks: int = Field(default=0, ge=0, description="paper market-order slippage")
+    session_ttl: float = Field(
+        default=28_800, gt=0, description="seconds an idle web session lives (sliding)"
+    )
+    session_max_lifetime: float = Field(
+        default=86_400, gt=0, description="seconds a web session lives at most"
+    )
+    rate_limit_orders: int = Field(default=20, ge=1, description="order requests per user/window")
+    rate_limit_reads: int = Field(default=50, ge=1, description="read requests per user/window")
+    rate_limit_window: float = Field(default=1.0, gt=0, description="seconds")
+    rate_limit_login: int = Field(default=10, ge=1, description="logins per address+user/window")
+    rate_limit_login_window: float = Field(default=60.0, gt=0, description="seconds")
+    password_time_cost: int = Field(default=3, ge=1, description="argon2 passes")
+    password_memory_cost: int = Field(default=65_536, ge=8, description="argon2 KiB")
+    password_parallelism: int = Field(default=4, ge=1, description="argon2 lanes")
+    stream_quotes_per_second: float = Field(
+        default=2.0, gt=0, le=50, description="SSE quotes per symbol per second, at most"
+    )
+    stream_heartbeat: float = Field(default=15.0, gt=0, description="SSE heartbeat, seconds")
     http_host: str = Field(default="127.0.0.1", description="address the web app listens on")
     http_port: int = Field(default=8000, ge=1, le=65535, description="port the web app uses")
 

@@ -185,6 +185,13 @@ class OrderCommands:
         except Exception:
             log.exception("oms.release_failed", order_id=order_id)
 
+    async def account_of(self, order_id: str) -> str | None:
+        """The account an order was placed in (read from the command side, so an order just
+        placed is found), or None for an unknown id. Commands still check the owner."""
+        async with self._database.connect() as conn:
+            order = await load_order(conn, order_id)
+        return None if order is None else order.account_id
+
     async def cancel(self, command: CancelOrder) -> OrderReceipt:
         await self._check_owner(command.account_id, command.user_id)
         async with self._database.transaction() as conn:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    ForeignKey,
     Identity,
     Index,
     Integer,
@@ -329,4 +330,35 @@ Index(
     position_fills.c.symbol,
     position_fills.c.filled_at,
     position_fills.c.fill_id,
+)
+
+
+# ---- Users (issue: web tier foundation). The username is the ``owner`` of the user's accounts.
+# Only an argon2 hash of the password is kept; ``disabled`` refuses logins and every credential.
+users = Table(
+    "users",
+    metadata,
+    Column("username", String(32), primary_key=True),
+    Column("password_hash", String(256), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("disabled", Boolean(), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+# API tokens, looked up by the SHA-256 of the token (the token itself is shown once and never
+# stored). A user's tokens go with the user.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("token_id", String(64), primary_key=True),
+    Column(
+        "username",
+        String(32),
+        ForeignKey("users.username", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    Column("name", String(64), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UtcDateTime(), nullable=False),
 )
