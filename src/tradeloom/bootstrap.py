@@ -38,6 +38,7 @@ from tradeloom.oms.commands import OrderCommands
 from tradeloom.oms.projection import OrderProjection
 from tradeloom.oms.queries import OrderQueries
 from tradeloom.oms.state import OrderStateUpdater
+from tradeloom.positions import PositionProjection, PositionQueries
 from tradeloom.resilience.circuit_breaker import CircuitBreaker
 from tradeloom.risk.consumer import ExposureUpdater
 from tradeloom.risk.engine import CheckObserver, RiskEngine
@@ -170,6 +171,8 @@ class Platform:
     order_state: OrderStateUpdater
     order_projection: OrderProjection
     order_queries: OrderQueries
+    positions: PositionProjection
+    position_queries: PositionQueries
     notifier: Notifier
     user_streams: UserStreams
     components: list[Component] = field(default_factory=list)
@@ -283,6 +286,9 @@ def build_platform(
     execution = ExecutionEngine(bus, database, outbox, gateway, clock, notify=relay.notify)
     order_state = OrderStateUpdater(bus, database, clock)
     order_projection = OrderProjection(bus, database, clock, metrics=metrics)
+    positions = PositionProjection(
+        bus, database, outbox, clock, metrics=metrics, notify=relay.notify
+    )
     notifier = Notifier(bus, cache, MemoizedOwners(accounts), clock, metrics=metrics)
     exposure_updates = ExposureUpdater(exposure)
 
@@ -307,6 +313,8 @@ def build_platform(
         order_state=order_state,
         order_projection=order_projection,
         order_queries=OrderQueries(database),
+        positions=positions,
+        position_queries=PositionQueries(database, market_data.last_prices),
         notifier=notifier,
         user_streams=UserStreams(cache),
     )
@@ -321,6 +329,7 @@ def build_platform(
         Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
         Component("execution", execution.start, execution.stop),
         Component("order projection", order_projection.start, order_projection.stop),
+        Component("positions", positions.start, positions.stop),
         Component("notifications", notifier.start, notifier.stop),
         Component("outbox relay", relay.start, relay.close),
     ]

@@ -16,6 +16,7 @@ import typer
 from tradeloom.cli_admin import accounts_app, users_app
 from tradeloom.cli_market import market_app
 from tradeloom.cli_orders import orders_app
+from tradeloom.cli_positions import positions_app
 from tradeloom.config import ConfigError, Settings, load_settings
 from tradeloom.observability.logging import configure_logging
 
@@ -32,6 +33,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
 app.add_typer(orders_app, name="orders")
+app.add_typer(positions_app, name="positions")
 
 
 def _settings(ctx: typer.Context) -> Settings:

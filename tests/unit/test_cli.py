@@ -37,6 +37,9 @@ runner = CliRunner()
         ["orders", "show"],
         ["orders", "history"],
         ["orders", "rebuild"],
+        ["positions"],
+        ["positions", "list"],
+        ["positions", "verify"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:

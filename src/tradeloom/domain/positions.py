@@ -2,7 +2,8 @@
 
 A :class:`Position` is one (account, symbol): a signed quantity (long positive, short negative),
 the cost basis of the open quantity, realized P&L and fees. :func:`apply_fill` folds one fill
-into a position and returns a new frozen value; :class:`PositionBook` folds a stream of fills
+into a position and returns a new frozen value; :func:`fold_position` folds a position's fills
+in their canonical order; :class:`PositionBook` folds a stream of fills delivered in any order,
 idempotently by fill id, and keeps each account's cash.
 
 The method (average cost)
@@ -46,19 +47,29 @@ cash flow. Persist ``cost_basis`` (not the rounded ``average_cost``) to rebuild 
 
 Idempotency and order
 ---------------------
-:class:`PositionBook` remembers every fill id it applied: a fill delivered again, at any later
-point (not only a repeat of the last fill), changes nothing. Distinct fills are applied in the
-order they are first delivered, which for the projection is the order of the account's event
-stream (events of one account are consumed in order), so a rebuild from the archive applies
-them in the same order as the live view did. The order matters only for how P&L splits between
-realized and unrealized: quantity, cash, fees and ``realized + unrealized`` at any price do not
-depend on it, and fills of different (account, symbol) pairs never affect each other.
+A fill is identified by its ``fill_id``: delivered again, at any later point (not only as a
+repeat of the last fill), it changes nothing; the same id with different terms is not a
+redelivery but a bug (:class:`ConflictingFill`).
+
+Average cost depends on the order fills are applied in (it decides how P&L splits between
+realized and unrealized), and delivery order is not a property of the data: a redelivery, a
+rebuild from the archive or a late broker report can present the same fills in another
+order. So positions use one **canonical order**, by ``(filled_at, fill_id)`` (time of
+execution, ties broken by the fill id; :attr:`Fill.sort_key`), and a position is by
+definition the fold of its distinct fills in that order, **whatever order they were delivered
+in**. :class:`PositionBook` and the positions projection apply a fill that sorts after every
+fill already applied to its position incrementally (the usual case), and refold the position
+from all its fills when one arrives late (:func:`fold_position`). Quantity, cash and fees are
+sums and never depend on order; fills of different (account, symbol) pairs never affect each
+other.
 """
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from decimal import (
     ROUND_HALF_EVEN,
     Context,
@@ -74,6 +85,10 @@ from tradeloom.domain.errors import DomainError, InvalidNumber
 from tradeloom.domain.events import Event, OrderFilled, OrderPartiallyFilled
 from tradeloom.domain.numbers import ZERO, exact
 from tradeloom.domain.orders import Side
+from tradeloom.domain.time import require_utc
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+"""When a fill built without a time sorts (before every real fill)."""
 
 COST_QUANTUM = Decimal("1e-12")
 """The grid a non-terminating share of a cost basis is rounded to (half-even)."""
@@ -224,7 +239,10 @@ def total_pnl(position: Position, last_price: Decimal) -> Decimal:
 
 @dataclass(frozen=True, slots=True)
 class Fill:
-    """One execution as positions see it. ``fill_id`` is the idempotency key."""
+    """One execution as positions see it. ``fill_id`` is the idempotency key; every other
+    field is a term that a redelivery must repeat. ``filled_at`` (UTC) and ``fill_id`` give
+    the canonical order; a fill built without a time (tests, tools) sorts at the epoch, by id.
+    """
 
     fill_id: str
     account_id: str
@@ -233,15 +251,23 @@ class Fill:
     quantity: Decimal
     price: Decimal
     fee: Decimal = ZERO
+    filled_at: datetime = EPOCH
+    order_id: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "quantity", _positive(self.quantity, "fill quantity"))
         object.__setattr__(self, "price", _positive(self.price, "fill price"))
         object.__setattr__(self, "fee", exact(self.fee, field="fee"))
+        require_utc(self.filled_at, field="filled_at")
 
     @property
     def cash_delta(self) -> Decimal:
         return cash_delta(self.side, self.quantity, self.price, self.fee)
+
+    @property
+    def sort_key(self) -> tuple[datetime, str]:
+        """The canonical order of fills: by ``filled_at``, ties by ``fill_id``."""
+        return (self.filled_at, self.fill_id)
 
 
 def fill_from_event(event: Event) -> Fill:
@@ -259,7 +285,51 @@ def fill_from_event(event: Event) -> Fill:
         quantity=payload.quantity,
         price=payload.price,
         fee=payload.fee,
+        filled_at=payload.filled_at,
+        order_id=payload.order_id,
     )
+
+
+def exact_sum(amounts: Iterable[Decimal], start: Decimal = ZERO) -> Decimal:
+    """``start`` plus ``amounts``, exactly (raises rather than rounds)."""
+    with localcontext(_EXACT):
+        return sum(amounts, exact(start, field="amount"))
+
+
+def cash_after(cash: Decimal, fills: Iterable[Fill]) -> Decimal:
+    """``cash`` moved by every fill's cash delta, exactly (a sum: the order does not matter)."""
+    return exact_sum((fill.cash_delta for fill in fills), cash)
+
+
+def canonical_order(fills: Iterable[Fill]) -> list[Fill]:
+    """``fills`` sorted by :attr:`Fill.sort_key`: the order a position applies them in."""
+    return sorted(fills, key=lambda fill: fill.sort_key)
+
+
+def fold_position(
+    account_id: str, symbol: str, fills: Iterable[Fill], start: Position | None = None
+) -> Position:
+    """``start`` (flat by default) after ``fills`` of (account_id, symbol), applied once each in
+    canonical order. Folding from flat gives *the* position of a set of fills; folding onto
+    ``start`` is the same only when every fill sorts after those ``start`` was folded from."""
+    position = start if start is not None else Position(account_id, symbol)
+    for fill in canonical_order(fills):
+        if (fill.account_id, fill.symbol) != (account_id, symbol):
+            raise ValueError(f"fill {fill.fill_id} is not of {account_id}/{symbol}")
+        position = apply_fill(position, fill.side, fill.quantity, fill.price, fill.fee)
+    return position
+
+
+def mark_price(bid: Decimal | None, ask: Decimal | None, last: Decimal | None) -> Decimal | None:
+    """The price open positions are valued at: the mid of bid and ask when both are quoted,
+    else the last trade; None when neither is known (or the result is not positive), so an
+    unknown value is never shown as zero."""
+    if bid is not None and ask is not None and bid > ZERO and ask > ZERO:
+        with localcontext(_EXACT):
+            return (bid + ask) / 2
+    if last is not None and last > ZERO:
+        return last
+    return None
 
 
 @dataclass
@@ -268,12 +338,14 @@ class PositionBook:
 
     ``apply`` remembers every fill id: a fill seen before (at any point, not only the last
     one) changes nothing, and one that comes back with different terms raises
-    :class:`ConflictingFill`. Distinct fills are applied in the order of their first delivery,
-    which is the order of the account's event stream. Not thread-safe: one consumer owns it.
-    ``cash`` is the net cash flow of the fills (deposits are not fills).
+    :class:`ConflictingFill`. Each position is the fold of its distinct fills in canonical
+    order whatever the delivery order: a fill that sorts after the position's last one is
+    applied incrementally, an earlier one refolds the position. Not thread-safe: one consumer
+    owns it. ``cash`` is the net cash flow of the fills (deposits are not fills).
     """
 
     _positions: dict[tuple[str, str], Position] = field(default_factory=dict, repr=False)
+    _fills: dict[tuple[str, str], list[Fill]] = field(default_factory=dict, repr=False)
     _cash: dict[str, Decimal] = field(default_factory=dict, repr=False)
     _applied: dict[str, Fill] = field(default_factory=dict, repr=False)
 
@@ -285,9 +357,14 @@ class PositionBook:
                 raise ConflictingFill(f"fill {fill.fill_id} came back with different terms")
             return None
         key = (fill.account_id, fill.symbol)
-        position = apply_fill(self.position(*key), fill.side, fill.quantity, fill.price, fill.fee)
-        with localcontext(_EXACT):
-            cash = self._cash.get(fill.account_id, ZERO) + fill.cash_delta
+        fills = self._fills.setdefault(key, [])
+        if not fills or fills[-1].sort_key < fill.sort_key:
+            fills.append(fill)
+            position = fold_position(*key, [fill], start=self.position(*key))
+        else:  # a late fill: place it and refold
+            insort(fills, fill, key=lambda f: f.sort_key)
+            position = fold_position(*key, fills)
+        cash = cash_after(self._cash.get(fill.account_id, ZERO), [fill])
         self._positions[key] = position
         self._cash[fill.account_id] = cash
         self._applied[fill.fill_id] = fill
@@ -305,12 +382,20 @@ class PositionBook:
         found = self._positions.get((account_id, symbol))
         return found if found is not None else Position(account_id, symbol)
 
+    def fills(self, account_id: str, symbol: str) -> list[Fill]:
+        """The distinct fills of the position, in canonical order."""
+        return list(self._fills.get((account_id, symbol), ()))
+
     def positions(self, account_id: str) -> list[Position]:
         """Every position the account has traded (flat ones too), by symbol."""
         return sorted(
             (p for (account, _), p in self._positions.items() if account == account_id),
             key=lambda p: p.symbol,
         )
+
+    def accounts(self) -> list[str]:
+        """Every account with at least one fill, sorted."""
+        return sorted(self._cash)
 
     def cash(self, account_id: str) -> Decimal:
         return self._cash.get(account_id, ZERO)
@@ -328,7 +413,8 @@ class PositionBook:
 
 
 def replay(fills: Iterable[Fill]) -> PositionBook:
-    """A book built from ``fills`` in order (redeliveries included and ignored)."""
+    """A book built from ``fills`` delivered in this order (redeliveries included and
+    ignored); the result is the same for every order of the same fills."""
     book = PositionBook()
     book.apply_all(fills)
     return book

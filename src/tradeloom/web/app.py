@@ -19,6 +19,7 @@ import tradeloom
 from tradeloom.bootstrap import Platform, build_passwords, settle_heap
 from tradeloom.config import Settings
 from tradeloom.market_data.observers import price_channel
+from tradeloom.positions.queries import PositionQueries
 from tradeloom.users.passwords import Passwords
 from tradeloom.users.repository import UserRepository
 from tradeloom.users.service import UserService
@@ -32,6 +33,8 @@ from tradeloom.web.routes.admin import admin_router
 from tradeloom.web.routes.auth import auth_router
 from tradeloom.web.routes.market import market_router, quote_from_fanout
 from tradeloom.web.routes.orders import orders_router
+from tradeloom.web.routes.portfolio import portfolio_router
+from tradeloom.web.routes.stream import stream_router
 from tradeloom.web.sse import StreamHub
 from tradeloom.web.trading import TradingServices
 
@@ -100,11 +103,15 @@ def trading_services(platform: Platform) -> TradingServices:
     )
 
 
-def install_trading(app: FastAPI, services: TradingServices) -> None:
-    """Mount ``/api/orders``, ``/api/market`` and ``/api/stream``."""
+def install_trading(app: FastAPI, services: TradingServices, positions: PositionQueries) -> None:
+    """Mount ``/api/orders``, ``/api/market``, ``/api/positions``, ``/api/account`` and
+    ``/api/stream``."""
     app.state.trading = services
+    app.state.positions = positions
     app.include_router(orders_router())
     app.include_router(market_router())
+    app.include_router(portfolio_router())
+    app.include_router(stream_router())
 
 
 def create_app(
@@ -139,7 +146,7 @@ def create_app(
     app.state.platform = platform
     app.include_router(health_router(platform.readiness_checks()))
     install_api(app, services or build_web_services(platform))
-    install_trading(app, trading)
+    install_trading(app, trading, platform.position_queries)
 
     @app.get("/metrics", tags=["health"], include_in_schema=False)
     async def metrics() -> Response:

@@ -1,0 +1,211 @@
+"""The positions tables: one row per (account, symbol), the fills applied, accounts' cash.
+
+Every function works inside the caller's connection (and so its transaction): the projection
+writes fills, positions and cash in one transaction per batch. Locking reads
+(``for_update``) take rows in (account, symbol) order, positions before accounts, so two
+transactions that overlap (a redelivery to a second consumer) queue instead of deadlocking.
+``position_fills`` is keyed by fill id: inserting a fill twice keeps the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tradeloom.domain.orders import Side
+from tradeloom.domain.positions import Fill, Position
+from tradeloom.storage.schema import accounts, position_fills, positions
+
+PositionKey = tuple[str, str]
+"""(account id, symbol)."""
+
+_INSERT_CHUNK = 500  # rows per INSERT: far below either dialect's limit on bound parameters
+
+
+@dataclass(frozen=True, slots=True)
+class PositionRow:
+    """A stored position with its bookkeeping: how many fills made it and the newest one in
+    canonical order (``last_key``)."""
+
+    position: Position
+    fill_count: int
+    last_filled_at: datetime
+    last_fill_id: str
+    updated_at: datetime
+
+    @property
+    def key(self) -> PositionKey:
+        return (self.position.account_id, self.position.symbol)
+
+    @property
+    def last_key(self) -> tuple[datetime, str]:
+        return (self.last_filled_at, self.last_fill_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFill:
+    """A fill and the id of the event that brought it."""
+
+    fill: Fill
+    event_id: str
+
+
+def _fill(row: Any) -> Fill:
+    m = row._mapping
+    return Fill(
+        fill_id=m["fill_id"],
+        account_id=m["account_id"],
+        symbol=m["symbol"],
+        side=Side(m["side"]),
+        quantity=m["quantity"],
+        price=m["price"],
+        fee=m["fee"],
+        filled_at=m["filled_at"],
+        order_id=m["order_id"],
+    )
+
+
+def _fill_values(received: ReceivedFill, applied_at: datetime) -> dict[str, Any]:
+    fill = received.fill
+    return {
+        "fill_id": fill.fill_id,
+        "account_id": fill.account_id,
+        "symbol": fill.symbol,
+        "order_id": fill.order_id,
+        "event_id": received.event_id,
+        "side": fill.side.value,
+        "quantity": fill.quantity,
+        "price": fill.price,
+        "fee": fill.fee,
+        "filled_at": fill.filled_at,
+        "applied_at": applied_at,
+    }
+
+
+async def insert_fills(
+    conn: AsyncConnection, received: Sequence[ReceivedFill], applied_at: datetime
+) -> set[str]:
+    """Insert fills of distinct ids unless already stored; return the ids inserted. A racing
+    twin on PostgreSQL is waited for, then skipped (``ON CONFLICT DO NOTHING``)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    inserted: set[str] = set()
+    for start in range(0, len(received), _INSERT_CHUNK):
+        rows = [_fill_values(r, applied_at) for r in received[start : start + _INSERT_CHUNK]]
+        statement = (
+            dialect.insert(position_fills)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=["fill_id"])
+            .returning(position_fills.c.fill_id)
+        )
+        inserted.update((await conn.execute(statement)).scalars())
+    return inserted
+
+
+async def load_fills(conn: AsyncConnection, fill_ids: Iterable[str]) -> dict[str, Fill]:
+    """The stored fills among ``fill_ids``, by id."""
+    wanted = sorted(set(fill_ids))
+    if not wanted:
+        return {}
+    rows = await conn.execute(select(position_fills).where(position_fills.c.fill_id.in_(wanted)))
+    return {fill.fill_id: fill for fill in map(_fill, rows)}
+
+
+async def load_position_fills(conn: AsyncConnection, key: PositionKey) -> list[Fill]:
+    """Every stored fill of one position (in no particular order: the caller sorts)."""
+    account_id, symbol = key
+    query = select(position_fills).where(
+        position_fills.c.account_id == account_id, position_fills.c.symbol == symbol
+    )
+    return [_fill(row) for row in await conn.execute(query)]
+
+
+def position_row(row: Any) -> PositionRow:
+    """A ``positions`` row as a :class:`PositionRow`."""
+    m = row._mapping
+    return PositionRow(
+        position=Position(
+            account_id=m["account_id"],
+            symbol=m["symbol"],
+            quantity=m["quantity"],
+            cost_basis=m["cost_basis"],
+            realized_pnl=m["realized_pnl"],
+            fees=m["fees"],
+        ),
+        fill_count=m["fill_count"],
+        last_filled_at=m["last_filled_at"],
+        last_fill_id=m["last_fill_id"],
+        updated_at=m["updated_at"],
+    )
+
+
+async def load_positions(
+    conn: AsyncConnection, account_ids: Iterable[str], *, for_update: bool = False
+) -> dict[PositionKey, PositionRow]:
+    """Every stored position of ``account_ids``, by key; locked when ``for_update``."""
+    wanted = sorted(set(account_ids))
+    if not wanted:
+        return {}
+    query = (
+        select(positions)
+        .where(positions.c.account_id.in_(wanted))
+        .order_by(positions.c.account_id, positions.c.symbol)
+    )
+    if for_update:
+        query = query.with_for_update()
+    rows = [position_row(row) for row in await conn.execute(query)]
+    return {row.key: row for row in rows}
+
+
+async def save_position(conn: AsyncConnection, row: PositionRow, *, exists: bool) -> None:
+    """Write ``row``: an update of the stored row when ``exists``, else an insert."""
+    p = row.position
+    values = {
+        "quantity": p.quantity,
+        "cost_basis": p.cost_basis,
+        "realized_pnl": p.realized_pnl,
+        "fees": p.fees,
+        "fill_count": row.fill_count,
+        "last_filled_at": row.last_filled_at,
+        "last_fill_id": row.last_fill_id,
+        "updated_at": row.updated_at,
+    }
+    if exists:
+        await conn.execute(
+            update(positions)
+            .where(positions.c.account_id == p.account_id, positions.c.symbol == p.symbol)
+            .values(values)
+        )
+    else:
+        await conn.execute(
+            insert(positions).values(account_id=p.account_id, symbol=p.symbol, **values)
+        )
+
+
+async def load_cash(
+    conn: AsyncConnection, account_ids: Iterable[str], *, for_update: bool = False
+) -> dict[str, Decimal]:
+    """The cash of each existing account among ``account_ids``; locked when ``for_update``."""
+    wanted = sorted(set(account_ids))
+    if not wanted:
+        return {}
+    query = (
+        select(accounts.c.account_id, accounts.c.cash)
+        .where(accounts.c.account_id.in_(wanted))
+        .order_by(accounts.c.account_id)
+    )
+    if for_update:
+        query = query.with_for_update()
+    return {account_id: cash for account_id, cash in (await conn.execute(query)).all()}
+
+
+async def save_cash(conn: AsyncConnection, account_id: str, cash: Decimal) -> None:
+    await conn.execute(
+        update(accounts).where(accounts.c.account_id == account_id).values(cash=cash)
+    )

@@ -1,0 +1,143 @@
+"""``/api/stream``: one Server-Sent Events stream per browser tab or algorithm.
+
+What a client receives, in this order:
+
+1. ``event: snapshot``: the requested symbols' quotes, the open orders, the positions and the
+   account, read after the stream subscribed to everything, so nothing published from then on
+   is missed (an event may also be reflected in the snapshot already: apply events as states,
+   not as increments).
+2. From then on, as they happen: ``event: quote`` (conflated per symbol, at most
+   ``TRADELOOM_STREAM_QUOTES_PER_SECOND``, latest wins) and the caller's own order and position
+   events, each with ``id:`` (increasing per user) and ``event:`` its type.
+   ``event: reset`` means "reload your snapshot over REST": the events between your
+   ``Last-Event-ID`` and now are no longer buffered.
+3. ``: heartbeat`` comments after 15 s of silence.
+
+A reconnect with ``Last-Event-ID`` (browsers send it by themselves) resumes the user events
+without a gap. A client too slow to take its user events has its stream closed rather than an
+event dropped; it reconnects and resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Annotated, Any
+
+import msgspec
+import structlog
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
+
+from tradeloom.notifications import Reset, UserStream, parse_last_event_id, sse_frame
+from tradeloom.positions.queries import PositionQueries
+from tradeloom.web.auth import AuthenticatedUser, rate_limit
+from tradeloom.web.json import json_object
+from tradeloom.web.routes.market import parse_symbols, quote_json
+from tradeloom.web.routes.orders import order_json
+from tradeloom.web.routes.portfolio import Positions, account_json, position_json
+from tradeloom.web.sse import ClientStream
+from tradeloom.web.sse import sse_frame as frame
+from tradeloom.web.trading import Trading, TradingServices
+
+log = structlog.get_logger("tradeloom.web.stream")
+
+Reader = Annotated[AuthenticatedUser, Depends(rate_limit("reads"))]
+SNAPSHOT_ORDERS = 200
+_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+async def snapshot(
+    owner: str, symbols: list[str], trading: TradingServices, positions: PositionQueries
+) -> bytes:
+    """The snapshot frame: quotes, open orders, positions and the account, as JSON."""
+    account = await trading.account_for(owner, None)
+    quotes = await trading.last_prices.last_many(symbols) if symbols else {}
+    orders = await trading.order_queries.list(owner, status="open", limit=SNAPSHOT_ORDERS)
+    body: dict[str, Any] = {
+        "quotes": {s: None if q is None else quote_json(q) for s, q in quotes.items()},
+        "orders": [order_json(view) for view in orders.items],
+        "positions": [position_json(view) for view in await positions.positions(owner, account)],
+        "account": account_json(await positions.account_summary(owner, account)),
+    }
+    return frame(msgspec.json.encode(json_object(body)), event="snapshot")
+
+
+async def pump_user_events(events: UserStream, client: ClientStream, *, resumed: bool) -> None:
+    """Copy the user's events into the client's outbox until either side ends.
+
+    A new stream (not ``resumed``) starts with a Reset that only tells the current id: the
+    snapshot is already current, so it goes out as a bare ``id:`` line, which sets the
+    browser's Last-Event-ID without an event to handle."""
+    first = not resumed
+    try:
+        async for item in events:
+            if first and isinstance(item, Reset):
+                client.offer_user_frame(b"id: %d\n\n" % item.current)
+            else:
+                client.offer_user_frame(sse_frame(item).encode())
+            first = False
+            if client.overflowed or client.closed:
+                break
+    except Exception:
+        log.exception("web.stream_user_events_failed", owner=client.owner)
+    finally:
+        client.close()
+
+
+def stream_router() -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["stream"])
+
+    @router.get(
+        "/stream",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
+    )
+    async def stream(
+        request: Request,
+        user: Reader,
+        trading: Trading,
+        positions: Positions,
+        symbols: Annotated[str | None, Query(max_length=2000, examples=["AAPL,MSFT"])] = None,
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    ) -> StreamingResponse:
+        """Live quotes of ``symbols`` and your own order and position events (see above)."""
+        names = parse_symbols(trading, symbols) if symbols else []
+        settings = request.app.state.platform.settings
+        client = ClientStream(
+            user.username,
+            names,
+            quotes_per_second=settings.stream_quotes_per_second,
+            heartbeat=settings.stream_heartbeat,
+        )
+        resume_after = parse_last_event_id(last_event_id)
+        await trading.hub.open(client)
+        events: UserStream | None = None
+        try:
+            events = await trading.user_streams.stream_from(user.username, resume_after)
+            client.start_with([await snapshot(user.username, names, trading, positions)])
+        except BaseException:
+            if events is not None:
+                await events.close()
+            await trading.hub.close(client)
+            raise
+        pump = asyncio.create_task(
+            pump_user_events(events, client, resumed=resume_after is not None),
+            name="sse-user-events",
+        )
+
+        async def body() -> Any:
+            try:
+                async for chunk in client.frames():
+                    yield chunk
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
+                assert events is not None
+                await events.close()
+                await trading.hub.close(client)
+
+        return StreamingResponse(body(), media_type="text/event-stream", headers=_HEADERS)
+
+    return router
