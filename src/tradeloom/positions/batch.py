@@ -45,7 +45,7 @@ from tradeloom.positions.repository import (
     load_position_fills,
     load_positions,
     save_cash,
-    save_position,
+    save_positions,
 )
 
 log = structlog.get_logger("tradeloom.positions")
@@ -153,6 +153,7 @@ async def _advance_positions(
     advanced = {}
     for key in sorted(by_key):
         advanced[key] = await _advance(conn, key, stored.get(key), by_key[key], now)
+    await save_positions(conn, (row for row, _ in advanced.values()), stored.keys())
     return advanced
 
 
@@ -163,18 +164,23 @@ async def _advance(
     new: list[Fill],
     now: datetime,
 ) -> tuple[PositionRow, Fill]:
+    """The position after ``new`` (already stored in ``position_fills``): folded on from
+    ``current`` when every new fill comes after its last one; folded from flat when there is
+    no row yet (a position's row and fills are written in one transaction, so no row means no
+    earlier fills); else refolded from all its stored fills (a late fill: the slow path)."""
     ordered = canonical_order(new)
-    if current is not None and current.last_key < ordered[0].sort_key:
+    if current is None:
+        position = fold_position(*key, ordered)
+        count = len(ordered)
+    elif current.last_key < ordered[0].sort_key:
         position = fold_position(*key, ordered, start=current.position)
         count = current.fill_count + len(ordered)
-    else:  # slow path: a late fill, or a first row; the new fills are stored already
+    else:
         ordered = canonical_order(await load_position_fills(conn, key))
         position = fold_position(*key, ordered)
         count = len(ordered)
     last = ordered[-1]
-    row = PositionRow(position, count, last.filled_at, last.fill_id, now)
-    await save_position(conn, row, exists=current is not None)
-    return row, last
+    return PositionRow(position, count, last.filled_at, last.fill_id, now), last
 
 
 async def _move_cash(conn: AsyncConnection, new: list[Fill]) -> dict[str, Decimal]:
@@ -188,7 +194,7 @@ async def _move_cash(conn: AsyncConnection, new: list[Fill]) -> dict[str, Decima
             log.error("positions.fill_of_unknown_account", account_id=account_id)
             continue
         cash[account_id] = cash_after(cash[account_id], by_account[account_id])
-        await save_cash(conn, account_id, cash[account_id])
+    await save_cash(conn, cash)
     return cash
 
 

@@ -9,13 +9,13 @@ transactions that overlap (a redelivery to a second consumer) queue instead of d
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -163,10 +163,21 @@ async def load_positions(
     return {row.key: row for row in rows}
 
 
-async def save_position(conn: AsyncConnection, row: PositionRow, *, exists: bool) -> None:
-    """Write ``row``: an update of the stored row when ``exists``, else an insert."""
+_POSITION_STATE = (
+    "quantity",
+    "cost_basis",
+    "realized_pnl",
+    "fees",
+    "fill_count",
+    "last_filled_at",
+    "last_fill_id",
+    "updated_at",
+)
+
+
+def _position_values(row: PositionRow) -> dict[str, Any]:
     p = row.position
-    values = {
+    return {
         "quantity": p.quantity,
         "cost_basis": p.cost_basis,
         "realized_pnl": p.realized_pnl,
@@ -176,16 +187,35 @@ async def save_position(conn: AsyncConnection, row: PositionRow, *, exists: bool
         "last_fill_id": row.last_fill_id,
         "updated_at": row.updated_at,
     }
-    if exists:
-        await conn.execute(
-            update(positions)
-            .where(positions.c.account_id == p.account_id, positions.c.symbol == p.symbol)
-            .values(values)
-        )
-    else:
-        await conn.execute(
-            insert(positions).values(account_id=p.account_id, symbol=p.symbol, **values)
-        )
+
+
+_UPDATE_POSITION = (
+    update(positions)
+    .where(
+        positions.c.account_id == bindparam("key_account_id"),
+        positions.c.symbol == bindparam("key_symbol"),
+    )
+    .values({name: bindparam(name) for name in _POSITION_STATE})
+)
+
+
+async def save_positions(
+    conn: AsyncConnection, rows: Iterable[PositionRow], existing: Collection[PositionKey]
+) -> None:
+    """Write ``rows``: one batched update of those in ``existing``, one insert of the rest."""
+    updates: list[dict[str, Any]] = []
+    inserts: list[dict[str, Any]] = []
+    for row in rows:
+        values = _position_values(row)
+        account_id, symbol = row.key
+        if row.key in existing:
+            updates.append({"key_account_id": account_id, "key_symbol": symbol, **values})
+        else:
+            inserts.append({"account_id": account_id, "symbol": symbol, **values})
+    if updates:
+        await conn.execute(_UPDATE_POSITION, updates)
+    if inserts:
+        await conn.execute(insert(positions), inserts)
 
 
 async def load_cash(
@@ -205,7 +235,17 @@ async def load_cash(
     return {account_id: cash for account_id, cash in (await conn.execute(query)).all()}
 
 
-async def save_cash(conn: AsyncConnection, account_id: str, cash: Decimal) -> None:
-    await conn.execute(
-        update(accounts).where(accounts.c.account_id == account_id).values(cash=cash)
-    )
+_UPDATE_CASH = (
+    update(accounts)
+    .where(accounts.c.account_id == bindparam("key_account_id"))
+    .values(cash=bindparam("cash"))
+)
+
+
+async def save_cash(conn: AsyncConnection, cash: Mapping[str, Decimal]) -> None:
+    """Set each account's cash, in one batched update."""
+    if cash:
+        await conn.execute(
+            _UPDATE_CASH,
+            [{"key_account_id": account_id, "cash": amount} for account_id, amount in cash.items()],
+        )
