@@ -1,19 +1,27 @@
 """Read side: fills per second applied by positions plus the order projection, and p99 lag.
 
 Runs on the production adapters (NATS JetStream carries the events, PostgreSQL holds the
-views), in two phases, each order being ``order.submitted`` (order.commands), then
-``order.accepted`` and one ``order.filled`` (order.events), as execution publishes them:
+views). Each order is ``order.submitted`` (order.commands), then ``order.accepted`` and one
+``order.filled`` (order.events), as execution publishes them. Three processes, as three
+deployments would run them on one host:
+
+* **the generator** publishes the orders' events;
+* **the order projection** (``OrderProjection``) keeps the order views and their history;
+* **the positions projection** (``PositionProjection`` and the outbox relay that publishes its
+  ``position.updated``) keeps positions and cash.
+
+Two phases:
 
 1. **throughput**: a backlog of ``--fills`` orders is published while both projections are
-   stopped; then the order projection and the positions projection start together and drain
-   it. Fills/s is the backlog divided by the time until BOTH have applied every event.
+   stopped; then both start together and drain it. Fills/s is the backlog divided by the
+   time until BOTH have applied every event (each one's own time is shown too).
 2. **lag**: with both projections running, orders are offered at ``--rate`` fills/s for
-   ``--lag-seconds``. Position lag is from the fill event's ``occurred_at`` (set when it is
-   published) to the commit of its position row, as the projection measures it for
-   ``tradeloom_position_update_lag_seconds``; projection lag likewise for the order view.
+   ``--lag-seconds``. Position lag is from the fill event's ``occurred_at`` (set when the
+   generator builds it, just before publishing) to the commit of its position row, as the
+   projection measures it for ``tradeloom_position_update_lag_seconds``.
 
 In the same run the baseline: PostgreSQL's bare single-row ``BEGIN; INSERT; COMMIT`` rate on
-one connection and on 8. Everything (load generator included) runs on this machine.
+one connection and on 8. Everything, the load generator included, runs on this machine.
 
     python bench/read_side.py [--fills 20000] [--rate 1000] [--lag-seconds 10]
 """
@@ -23,19 +31,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
+import multiprocessing
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from multiprocessing.connection import Connection
 from typing import Any
 
 import structlog
-from tradeloom.oms.projection import OrderProjection
-from tradeloom.positions.projection import PositionProjection
 
 from benchkit import (
     CORES,
@@ -51,15 +58,9 @@ from benchkit import (
     server_cpu_delta,
 )
 from tradeloom.accounts.repository import AccountRepository
-from tradeloom.bootstrap import build_bus
+from tradeloom.bootstrap import build_bus, settle_heap
 from tradeloom.config import Settings
-from tradeloom.domain.events import (
-    Event,
-    OrderAccepted,
-    OrderFilled,
-    OrderSubmitted,
-    new_event,
-)
+from tradeloom.domain.events import Event, OrderAccepted, OrderFilled, OrderSubmitted, new_event
 from tradeloom.domain.ids import new_id
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import SystemClock
@@ -67,52 +68,48 @@ from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.port import EventBus
 from tradeloom.messaging.topics import ORDER_COMMANDS, ORDER_EVENTS
 from tradeloom.observability.metrics import Metrics
+from tradeloom.oms.projection import OrderProjection
+from tradeloom.positions.projection import PositionProjection
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import upgrade_database
 from tradeloom.storage.outbox import Outbox, OutboxRelay
 
-ORDER_GROUP = "bench-orders"
-POSITION_GROUP = "bench-positions"
 EVENTS_PER_ORDER = 3  # submitted, accepted, filled
+Keyed = tuple[Event, str]
 
 
-class RecordingHistogram:
-    """Stands in for a prometheus histogram and keeps every observation (for exact p99)."""
+def _quiet_logs() -> None:
+    logging.disable(logging.WARNING)
+    structlog.configure(
+        processors=[count_warnings],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+    )
 
-    def __init__(self) -> None:
-        self.samples: list[float] = []
 
-    def observe(self, value: float) -> None:
-        self.samples.append(value)
-
-    def labels(self, *_values: str) -> RecordingHistogram:
-        return self
+# --- the generator --------------------------------------------------------------------------
 
 
 @dataclass
 class Market:
-    """Deterministic order flow: accounts, symbols and prices from one seed."""
+    """Deterministic order flow: accounts, symbols, sides, sizes and prices from one seed."""
 
     accounts: list[str]
     symbols: list[str]
     rng: random.Random
 
-    def order_events(self) -> tuple[tuple[Event, str], tuple[Event, str], tuple[Event, str]]:
+    def order(self) -> tuple[Keyed, Keyed, Keyed]:
         """One order's submitted, accepted and filled events, each with its bus key."""
         account = self.rng.choice(self.accounts)
         symbol = self.rng.choice(self.symbols)
         side = Side.BUY if self.rng.random() < 0.55 else Side.SELL
         quantity = Decimal(self.rng.randint(1, 20))
         price = Decimal(self.rng.randint(9_000, 11_000)) / 100
-        order_id, now = new_id(), datetime.now(UTC)
-        correlation = new_id()
+        order_id, correlation = new_id(), new_id()
 
-        def event(payload: Any) -> tuple[Event, str]:
+        def keyed(payload: Any) -> Keyed:
+            now = datetime.now(UTC)
             made = new_event(
-                payload,
-                occurred_at=datetime.now(UTC),
-                correlation_id=correlation,
-                account_id=account,
+                payload, occurred_at=now, correlation_id=correlation, account_id=account
             )
             return made, account
 
@@ -133,21 +130,134 @@ class Market:
             quantity=quantity,
             price=price,
             fee=Decimal("0.35"),
-            filled_at=now,
+            filled_at=datetime.now(UTC),
             cumulative_quantity=quantity,
             leaves_quantity=Decimal(0),
         )
-        return (
-            event(submitted),
-            event(OrderAccepted(order_id=order_id, broker_order_id=f"B-{order_id}")),
-            event(filled),
-        )
+        accepted = OrderAccepted(order_id=order_id, broker_order_id=f"B-{order_id}")
+        return keyed(submitted), keyed(accepted), keyed(filled)
 
 
-async def publish_orders(bus: EventBus, orders: Sequence[tuple[tuple[Event, str], ...]]) -> None:
+async def publish_orders(bus: EventBus, orders: Sequence[tuple[Keyed, Keyed, Keyed]]) -> None:
     """Each order's command to order.commands and its reports to order.events, in order."""
     await bus.publish_many(ORDER_COMMANDS.name, [events[0] for events in orders])
     await bus.publish_many(ORDER_EVENTS.name, [e for events in orders for e in events[1:]])
+
+
+async def _generate(
+    pipe: Connection, settings: Settings, accounts: list[str], symbols: int
+) -> None:
+    loop = asyncio.get_running_loop()
+    bus = build_bus(settings)
+    await bus.start()
+    market = Market(accounts, [f"SYM{n:02d}" for n in range(symbols)], random.Random(7))
+    pipe.send("ready")
+    while (command := await loop.run_in_executor(None, pipe.recv))[0] != "stop":
+        if command[0] == "backlog":
+            started = time.perf_counter()
+            orders = [market.order() for _ in range(command[1])]
+            for start in range(0, len(orders), 1000):
+                await publish_orders(bus, orders[start : start + 1000])
+            pipe.send(time.perf_counter() - started)
+        else:  # ("paced", rate, seconds): publish what is due every 10 ms
+            _, rate, seconds = command
+            offered, started = 0, time.perf_counter()
+            while (now := time.perf_counter()) < started + seconds:
+                due = int((now - started) * rate) - offered
+                if due > 0:
+                    await publish_orders(bus, [market.order() for _ in range(due)])
+                    offered += due
+                await asyncio.sleep(0.01)
+            pipe.send((offered, time.perf_counter() - started))
+    await bus.close()
+
+
+def _generator_main(pipe: Connection, settings: Settings, accounts: list[str], n: int) -> None:
+    _quiet_logs()
+    asyncio.run(_generate(pipe, settings, accounts, n))
+
+
+# --- the projections ------------------------------------------------------------------------
+
+
+class RecordingHistogram:
+    """Stands in for a prometheus histogram and keeps every observation (for exact p99)."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+
+    def observe(self, value: float) -> None:
+        self.samples.append(value)
+
+    def labels(self, *_values: str) -> RecordingHistogram:
+        return self
+
+
+async def _project(pipe: Connection, kind: str, settings: Settings) -> None:
+    """Run one projection, started on "start", reporting what it applied on "stats"."""
+    loop = asyncio.get_running_loop()
+    clock = SystemClock()
+    metrics = Metrics()
+    lag = RecordingHistogram()
+    metrics.position_update_lag_seconds = lag  # type: ignore[assignment]
+    bus = build_bus(settings)
+    database = Database(settings.database_url)
+    relay = OutboxRelay(database, bus, clock=clock)
+    projection: OrderProjection | PositionProjection
+    group = f"bench-{kind}"  # each projection is its own consumer group: both get every event
+    if kind == "orders":
+        projection = OrderProjection(bus, database, clock, metrics=metrics, group=group)
+    else:
+        projection = PositionProjection(
+            bus, database, Outbox(clock), clock, metrics=metrics, notify=relay.notify, group=group
+        )
+    await bus.start()
+    await relay.start()
+    settle_heap()
+    pipe.send("ready")
+
+    def applied() -> float:
+        sample = metrics.registry.get_sample_value(
+            "tradeloom_events_projected_total", {"group": group, "outcome": "applied"}
+        )
+        return sample or 0.0
+
+    while (command := await loop.run_in_executor(None, pipe.recv)) != "stop":
+        if command == "start":
+            await projection.start()
+            pipe.send("started")
+        elif command == "reset_lag":
+            lag.samples.clear()
+            pipe.send("ok")
+        else:  # "stats"
+            pipe.send({"applied": applied(), "lag": list(lag.samples)})
+    await projection.stop()
+    await relay.close()
+    await bus.close()
+    await database.dispose()
+    pipe.send("stopped")
+
+
+def _projection_main(pipe: Connection, kind: str, settings: Settings) -> None:
+    _quiet_logs()
+    asyncio.run(_project(pipe, kind, settings))
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    name: str
+    process: Any
+    pipe: Connection
+
+    async def ask(self, message: Any) -> Any:
+        self.pipe.send(message)
+        return await asyncio.get_running_loop().run_in_executor(None, self.pipe.recv)
+
+    def cpu(self) -> float:
+        return process_cpu(self.process.pid)
 
 
 @dataclass
@@ -156,125 +266,114 @@ class Run:
     publish_s: float = 0.0
     drain_s: float = 0.0
     drained: bool = False
-    orders_done_s: float = 0.0
-    positions_done_s: float = 0.0
-    cpu_s: float = 0.0
+    done_s: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
     servers: dict[str, float] = field(default_factory=dict)
     offered: int = 0
     lag_window: float = 0.0
     position_lag: list[float] = field(default_factory=list)
 
 
-class Platform:
-    """Just the read side: the bus, the database, the two projections and the outbox relay
-    that publishes ``position.updated``."""
-
-    def __init__(self, settings: Settings) -> None:
-        clock = SystemClock()
-        self.metrics = Metrics()
-        self.position_lag = RecordingHistogram()
-        self.metrics.position_update_lag_seconds = self.position_lag  # type: ignore[assignment]
-        self.bus = build_bus(settings)
-        self.database = Database(settings.database_url)
-        self.relay = OutboxRelay(self.database, self.bus, clock=clock)
-        self.orders = OrderProjection(
-            self.bus, self.database, clock, metrics=self.metrics, group=ORDER_GROUP
-        )
-        self.positions = PositionProjection(
-            self.bus,
-            self.database,
-            Outbox(clock),
-            clock,
-            metrics=self.metrics,
-            notify=self.relay.notify,
-            group=POSITION_GROUP,
-        )
-
-    def applied(self, group: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "tradeloom_events_projected_total", {"group": group, "outcome": "applied"}
-        )
-        return value or 0.0
-
-    def fills_applied(self) -> float:
-        return self.applied(POSITION_GROUP)
-
-    def order_events_applied(self) -> float:
-        return self.applied(ORDER_GROUP)
-
-
-async def wait_until(predicate: Any, within: float, period: float = 0.02) -> float | None:
-    """Seconds until ``predicate()`` holds, or None after ``within`` seconds."""
+async def wait_until(predicate: Callable[[], Any], within: float) -> float | None:
+    """Seconds until the async ``predicate()`` holds, or None after ``within`` seconds."""
     started = time.perf_counter()
-    while not predicate():
+    while not await predicate():
         if time.perf_counter() - started > within:
             return None
-        await asyncio.sleep(period)
+        await asyncio.sleep(0.02)
     return time.perf_counter() - started
 
 
-async def throughput(
-    platform: Platform, market: Market, args: argparse.Namespace, run: Run
+async def drain(
+    args: argparse.Namespace, run: Run, generator: Child, views: Child, positions: Child
 ) -> None:
-    orders = [market.order_events() for _ in range(args.fills)]
+    run.backlog = args.fills
+    run.publish_s = await generator.ask(("backlog", args.fills))
+    print(f"published a backlog of {args.fills:,} orders in {run.publish_s:.1f} s; draining")
+    children = (views, positions)
+    cpu_before = {c.name: c.cpu() for c in children}
+    servers_before = server_cpu()
     started = time.perf_counter()
-    for start in range(0, len(orders), 1000):
-        await publish_orders(platform.bus, orders[start : start + 1000])
-    run.publish_s = time.perf_counter() - started
-    run.backlog = len(orders)
-    print(f"published a backlog of {len(orders):,} orders in {run.publish_s:.1f} s; draining")
+    for child in children:
+        await child.ask("start")
+    targets = {views.name: args.fills * EVENTS_PER_ORDER, positions.name: args.fills}
 
-    cpu_before, servers_before = process_cpu(os.getpid()), server_cpu()
-    started = time.perf_counter()
-    await platform.orders.start()
-    await platform.positions.start()
-    fills, order_events = len(orders), len(orders) * EVENTS_PER_ORDER
-    positions_done = asyncio.create_task(
-        wait_until(lambda: platform.fills_applied() >= fills, args.drain)
-    )
-    orders_done = await wait_until(
-        lambda: platform.order_events_applied() >= order_events, args.drain
-    )
-    positions_s = await positions_done
+    async def all_applied() -> bool:
+        for child in children:
+            if child.name not in run.done_s:
+                stats = await child.ask("stats")
+                if stats["applied"] >= targets[child.name]:
+                    run.done_s[child.name] = time.perf_counter() - started
+        return len(run.done_s) == len(children)
+
+    run.drained = await wait_until(all_applied, args.drain) is not None
     run.drain_s = time.perf_counter() - started
-    run.drained = orders_done is not None and positions_s is not None
-    run.orders_done_s = orders_done or float("nan")
-    run.positions_done_s = positions_s or float("nan")
-    run.cpu_s = process_cpu(os.getpid()) - cpu_before
-    run.servers = server_cpu_delta(servers_before, server_cpu())
+    run.cpu = {c.name: (c.cpu() - cpu_before[c.name]) / run.drain_s for c in children}
+    run.servers = {
+        name: cpu / run.drain_s
+        for name, cpu in server_cpu_delta(servers_before, server_cpu()).items()
+    }
 
 
-async def lag(platform: Platform, market: Market, args: argparse.Namespace, run: Run) -> None:
-    platform.position_lag.samples.clear()
-    before = platform.fills_applied()
-    interval = 1.0 / args.rate
-    tick = 0.01  # publish what is due every 10 ms: about 10 orders a tick at 1,000/s
-    started = time.perf_counter()
-    deadline = started + args.lag_seconds
-    while (now := time.perf_counter()) < deadline:
-        due = int((now - started) / interval) - run.offered
-        if due > 0:
-            await publish_orders(platform.bus, [market.order_events() for _ in range(due)])
-            run.offered += due
-        await asyncio.sleep(tick)
-    run.lag_window = time.perf_counter() - started
-    await wait_until(lambda: platform.fills_applied() - before >= run.offered, args.drain)
-    run.position_lag = list(platform.position_lag.samples)
+async def lag(args: argparse.Namespace, run: Run, generator: Child, positions: Child) -> None:
+    before = (await positions.ask("stats"))["applied"]
+    await positions.ask("reset_lag")
+    run.offered, run.lag_window = await generator.ask(("paced", args.rate, args.lag_seconds))
+
+    async def caught_up() -> bool:
+        return bool((await positions.ask("stats"))["applied"] - before >= run.offered)
+
+    await wait_until(caught_up, args.drain)
+    run.position_lag = (await positions.ask("stats"))["lag"]
+
+
+def start_child(name: str, target: Callable[..., None], *args: Any) -> tuple[Child, Connection]:
+    spawn = multiprocessing.get_context("spawn")
+    ours, theirs = spawn.Pipe()
+    process = spawn.Process(target=target, args=(theirs, *args), daemon=True, name=name)
+    process.start()
+    return Child(name, process, ours), theirs
+
+
+async def read_side(args: argparse.Namespace, settings: Settings, run: Run) -> None:
+    database = Database(settings.database_url)
+    accounts = [f"acct-{n:04d}" for n in range(args.accounts)]
+    repository = AccountRepository(database)
+    for account_id in accounts:
+        await repository.create(account_id, f"user-{account_id}", 10_000_000)
+    await database.dispose()
+    generator, _ = start_child("generator", _generator_main, settings, accounts, args.symbols)
+    views, _ = start_child("order projection", _projection_main, "orders", settings)
+    positions, _ = start_child("positions", _projection_main, "positions", settings)
+    children = (generator, views, positions)
+    loop = asyncio.get_running_loop()
+    try:
+        for child in children:
+            assert await loop.run_in_executor(None, child.pipe.recv) == "ready"
+        await drain(args, run, generator, views, positions)
+        await lag(args, run, generator, positions)
+    finally:
+        for child in children:
+            child.pipe.send(("stop",) if child is generator else "stop")
+        for child in children:
+            await loop.run_in_executor(None, child.process.join, 15)
 
 
 def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
     rate = run.backlog / run.drain_s if run.drain_s else float("nan")
+    lag_ms = [sample * 1000 for sample in run.position_lag]
     rows = [
         (
             "load",
-            f"{args.accounts} accounts, {args.symbols} symbols; each order = "
-            "submitted + accepted + one fill",
+            f"{args.accounts} accounts, {args.symbols} symbols; each order = submitted + accepted"
+            " + one fill; generator, order projection and positions in 3 processes",
         ),
-        ("backlog published", f"{run.backlog:,} orders in {run.publish_s:.1f} s"),
+        ("backlog", f"{run.backlog:,} orders published in {run.publish_s:.1f} s"),
         (
             "drained",
-            f"{'all' if run.drained else 'NOT all'} in {run.drain_s:.2f} s: orders "
-            f"{run.orders_done_s:.2f} s, positions {run.positions_done_s:.2f} s",
+            f"{'all' if run.drained else 'NOT all'} in {run.drain_s:.2f} s ("
+            + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in run.done_s.items())
+            + ")",
         ),
         (
             "fills applied (both projections)",
@@ -282,9 +381,9 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             f"({rate * EVENTS_PER_ORDER:,.0f} order events/s to the order view)",
         ),
         (
-            "CPU while draining",
-            f"bench process {run.cpu_s / run.drain_s:.2f} s/s of {CORES} cores; "
-            + ", ".join(f"{k} {v / run.drain_s:.2f}" for k, v in run.servers.items()),
+            "CPU while draining (s/s)",
+            ", ".join(f"{k} {v:.2f}" for k, v in (run.cpu | run.servers).items())
+            + f" (of {CORES} cores)",
         ),
         (
             "lag phase",
@@ -293,21 +392,19 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         ),
         (
             "position lag p50 / p99 / max",
-            f"{percentile(run.position_lag, 50) * 1000:.1f} / "
-            f"{percentile(run.position_lag, 99) * 1000:.1f} / "
-            f"{max(run.position_lag, default=float('nan')) * 1000:.1f} ms "
-            f"({len(run.position_lag):,} fills)",
+            f"{percentile(lag_ms, 50):.1f} / {percentile(lag_ms, 99):.1f} / "
+            f"{max(lag_ms, default=float('nan')):.1f} ms ({len(lag_ms):,} fills)",
         ),
     ]
     if base is not None:
-        rows.append(
+        rows += [
             (
                 "baseline insert-commit",
-                f"{base.single:,.0f}/s on 1 connection, "
-                f"{base.concurrent:,.0f}/s on {base.connections}",
-            )
-        )
-        rows.append(("fills/s / baseline (1 conn)", f"{rate / base.single:.2f}x"))
+                f"{base.single:,.0f}/s on 1 connection, {base.concurrent:,.0f}/s on "
+                f"{base.connections}",
+            ),
+            ("fills/s / baseline (1 conn)", f"{rate / base.single:.2f}x"),
+        ]
     if WARNINGS:
         rows.append(("warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common(5))))
     width = max(len(name) for name, _ in rows)
@@ -328,23 +425,7 @@ async def main(args: argparse.Namespace) -> None:
         if args.baseline:
             base = await baseline(database_url, args.baseline_seconds, 8)
         settings = Settings(database_url=database_url, bus_url=args.nats_url, namespace=namespace)
-        platform = Platform(settings)
-        await platform.bus.start()
-        await platform.relay.start()
-        accounts = AccountRepository(platform.database)
-        ids = [f"acct-{n:04d}" for n in range(args.accounts)]
-        for account_id in ids:
-            await accounts.create(account_id, f"user-{account_id}", 10_000_000)
-        market = Market(ids, [f"SYM{n:02d}" for n in range(args.symbols)], random.Random(7))
-        try:
-            await throughput(platform, market, args, run)
-            await lag(platform, market, args, run)
-        finally:
-            await platform.positions.stop()
-            await platform.orders.stop()
-            await platform.relay.close()
-            await platform.bus.close()
-            await platform.database.dispose()
+        await read_side(args, settings, run)
     finally:
         await delete_bus_streams(args.nats_url, namespace.upper())
         await admin_execute(args.postgres_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -374,9 +455,5 @@ def parse_args() -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    logging.disable(logging.WARNING)
-    structlog.configure(
-        processors=[count_warnings],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-    )
+    _quiet_logs()
     asyncio.run(main(parse_args()))

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event, encode_event
@@ -51,6 +51,12 @@ log = structlog.get_logger("tradeloom.storage.outbox")
 # Advisory lock names. The one-key (bigint) and two-key (int, int) spaces do not overlap.
 _RELAY_LOCK_ID = 0x7472_6C6D_0002
 _KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
+
+
+# The function scan takes the array's elements in order, so the locks are taken in it.
+_LOCK_KEYS = text(
+    "SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:lock_ids AS integer[])) AS k"
+)
 
 
 def _key_lock_id(key: str) -> int:
@@ -89,9 +95,10 @@ class Outbox:
         if not rows:
             return
         if conn.dialect.name == "postgresql":
-            # Sorted, so two transactions locking the same keys cannot deadlock each other.
-            for lock_id in sorted({_key_lock_id(key) for _, key, _ in items}):
-                await conn.execute(select(func.pg_advisory_xact_lock(_KEY_LOCK_CLASS, lock_id)))
+            # Every key's lock in one round trip, in ascending order, so two transactions
+            # locking the same keys cannot deadlock each other.
+            lock_ids = sorted({_key_lock_id(key) for _, key, _ in items})
+            await conn.execute(_LOCK_KEYS, {"lock_class": _KEY_LOCK_CLASS, "lock_ids": lock_ids})
         await conn.execute(insert(outbox), rows)
 
 
