@@ -14,6 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from tradeloom.cli_admin import accounts_app, users_app
+from tradeloom.cli_demo import demo
 from tradeloom.cli_market import market_app
 from tradeloom.cli_orders import orders_app
 from tradeloom.cli_positions import positions_app
@@ -33,6 +34,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(accounts_app, name="accounts")
 app.add_typer(users_app, name="users")
 app.add_typer(orders_app, name="orders")
+app.command("demo")(demo)
 app.add_typer(positions_app, name="positions")
 
 
@@ -76,20 +78,13 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
 ) -> None:
     """Run the platform and its web app in this process."""
-    import uvicorn
-
     from tradeloom.bootstrap import build_platform
     from tradeloom.web.app import create_app
+    from tradeloom.web.server import serve as serve_app
 
     settings = _settings(ctx)
     application = create_app(build_platform(settings), settle_heap_after_start=True)
-    uvicorn.run(
-        application,
-        host=host or settings.http_host,
-        port=port or settings.http_port,
-        log_config=None,
-        access_log=False,
-    )
+    serve_app(application, host or settings.http_host, port or settings.http_port)
 
 
 @db_app.command("upgrade")

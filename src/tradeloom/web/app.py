@@ -26,6 +26,7 @@ from tradeloom.users.service import UserService
 from tradeloom.users.sessions import SessionStore
 from tradeloom.users.tokens import ApiTokens
 from tradeloom.web.auth import WebServices
+from tradeloom.web.dashboard import install_dashboard
 from tradeloom.web.errors import install_error_handlers
 from tradeloom.web.health import health_router
 from tradeloom.web.ratelimit import RateLimit, RateLimiter
@@ -153,4 +154,5 @@ def create_app(
         body = generate_latest(platform.metrics.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    install_dashboard(app)
     return app

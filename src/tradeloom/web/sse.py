@@ -255,14 +255,30 @@ class StreamHub:
             self._latest[symbol] = data
             self._changed.add(symbol)
 
+    def close_streams(self) -> None:
+        """End every stream of this process now (their responses finish); for a server that
+        is shutting down, so it need not wait for browsers to hang up. Callable from any
+        callback on the event loop's thread: it does not await."""
+        for stream in list(self._streams):
+            stream.close()
+
     async def _offer_changed_quotes(self) -> None:
         while True:
             await asyncio.sleep(self._tick)
-            changed, self._changed = self._changed, set()
-            for symbol in changed:
-                channel = self._symbols.get(symbol)
-                if channel is None:
-                    continue
-                data = self._latest[symbol]
-                for stream in channel.streams:
-                    stream.offer_quote(symbol, data)
+            try:
+                self._offer(self._take_changed())
+            except Exception:  # one bad tick must not end quotes for every stream
+                log.exception("sse.quote_tick_failed")
+
+    def _take_changed(self) -> set[str]:
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def _offer(self, changed: set[str]) -> None:
+        for symbol in changed:
+            channel = self._symbols.get(symbol)
+            data = self._latest.get(symbol)  # None: every watcher left since it changed
+            if channel is None or data is None:
+                continue
+            for stream in channel.streams:
+                stream.offer_quote(symbol, data)

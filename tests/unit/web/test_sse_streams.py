@@ -140,3 +140,31 @@ async def test_quotes_reach_every_stream_watching_the_symbol_and_no_other(
     await asyncio.sleep(0.05)  # a few ticks: MSFT never changed
     assert microsoft.quotes_conflated == 0
     assert hub.latest_quote("MSFT") is None
+
+
+async def test_quotes_keep_flowing_after_the_last_watcher_left_and_a_new_one_came(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, cache = hub_and_cache
+    first = ClientStream("alice", ["AAPL"])
+    await hub.open(first)
+    await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"}]')
+    await hub.close(first)  # before the tick: the symbol's quote is forgotten
+    second = ClientStream("alice", ["AAPL"])
+    await hub.open(second)
+    await asyncio.sleep(0.05)  # ticks pass over the forgotten symbol
+    await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"2"}]')
+    chunk = await next_chunk(second.frames())
+    assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"2"}', event="quote")
+
+
+async def test_closing_every_stream_ends_their_responses(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, _ = hub_and_cache
+    streams = [ClientStream("alice", ["AAPL"]), ClientStream("bob", [])]
+    for stream in streams:
+        await hub.open(stream)
+    hub.close_streams()
+    for stream in streams:
+        assert [chunk async for chunk in stream.frames()] == []
