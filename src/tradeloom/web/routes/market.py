@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from fastapi import APIRouter, Depends, Path, Query
+from pydantic import BaseModel
 
 from tradeloom.domain.events import PriceUpdate
 from tradeloom.domain.market import Candle, Interval
@@ -20,10 +21,63 @@ from tradeloom.market_data.observers import decode_fanout
 from tradeloom.web.auth import AuthenticatedUser, rate_limit
 from tradeloom.web.errors import ApiError
 from tradeloom.web.json import json_object
-from tradeloom.web.trading import Trading
+from tradeloom.web.trading import (
+    DecimalText,
+    Timestamp,
+    Trading,
+    documented,
+    error_responses,
+    utc_time,
+)
 
 Reader = Annotated[AuthenticatedUser, Depends(rate_limit("reads"))]
 MAX_SYMBOLS = 100
+
+
+class InstrumentOut(BaseModel):
+    symbol: str
+    tick_size: DecimalText
+    lot_size: DecimalText
+    reference_price: DecimalText
+    venue: str
+
+
+class SymbolsOut(BaseModel):
+    symbols: list[InstrumentOut]
+
+
+class QuoteOut(BaseModel):
+    symbol: str
+    bid: DecimalText | None
+    ask: DecimalText | None
+    last: DecimalText | None
+    volume: DecimalText
+    time: Timestamp
+    venue: str
+
+
+class QuotesOut(BaseModel):
+    quotes: dict[str, QuoteOut | None]
+
+
+class CandleOut(BaseModel):
+    start: Timestamp
+    open: DecimalText
+    high: DecimalText
+    low: DecimalText
+    close: DecimalText
+    volume: DecimalText
+    trades: int
+
+
+class CandlesOut(BaseModel):
+    symbol: str
+    interval: Interval
+    candles: list[CandleOut]
+
+
+def _ok(model: type[BaseModel], description: str) -> dict[int | str, dict[str, Any]]:
+    return {200: documented(model, description)}
 
 
 def quote_json(update: PriceUpdate) -> dict[str, Any]:
@@ -77,7 +131,11 @@ def parse_symbols(trading: Trading, symbols: str) -> list[str]:
 def market_router() -> APIRouter:
     router = APIRouter(prefix="/api/market", tags=["market"])
 
-    @router.get("/symbols")
+    @router.get(
+        "/symbols",
+        response_model=None,
+        responses=_ok(SymbolsOut, "every instrument") | error_responses(),
+    )
     async def symbols(_: Reader, trading: Trading) -> dict[str, Any]:
         """Every tradable instrument with its price and quantity grid."""
         items = [
@@ -92,7 +150,11 @@ def market_router() -> APIRouter:
         ]
         return json_object({"symbols": items})
 
-    @router.get("/quotes")
+    @router.get(
+        "/quotes",
+        response_model=None,
+        responses=_ok(QuotesOut, "a quote, or null, per symbol asked for") | error_responses(),
+    )
     async def quotes(
         _: Reader,
         trading: Trading,
@@ -105,7 +167,11 @@ def market_router() -> APIRouter:
             {"quotes": {n: None if q is None else quote_json(q) for n, q in found.items()}}
         )
 
-    @router.get("/candles/{symbol}")
+    @router.get(
+        "/candles/{symbol}",
+        response_model=None,
+        responses=_ok(CandlesOut, "bars, oldest first") | error_responses(),
+    )
     async def candles(
         _: Reader,
         trading: Trading,
@@ -115,13 +181,10 @@ def market_router() -> APIRouter:
         end: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 500,
     ) -> dict[str, Any]:
-        """Bars starting in ``[start, end)``, oldest first (the latest ``limit`` of them)."""
+        """Bars starting in ``[start, end)``, oldest first (the latest ``limit`` of them).
+        ``start`` and ``end`` need a time zone (any offset; ``Z`` for UTC)."""
         instrument = trading.instrument(symbol.upper())
-        for name, value in (("start", start), ("end", end)):
-            if value is not None and value.tzinfo is None:
-                raise ApiError(
-                    422, "invalid_time", f"{name} needs a time zone (e.g. Z)", {"field": name}
-                )
+        start, end = utc_time("start", start), utc_time("end", end)
         bars = await trading.candles.candles(
             instrument.symbol, Interval(interval), start, end, limit
         )

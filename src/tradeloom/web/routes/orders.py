@@ -15,77 +15,38 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import Field, model_validator
+from fastapi import APIRouter, Depends, Query, Response
 
 from tradeloom.domain.commands import AmendOrder, CancelOrder, PlaceOrder
 from tradeloom.domain.ids import new_id
 from tradeloom.domain.order_view import OrderView
-from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.oms.commands import OrderNotFound, OrderReceipt
-from tradeloom.oms.queries import MAX_PAGE, OrderHistoryEntry
+from tradeloom.oms.queries import MAX_PAGE, InvalidQuery, OrderHistoryEntry, decode_cursor
 from tradeloom.web.auth import AuthenticatedUser, rate_limit
 from tradeloom.web.errors import ApiError
 from tradeloom.web.json import json_object
-from tradeloom.web.schemas import ApiModel, ExactDecimal
-from tradeloom.web.trading import Trading
+from tradeloom.web.routes.order_models import (
+    CURSOR_PATTERN,
+    SYMBOL_PATTERN,
+    AmendOrderBody,
+    OrderHistoryOut,
+    OrderId,
+    OrderOut,
+    OrderPageOut,
+    OrderReceiptOut,
+    PlaceOrderBody,
+    is_id,
+)
+from tradeloom.web.trading import (
+    ACCOUNT_PATTERN,
+    Trading,
+    documented,
+    error_responses,
+    utc_time,
+)
 
 OrderEntry = Annotated[AuthenticatedUser, Depends(rate_limit("orders"))]
 Reader = Annotated[AuthenticatedUser, Depends(rate_limit("reads"))]
-OrderId = Annotated[str, Path(min_length=1, max_length=64)]
-_ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
-
-
-class PlaceOrderBody(ApiModel):
-    symbol: str = Field(min_length=1, max_length=32, examples=["AAPL"])
-    side: Side
-    qty: ExactDecimal = Field(description="a positive quantity on the symbol's lot grid")
-    type: OrderType
-    limit_price: ExactDecimal | None = Field(None, description="limit and stop_limit orders")
-    stop_price: ExactDecimal | None = Field(None, description="stop and stop_limit orders")
-    time_in_force: TimeInForce = TimeInForce.DAY
-    client_order_id: str | None = Field(
-        None,
-        min_length=1,
-        max_length=64,
-        pattern=_ID_PATTERN,
-        description="your idempotency key: the same one again returns the first order",
-    )
-    account_id: str | None = Field(
-        None, min_length=1, max_length=64, description="default: your first account"
-    )
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "examples": [
-                {
-                    "symbol": "AAPL",
-                    "side": "buy",
-                    "qty": "10",
-                    "type": "limit",
-                    "limit_price": "187.25",
-                    "time_in_force": "gtc",
-                    "client_order_id": "my-order-42",
-                }
-            ]
-        }
-    }
-
-
-class AmendOrderBody(ApiModel):
-    qty: ExactDecimal | None = None
-    limit_price: ExactDecimal | None = None
-    stop_price: ExactDecimal | None = None
-
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"examples": [{"qty": "5"}, {"limit_price": "186.90"}]}
-    }
-
-    @model_validator(mode="after")
-    def _something_changes(self) -> AmendOrderBody:
-        if self.qty is None and self.limit_price is None and self.stop_price is None:
-            raise ValueError("give at least one of qty, limit_price, stop_price")
-        return self
 
 
 def receipt_json(receipt: OrderReceipt) -> dict[str, str]:
@@ -142,13 +103,18 @@ def orders_router() -> APIRouter:
     @router.post(
         "",
         status_code=202,
-        responses={200: {"description": "a repeated client_order_id: the original order"}},
+        response_model=None,
+        responses={
+            202: documented(OrderReceiptOut, "accepted for execution: status pending_new"),
+            200: documented(OrderReceiptOut, "a repeated client_order_id: the original order"),
+            **error_responses(400, 403, 404, 409, 415),
+        },
     )
     async def place_order(
         body: PlaceOrderBody, user: OrderEntry, trading: Trading, response: Response
     ) -> dict[str, str]:
         """Place an order: validated, risk-checked and persisted, then executed asynchronously
-        (status changes arrive on ``/api/stream``)."""
+        (status changes arrive on ``/api/stream``). A refused order is not persisted."""
         account_id = await trading.account_for(user.username, body.account_id)
         correlation_id = new_id()
         receipt = await trading.orders.place(
@@ -171,41 +137,64 @@ def orders_router() -> APIRouter:
         response.headers["X-Correlation-ID"] = receipt.correlation_id
         return receipt_json(receipt)
 
-    @router.get("")
+    @router.get(
+        "",
+        response_model=None,
+        responses={200: documented(OrderPageOut, "a page of your orders"), **error_responses(400)},
+    )
     async def list_orders(
         user: Reader,
         trading: Trading,
         status: Literal["open", "closed", "all"] = "all",
-        symbol: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
-        account_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+        symbol: Annotated[
+            str | None, Query(min_length=1, max_length=32, pattern=SYMBOL_PATTERN)
+        ] = None,
+        account_id: Annotated[
+            str | None, Query(min_length=1, max_length=64, pattern=ACCOUNT_PATTERN)
+        ] = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
-        cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+        cursor: Annotated[
+            str | None, Query(min_length=1, max_length=512, pattern=CURSOR_PATTERN)
+        ] = None,
     ) -> dict[str, Any]:
-        """Your orders, newest first, a page at a time: pass ``next_cursor`` as ``cursor``."""
+        """Your orders submitted in ``[since, until)``, newest first, a page at a time: pass
+        ``next_cursor`` as ``cursor``. Orders show here once the read model has them (it
+        follows the command side by a moment)."""
+        since, until = utc_time("since", since), utc_time("until", until)
+        if since is not None and until is not None and since >= until:
+            raise ApiError(422, "invalid_time", "since must be before until", {"field": "since"})
         page = await trading.order_queries.list(
             user.username,
             account_id=account_id,
             status=status,
-            symbol=symbol,
+            symbol=None if symbol is None else symbol.upper(),
             since=since,
             until=until,
             limit=limit,
-            after=cursor,
+            after=_checked_cursor(cursor),
         )
         return json_object(
             {"items": [order_json(v) for v in page.items], "next_cursor": page.next_cursor}
         )
 
-    @router.get("/{order_id}")
+    @router.get(
+        "/{order_id}",
+        response_model=None,
+        responses={200: documented(OrderOut, "the order"), **error_responses(404)},
+    )
     async def get_order(order_id: OrderId, user: Reader, trading: Trading) -> dict[str, Any]:
         view = await trading.order_queries.get(user.username, order_id)
         if view is None:
             raise _not_found(order_id)
         return json_object(order_json(view))
 
-    @router.get("/{order_id}/history")
+    @router.get(
+        "/{order_id}/history",
+        response_model=None,
+        responses={200: documented(OrderHistoryOut, "the order's events"), **error_responses(404)},
+    )
     async def order_history(order_id: OrderId, user: Reader, trading: Trading) -> dict[str, Any]:
         """Every event of the order, in the order the read model applied them."""
         entries = await trading.order_queries.history(user.username, order_id)
@@ -213,7 +202,15 @@ def orders_router() -> APIRouter:
             raise _not_found(order_id)
         return json_object({"order_id": order_id, "events": [history_json(e) for e in entries]})
 
-    @router.delete("/{order_id}", status_code=202)
+    @router.delete(
+        "/{order_id}",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: documented(OrderReceiptOut, "cancel requested: status pending_cancel"),
+            **error_responses(403, 404, 409),
+        },
+    )
     async def cancel_order(order_id: OrderId, user: OrderEntry, trading: Trading) -> dict[str, str]:
         """Ask for a cancel; ``order.canceled`` (or ``order.cancel_rejected``) follows."""
         account_id = await _account_of(trading, order_id)
@@ -227,7 +224,15 @@ def orders_router() -> APIRouter:
         )
         return receipt_json(receipt)
 
-    @router.patch("/{order_id}", status_code=202)
+    @router.patch(
+        "/{order_id}",
+        status_code=202,
+        response_model=None,
+        responses={
+            202: documented(OrderReceiptOut, "amend requested: status pending_replace"),
+            **error_responses(400, 403, 404, 409, 415),
+        },
+    )
     async def amend_order(
         order_id: OrderId, body: AmendOrderBody, user: OrderEntry, trading: Trading
     ) -> dict[str, str]:
@@ -255,6 +260,22 @@ async def _account_of(trading: Trading, order_id: str) -> str:
     if account_id is None:
         raise OrderNotFound(f"order {order_id} not found")
     return account_id
+
+
+def _checked_cursor(cursor: str | None) -> str | None:
+    """The cursor, once it is known to name a row: a forged one naming a time beyond the
+    calendar or an id of another shape is refused here, before the query uses it."""
+    if cursor is None:
+        return None
+    try:
+        _, order_id = decode_cursor(cursor)
+    except OverflowError:
+        order_id = ""
+    if not is_id(order_id):
+        raise InvalidQuery(
+            "the cursor is not one this service handed out", code="invalid_cursor", field="cursor"
+        )
+    return cursor
 
 
 def _not_found(order_id: str) -> ApiError:
