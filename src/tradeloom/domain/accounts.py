@@ -63,7 +63,7 @@ def check_account_id(account_id: str) -> str:
     The alphabet leaves out ``|`` and whitespace, so an id can sit inside cache keys and the
     risk engine's delimited records unescaped.
     """
-    if not _ACCOUNT_ID.match(account_id):
+    if not _ACCOUNT_ID.fullmatch(account_id):
         raise InvalidAccount(
             f"account id must be 1-64 letters, digits or ._:- characters, got {account_id!r}"
         )

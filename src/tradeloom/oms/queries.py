@@ -174,10 +174,15 @@ def _in_window(query: Select[Any], since: datetime | None, until: datetime | Non
             raise InvalidQuery(f"{name} needs a time zone", code="invalid_time", field=name)
     if since is not None and until is not None and since >= until:
         raise InvalidQuery("since must be before until", code="invalid_time", field="since")
-    if since is not None:
-        query = query.where(order_views.c.submitted_at >= since.astimezone(UTC))
-    if until is not None:
-        query = query.where(order_views.c.submitted_at < until.astimezone(UTC))
+    for name, moment in (("since", since), ("until", until)):
+        if moment is None:
+            continue
+        try:
+            utc = moment.astimezone(UTC)
+        except OverflowError:
+            raise InvalidQuery(f"{name} is out of range", code="invalid_time", field=name) from None
+        column = order_views.c.submitted_at
+        query = query.where(column >= utc if name == "since" else column < utc)
     return query
 
 
@@ -195,8 +200,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         submitted_at = datetime.fromisoformat(moment)
         if submitted_at.utcoffset() is None or not isinstance(order_id, str) or not order_id:
             raise ValueError("not a cursor")
-    except (binascii.Error, ValueError, TypeError) as exc:
+        return submitted_at.astimezone(UTC), order_id
+    except (binascii.Error, ValueError, TypeError, OverflowError) as exc:
         raise InvalidQuery(
             "the cursor is not one this service handed out", code="invalid_cursor", field="after"
         ) from exc
-    return submitted_at.astimezone(UTC), order_id

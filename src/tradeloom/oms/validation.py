@@ -16,6 +16,7 @@ from tradeloom.domain.numbers import is_multiple_of
 from tradeloom.domain.orders import OrderType, TimeInForce, check_order_terms
 
 MAX_QUANTITY = Decimal(10) ** 9  # beyond any real order: a typo, not a trade
+MAX_PRICE = Decimal(10) ** 9  # likewise for a price
 
 
 def validate_terms(
@@ -40,6 +41,8 @@ def validate_terms(
             code="invalid_quantity",
         )
     for name, price in (("limit price", limit_price), ("stop price", stop_price)):
+        if price is not None and price > MAX_PRICE:
+            raise InvalidOrder(f"{name} {price} is above {MAX_PRICE}", code="invalid_price")
         if price is not None and not is_multiple_of(price, instrument.tick_size):
             raise InvalidOrder(
                 f"{name} {price} is not on the tick size {instrument.tick_size}",

@@ -319,7 +319,7 @@ class TestRefusals:
             ({"qty": None}, 422, "validation_failed"),
             ({"qty": ["10"]}, 422, "validation_failed"),
             ({"limit_price": "1e30"}, 422, "validation_failed"),
-            ({"limit_price": "999999999999"}, 422, "risk.out_of_range"),
+            ({"limit_price": "999999999999"}, 422, "invalid_price"),
             ({"limit_price": "1000000000000"}, 422, "validation_failed"),
             ({"limit_price": "180.001"}, 422, "invalid_price"),
             ({"limit_price": "-180"}, 422, "invalid_price"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import Field
 
 from tradeloom.users.sessions import Session, SessionStoreUnavailable
@@ -44,8 +44,15 @@ class LoginRequest(ApiModel):
     password: str = Field(min_length=1, max_length=1024)
 
 
+# A token's name: at least one visible character and no control characters (NUL included).
+_TOKEN_NAME = r"^[^\x00-\x1f\x7f]*\S[^\x00-\x1f\x7f]*$"
+
+
 class TokenRequest(ApiModel):
-    name: str = Field(min_length=1, max_length=MAX_TOKEN_NAME, pattern=r"\S")
+    name: str = Field(min_length=1, max_length=MAX_TOKEN_NAME, pattern=_TOKEN_NAME)
+
+
+TokenId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
 
 
 def _set_session_cookies(request: Request, response: Response, session: Session) -> None:
@@ -151,7 +158,7 @@ def auth_router() -> APIRouter:
         return {"tokens": [_token_json(info) for info in tokens]}
 
     @router.delete("/tokens/{token_id}", status_code=204)
-    async def revoke_token(token_id: str, user: CurrentUser, services: Services) -> None:
+    async def revoke_token(token_id: TokenId, user: CurrentUser, services: Services) -> None:
         await services.tokens.revoke(user.username, token_id)
 
     return router
