@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from pydantic import BaseModel, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from tradeloom.accounts.repository import AccountRepository
 from tradeloom.domain.market import Instrument
@@ -103,6 +103,19 @@ def utc_time(name: str, moment: datetime | None) -> datetime | None:
 # directly (see ``web.json``), so nothing is validated twice on the way out.
 DecimalText = Annotated[str, WithJsonSchema({"type": "string", "examples": ["187.25"]})]
 Timestamp = Annotated[str, WithJsonSchema({"type": "string", "format": "date-time"})]
+
+
+def _iso_only(value: Any) -> Any:
+    """Refuse what pydantic would otherwise read as seconds since 1970 (``13``, ``-5e-44``):
+    a time parameter is an ISO 8601 date-time, as the API documents."""
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
+        raise ValueError("expected an ISO 8601 date-time such as 2025-03-14T09:30:00Z")
+    return value
+
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_only)]
+"""A query time: ISO 8601 only (with a zone, checked by :func:`utc_time`)."""
 
 
 def documented(model: type[BaseModel], description: str) -> dict[str, Any]:

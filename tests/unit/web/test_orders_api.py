@@ -441,6 +441,8 @@ class TestRefusals:
             (f"cursor={forged_cursor('2025-01-01T00:00:00Z', 7)}", 400, "invalid_cursor"),
             ("since=2025-01-01T00:00:00", 422, "invalid_time"),
             ("since=tomorrow", 422, "validation_failed"),
+            ("since=13", 422, "validation_failed"),  # not seconds since 1970: ISO only
+            ("until=-5.27e-44", 422, "validation_failed"),
             ("since=0001-01-01T00:00:00%2B01:00", 422, "invalid_time"),
             ("until=9999-12-31T23:59:59-01:00", 422, "invalid_time"),
             ("since=2025-01-02T00:00:00Z&until=2025-01-01T00:00:00Z", 422, "invalid_time"),

@@ -7,7 +7,6 @@ the forming bar included (the last one, while its interval has not ended).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -23,6 +22,7 @@ from tradeloom.web.errors import ApiError
 from tradeloom.web.json import json_object
 from tradeloom.web.trading import (
     DecimalText,
+    IsoDateTime,
     Timestamp,
     Trading,
     documented,
@@ -177,8 +177,8 @@ def market_router() -> APIRouter:
         trading: Trading,
         symbol: Annotated[str, Path(min_length=1, max_length=32)],
         interval: Literal["1m", "5m", "1h"] = "1m",
-        start: datetime | None = None,
-        end: datetime | None = None,
+        start: IsoDateTime | None = None,
+        end: IsoDateTime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_QUERY_LIMIT)] = 500,
     ) -> dict[str, Any]:
         """Bars starting in ``[start, end)``, oldest first (the latest ``limit`` of them).

@@ -12,7 +12,6 @@ command is scoped to the caller: another user's order id answers 404, as an unkn
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -39,6 +38,7 @@ from tradeloom.web.routes.order_models import (
 )
 from tradeloom.web.trading import (
     ACCOUNT_PATTERN,
+    IsoDateTime,
     Trading,
     documented,
     error_responses,
@@ -152,8 +152,8 @@ def orders_router() -> APIRouter:
         account_id: Annotated[
             str | None, Query(min_length=1, max_length=64, pattern=ACCOUNT_PATTERN)
         ] = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        since: IsoDateTime | None = None,
+        until: IsoDateTime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
         cursor: Annotated[
             str | None, Query(min_length=1, max_length=512, pattern=CURSOR_PATTERN)
