@@ -20,6 +20,8 @@ from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.topics import MARKET_CANDLES
 from tradeloom.storage.migrate import upgrade_database
 
+# Taken when the module is imported, before any test of the session ran: no other test's
+# real-time prices fall in these minutes of the shared candles table.
 MINUTE = bar_start(datetime.now(UTC), Interval.M1) - timedelta(minutes=3)
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "TSLA")
 
@@ -96,7 +98,10 @@ async def test_prices_flow_in_order_to_cache_candles_and_subscribers(platform: P
     await eventually_equals(last_bid, Decimal("880.10"))
 
     async def minute_volumes() -> list[Decimal]:
-        bars = await platform.market_data.candles.candles("MSFT", Interval.M1)
+        # Within this test's two minutes: the candles table is shared by the session's tests.
+        bars = await platform.market_data.candles.candles(
+            "MSFT", Interval.M1, MINUTE, MINUTE + timedelta(minutes=2)
+        )
         return [bar.volume for bar in bars]
 
     first_minute = sum(Decimal(n + 1) for n in range(60))
