@@ -5,13 +5,14 @@ import these as ``from benchkit import ...`` (spawned child processes inherit th
 
 * logging: :data:`WARNINGS` and :func:`count_warnings`, a structlog processor that counts
   warnings instead of printing them over the report;
-* CPU and memory from /proc: :func:`process_cpu`, :func:`peak_rss_mb`, :func:`server_cpu`,
-  :func:`server_cpu_delta` (and :data:`CLOCK_TICKS`, :data:`CORES`, :data:`SERVER_NAMES`);
+* CPU and memory from /proc: :func:`process_cpu`, :func:`peak_rss_mb`, :func:`rss_mb`,
+  :func:`server_cpu`, :func:`server_cpu_delta`, :func:`machine_cpu` (and :data:`CLOCK_TICKS`,
+  :data:`CORES`, :data:`SERVER_NAMES`);
 * the event loop: :func:`loop_lag`;
 * raw nats-py JetStream, the baselines: :func:`publish_raw`, :func:`fetch_and_ack`;
 * the database baseline: :class:`Baseline`, :func:`baseline` (bare insert-commit rates);
-* setup and report: :func:`admin_execute`, :func:`local_url`, :func:`percentile`,
-  :func:`top_functions`.
+* setup and report: :func:`admin_execute`, :func:`local_url`, :func:`free_port`,
+  :func:`percentile`, :func:`top_functions`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import socket
 import statistics
 import time
 from collections import Counter
@@ -79,6 +81,23 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size now (VmRSS) of process ``pid`` in MB; NaN if /proc does not say."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds so far of the whole machine, all cores, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
 
 
 def server_cpu(names: Sequence[str] = SERVER_NAMES) -> dict[str, dict[int, float]]:
@@ -255,6 +274,13 @@ def local_url(url: str) -> str:
     return url
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the OS's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def percentile(samples: Sequence[float], q: int) -> float:
     """The ``q``-th percentile (1..99) of ``samples``; the one sample if there is one, NaN if
     there are none."""
@@ -264,13 +290,14 @@ def percentile(samples: Sequence[float], q: int) -> float:
 
 
 def top_functions(
-    path: str, skip: tuple[str, ...] = ("process ",)
+    path: str, skip: tuple[str, ...] = ("process ",), idle: tuple[str, ...] = ()
 ) -> tuple[Counter[str], Counter[str], int]:
     """Own-time and inclusive samples per function of a py-spy raw (collapsed stacks) file.
 
     Frames starting with one of ``skip`` (py-spy's process and thread pseudo-frames) are left
-    out. Returns ``(own, inclusive, total samples)``, the total at least 1; a file that cannot
-    be read counts as empty.
+    out, and so are whole stacks whose innermost frame starts with one of ``idle`` (threads
+    parked in a wait that py-spy did not recognise as idle). Returns ``(own, inclusive, total
+    samples)``, the total at least 1; a file that cannot be read counts as empty.
     """
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -281,6 +308,8 @@ def top_functions(
             if not stack or not count.isdigit():
                 continue
             frames = [frame for frame in stack.split(";") if not frame.startswith(skip)]
+            if idle and frames and frames[-1].startswith(idle):
+                continue
             samples = int(count)
             total += samples
             if frames:
