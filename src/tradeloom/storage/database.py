@@ -13,7 +13,11 @@ Guarantees:
   consistent snapshot while a writer works. A consequence used by the outbox: on SQLite
   commit order equals outbox sequence order.
 * On PostgreSQL transactions run concurrently under READ COMMITTED, from a pool of
-  ``pool_size`` connections (plus ``max_overflow``).
+  ``pool_size`` connections (plus ``max_overflow``). The default is sized for one process
+  running the web tier and every consumer: an overflow connection is closed when returned,
+  so a pool smaller than the steady load opens a connection (TLS probe, statement cache
+  lost) for a large share of transactions (measured: 112 new connections in 10 s of order
+  entry with 10 + 10).
 
 Disconnects on PostgreSQL are handled optimistically, not pessimistically. A pre-ping
 (``pool_pre_ping``) would cost a round trip on every checkout, several per order, to guard
@@ -80,7 +84,7 @@ def async_url(url: str) -> URL:
 class Database:
     """An ``AsyncEngine`` with the transaction discipline described in the module docstring."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, max_overflow: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 30, max_overflow: int = 10) -> None:
         self._url = async_url(url)
         self._write_lock: asyncio.Lock | None = None
         if self._url.get_backend_name() == "sqlite":

@@ -90,7 +90,8 @@ def trading_services(platform: Platform) -> TradingServices:
         platform.cache,
         price_channel=price_channel,
         quote_from_message=quote_from_fanout,
-        ticks_per_second=max(4.0, platform.settings.stream_quotes_per_second),
+        quotes_per_second=platform.settings.stream_quotes_per_second,
+        heartbeat=platform.settings.stream_heartbeat,
     )
     return TradingServices(
         orders=platform.orders,

@@ -83,7 +83,7 @@ class AuthenticatedUser:
         return self.role is Role.ADMIN
 
 
-def web_services(request: Request) -> WebServices:
+async def web_services(request: Request) -> WebServices:
     services = getattr(request.app.state, "web", None)
     if not isinstance(services, WebServices):
         raise RuntimeError("the API is not installed: call install_api(app, services)")

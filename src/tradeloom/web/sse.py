@@ -8,16 +8,18 @@ a stream loop that sleeps after every message, and a slow client slowing the oth
   it with the last one; the cache adapter itself keeps one upstream connection per process.
   (A user's events come through :mod:`tradeloom.notifications.stream`, which resumes from
   ``Last-Event-ID``; the response pumps them into the same :class:`ClientStream`.)
-* **Quotes are conflated twice.** The hub keeps only the newest quote of each symbol and, on a
-  ticker at the fastest rate any stream may ask for, offers the symbols that changed to their
-  streams: the cost per tick is (streams x changed symbols they watch), whatever the feed's
-  rate. Each :class:`ClientStream` keeps at most one pending quote per symbol (latest wins)
-  and sends a symbol no more often than its own ``quotes_per_second``.
+* **Quotes are conflated on one ticker.** The hub keeps only the newest quote of each
+  symbol and, once a tick (``quotes_per_second`` ticks a second), frames each changed
+  symbol's quote once and offers it to its streams: the cost per tick is (streams x changed
+  symbols they watch), whatever the feed's rate, and the work is sliced so a tick never
+  stalls the loop. A stream holds at most one pending quote per symbol (latest wins), so a
+  slow client gets fewer quotes, never a backlog.
 * **User events are never dropped.** They queue per stream, bounded; a stream whose queue
   would overflow is closed instead (``overflowed``) so the client reconnects with
   ``Last-Event-ID`` and resumes from the user's replay buffer without a gap.
-* **No sleep per message.** A stream writes everything that is ready as one chunk, then waits
-  on an event that the hub sets, with a timeout for the heartbeat and the next quote due.
+* **No sleep per message, no timer per stream.** A stream writes everything that is ready as
+  one chunk, then waits on one event that the hub sets; the hub's ticker also brings the
+  heartbeat to streams silent for ``heartbeat`` seconds.
 
 SSE mapping: a user event goes out as the notifications module frames it (``id:`` the
 per-user id, ``event:`` its type); a quote as ``event: quote`` without an id (quotes are not
@@ -28,7 +30,6 @@ replayed: the newest one is the snapshot). A ``: heartbeat`` comment goes out af
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -41,6 +42,7 @@ from tradeloom.cache.port import Cache, LocalSubscription
 log = structlog.get_logger("tradeloom.web.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
+_SLICE = 2000  # offers between yields to the event loop
 Monotonic = Callable[[], float]
 
 
@@ -56,31 +58,27 @@ def sse_frame(data: bytes, *, event: str | None = None, event_id: int | None = N
 
 class ClientStream:
     """The outbox of one SSE connection. Owned by the event loop; the hub offers, the
-    response iterates :meth:`frames`."""
+    response iterates :meth:`frames`. A stream waits on one event, with no timer of its own:
+    the hub's ticker brings quotes and heartbeats."""
 
     def __init__(
         self,
         owner: str,
         symbols: Iterable[str],
         *,
-        quotes_per_second: float = 2.0,
         max_user_events: int = 1000,
-        heartbeat: float = 15.0,
         monotonic: Monotonic = time.monotonic,
     ) -> None:
-        if quotes_per_second <= 0:
-            raise ValueError("quotes_per_second must be positive")
         self.owner = owner
         self.symbols = frozenset(symbols)
-        self._quote_interval = 1.0 / quotes_per_second
         self._max_user_events = max_user_events
-        self._heartbeat = heartbeat
         self._now = monotonic
         self._quotes: dict[str, bytes] = {}
-        self._quote_due: dict[str, float] = {}
         self._user: deque[bytes] = deque()
         self._initial: list[bytes] = []
+        self._heartbeat = False
         self._wake = asyncio.Event()
+        self.last_sent = monotonic()
         self.overflowed = False
         self.closed = False
         self.quotes_conflated = 0
@@ -92,11 +90,11 @@ class ClientStream:
         self._initial.extend(frames)
         self._wake.set()
 
-    def offer_quote(self, symbol: str, data: bytes) -> None:
-        """The newest quote of ``symbol``; replaces one not yet sent."""
+    def offer_quote(self, symbol: str, frame: bytes) -> None:
+        """The newest quote frame of ``symbol``; replaces one not yet sent (latest wins)."""
         if symbol in self._quotes:
             self.quotes_conflated += 1
-        self._quotes[symbol] = data
+        self._quotes[symbol] = frame
         self._wake.set()
 
     def offer_user_frame(self, frame: bytes) -> None:
@@ -107,6 +105,11 @@ class ClientStream:
             self._user.append(frame)
         self._wake.set()
 
+    def offer_heartbeat(self) -> None:
+        """A comment line, so proxies and the browser see the connection alive."""
+        self._heartbeat = True
+        self._wake.set()
+
     def close(self) -> None:
         self.closed = True
         self._wake.set()
@@ -115,27 +118,14 @@ class ClientStream:
 
     async def frames(self) -> AsyncIterator[bytes]:
         """Chunks to write, until the stream is closed or overflows."""
-        silent_since = self._now()
         while not self.closed and not self.overflowed:
             chunk = self._take_ready()
             if chunk:
-                silent_since = self._now()
+                self.last_sent = self._now()
                 yield chunk
                 continue
-            now = self._now()
-            if now - silent_since >= self._heartbeat:
-                silent_since = now
-                yield HEARTBEAT
-                continue
-            wait = self._heartbeat - (now - silent_since)
-            if self._quotes:
-                wait = min(
-                    wait, max(0.0, min(self._quote_due.get(s, 0.0) for s in self._quotes) - now)
-                )
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
-                    await self._wake.wait()
+            await self._wake.wait()
 
     def _take_ready(self) -> bytes:
         parts = self._initial
@@ -143,10 +133,12 @@ class ClientStream:
         while self._user:
             parts.append(self._user.popleft())
         if self._quotes:
-            now = self._now()
-            for symbol in [s for s in self._quotes if self._quote_due.get(s, 0.0) <= now]:
-                parts.append(sse_frame(self._quotes.pop(symbol), event="quote"))
-                self._quote_due[symbol] = now + self._quote_interval
+            parts.extend(self._quotes.values())
+            self._quotes.clear()
+        if self._heartbeat:
+            self._heartbeat = False
+            if not parts:
+                parts.append(HEARTBEAT)
         return b"".join(parts)
 
 
@@ -170,12 +162,18 @@ class StreamHub:
         *,
         price_channel: Callable[[str], str],
         quote_from_message: QuoteEncoder,
-        ticks_per_second: float = 4.0,
+        quotes_per_second: float = 2.0,
+        heartbeat: float = 15.0,
+        monotonic: Monotonic = time.monotonic,
     ) -> None:
+        if quotes_per_second <= 0 or heartbeat <= 0:
+            raise ValueError("quotes_per_second and heartbeat must be positive")
         self._cache = cache
         self._price_channel = price_channel
         self._quote_from_message = quote_from_message
-        self._tick = 1.0 / ticks_per_second
+        self._tick = 1.0 / quotes_per_second
+        self._heartbeat = heartbeat
+        self._now = monotonic
         self._symbols: dict[str, _Channel] = {}
         self._streams: set[ClientStream] = set()
         self._latest: dict[str, bytes] = {}
@@ -263,10 +261,17 @@ class StreamHub:
             stream.close()
 
     async def _offer_changed_quotes(self) -> None:
+        """Once a tick: each changed symbol's newest quote, framed once, to its streams (so a
+        stream gets a symbol at most once a tick, latest wins); then heartbeats. The loop is
+        yielded every ``_SLICE`` offers, so a tick over many streams never stalls it."""
+        next_heartbeat_check = self._now()
         while True:
             await asyncio.sleep(self._tick)
             try:
-                self._offer(self._take_changed())
+                await self._offer(self._take_changed())
+                if self._now() >= next_heartbeat_check:
+                    next_heartbeat_check = self._now() + min(1.0, self._heartbeat)
+                    await self._offer_heartbeats()
             except Exception:  # one bad tick must not end quotes for every stream
                 log.exception("sse.quote_tick_failed")
 
@@ -274,11 +279,24 @@ class StreamHub:
         changed, self._changed = self._changed, set()
         return changed
 
-    def _offer(self, changed: set[str]) -> None:
+    async def _offer(self, changed: set[str]) -> None:
+        offered = 0
         for symbol in changed:
             channel = self._symbols.get(symbol)
             data = self._latest.get(symbol)  # None: every watcher left since it changed
             if channel is None or data is None:
                 continue
-            for stream in channel.streams:
-                stream.offer_quote(symbol, data)
+            frame = sse_frame(data, event="quote")
+            for stream in list(channel.streams):
+                stream.offer_quote(symbol, frame)
+                offered += 1
+                if offered % _SLICE == 0:
+                    await asyncio.sleep(0)
+
+    async def _offer_heartbeats(self) -> None:
+        quiet_since = self._now() - self._heartbeat
+        for offered, stream in enumerate(list(self._streams), start=1):
+            if stream.last_sent <= quiet_since:
+                stream.offer_heartbeat()
+            if offered % _SLICE == 0:
+                await asyncio.sleep(0)

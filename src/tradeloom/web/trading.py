@@ -73,7 +73,7 @@ class TradingServices:
         return found
 
 
-def trading(request: Request) -> TradingServices:
+async def trading(request: Request) -> TradingServices:
     services = getattr(request.app.state, "trading", None)
     if not isinstance(services, TradingServices):
         raise RuntimeError("the trading API is not installed")

@@ -14,14 +14,6 @@ from tradeloom.cache.port import LocalSubscription, MessageCallback
 from tradeloom.web.sse import HEARTBEAT, ClientStream, StreamHub, sse_frame
 
 
-class FakeMonotonic:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def next_chunk(frames: AsyncIterator[bytes], within: float = 1.0) -> bytes:
     return await asyncio.wait_for(anext(frames), within)
 
@@ -37,28 +29,11 @@ async def test_the_snapshot_goes_first_then_user_events_in_order() -> None:
 
 async def test_quotes_are_conflated_latest_wins() -> None:
     stream = ClientStream("alice", ["AAPL"])
-    stream.offer_quote("AAPL", b'{"bid":"1"}')
-    stream.offer_quote("AAPL", b'{"bid":"2"}')
+    stream.offer_quote("AAPL", sse_frame(b'{"bid":"1"}', event="quote"))
+    stream.offer_quote("AAPL", sse_frame(b'{"bid":"2"}', event="quote"))
     chunk = await next_chunk(stream.frames())
     assert chunk == b'event: quote\ndata: {"bid":"2"}\n\n'
     assert stream.quotes_conflated == 1
-
-
-async def test_a_symbol_is_sent_no_more_often_than_the_stream_allows() -> None:
-    clock = FakeMonotonic()
-    stream = ClientStream("alice", ["AAPL", "MSFT"], quotes_per_second=2, monotonic=clock)
-    frames = stream.frames()
-    stream.offer_quote("AAPL", b"a1")
-    assert await next_chunk(frames) == sse_frame(b"a1", event="quote")
-
-    clock.now += 0.1  # AAPL is not due again before 0.5 s; MSFT has never been sent
-    stream.offer_quote("AAPL", b"a2")
-    stream.offer_quote("MSFT", b"m1")
-    assert await next_chunk(frames) == sse_frame(b"m1", event="quote")
-
-    clock.now += 0.4
-    stream.offer_quote("MSFT", b"m2")  # wakes the stream; MSFT itself is not due yet
-    assert await next_chunk(frames) == sse_frame(b"a2", event="quote")
 
 
 async def test_user_events_are_never_dropped_an_overflowing_stream_closes() -> None:
@@ -70,9 +45,14 @@ async def test_user_events_are_never_dropped_an_overflowing_stream_closes() -> N
     assert received == []  # closed: the client reconnects and resumes from the buffer
 
 
-async def test_a_silent_stream_sends_a_heartbeat() -> None:
-    stream = ClientStream("alice", [], heartbeat=0.05)
-    assert await next_chunk(stream.frames()) == HEARTBEAT
+async def test_a_heartbeat_goes_out_only_when_nothing_else_does() -> None:
+    stream = ClientStream("alice", [])
+    stream.offer_heartbeat()
+    frames = stream.frames()
+    assert await next_chunk(frames) == HEARTBEAT
+    stream.offer_heartbeat()
+    stream.offer_user_frame(b"e1\n\n")
+    assert await next_chunk(frames) == b"e1\n\n"
 
 
 class CountingCache(MemoryCache):
@@ -102,7 +82,8 @@ async def hub_and_cache() -> AsyncIterator[tuple[StreamHub, CountingCache]]:
         cache,
         price_channel=lambda symbol: f"prices:{symbol}",
         quote_from_message=quote_of,
-        ticks_per_second=50,
+        quotes_per_second=50,
+        heartbeat=0.1,
     )
     await hub.start()
     yield hub, cache
@@ -168,3 +149,24 @@ async def test_closing_every_stream_ends_their_responses(
     hub.close_streams()
     for stream in streams:
         assert [chunk async for chunk in stream.frames()] == []
+
+
+async def test_a_symbol_reaches_a_stream_at_most_once_a_tick(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, cache = hub_and_cache
+    stream = ClientStream("alice", ["AAPL"])
+    await hub.open(stream)
+    for bid in range(1, 6):  # five quotes inside one 20 ms tick: the newest goes out
+        await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"%d"}]' % bid)
+    chunk = await next_chunk(stream.frames())
+    assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"5"}', event="quote")
+
+
+async def test_the_hub_sends_heartbeats_to_silent_streams(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, _ = hub_and_cache
+    stream = ClientStream("alice", ["AAPL"])
+    await hub.open(stream)
+    assert await next_chunk(stream.frames(), within=2.0) == HEARTBEAT

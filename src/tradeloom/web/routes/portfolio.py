@@ -53,7 +53,7 @@ def account_json(summary: AccountSummary) -> dict[str, Any]:
     }
 
 
-def position_queries(request: Request) -> PositionQueries:
+async def position_queries(request: Request) -> PositionQueries:
     queries = getattr(request.app.state, "positions", None)
     if not isinstance(queries, PositionQueries):
         raise RuntimeError("the positions API is not installed")

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 
 import msgspec
 import structlog
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import StreamingResponse
 
 from tradeloom.notifications import Reset, UserStream, parse_last_event_id, sse_frame
@@ -94,7 +94,6 @@ def stream_router() -> APIRouter:
         responses={200: {"content": {"text/event-stream": {}}, "description": "SSE"}},
     )
     async def stream(
-        request: Request,
         user: Reader,
         trading: Trading,
         positions: Positions,
@@ -103,13 +102,7 @@ def stream_router() -> APIRouter:
     ) -> StreamingResponse:
         """Live quotes of ``symbols`` and your own order and position events (see above)."""
         names = parse_symbols(trading, symbols) if symbols else []
-        settings = request.app.state.platform.settings
-        client = ClientStream(
-            user.username,
-            names,
-            quotes_per_second=settings.stream_quotes_per_second,
-            heartbeat=settings.stream_heartbeat,
-        )
+        client = ClientStream(user.username, names)
         resume_after = parse_last_event_id(last_event_id)
         await trading.hub.open(client)
         events: UserStream | None = None
