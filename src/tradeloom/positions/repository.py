@@ -15,8 +15,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import String, any_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
@@ -89,23 +90,59 @@ def _fill_values(received: ReceivedFill, applied_at: datetime) -> dict[str, Any]
     }
 
 
+# PostgreSQL: one statement text whatever the batch size, with the rows as arrays, so the
+# statement is prepared once per connection rather than once per batch size (a multi-row
+# VALUES list changes the text with every size; measured: 10 % of the projection's time was
+# preparing statements).
+_INSERT_FILLS_PG = text(
+    "INSERT INTO position_fills (fill_id, account_id, symbol, order_id, event_id, side,"
+    " quantity, price, fee, filled_at, applied_at)"
+    " SELECT f.*, CAST(:applied_at AS timestamptz) FROM unnest("
+    "CAST(:fill_id AS varchar[]), CAST(:account_id AS varchar[]), CAST(:symbol AS varchar[]),"
+    " CAST(:order_id AS varchar[]), CAST(:event_id AS varchar[]), CAST(:side AS varchar[]),"
+    " CAST(:quantity AS numeric[]), CAST(:price AS numeric[]), CAST(:fee AS numeric[]),"
+    " CAST(:filled_at AS timestamptz[])) AS f"
+    " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+)
+
+
 async def insert_fills(
     conn: AsyncConnection, received: Sequence[ReceivedFill], applied_at: datetime
 ) -> set[str]:
     """Insert fills of distinct ids unless already stored; return the ids inserted. A racing
     twin on PostgreSQL is waited for, then skipped (``ON CONFLICT DO NOTHING``)."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    if not received:
+        return set()
+    if conn.dialect.name == "postgresql":
+        rows = [_fill_values(r, applied_at) for r in received]
+        columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
+        result = await conn.execute(_INSERT_FILLS_PG, {**columns, "applied_at": applied_at})
+        return set(result.scalars())
     inserted: set[str] = set()
     for start in range(0, len(received), _INSERT_CHUNK):
         rows = [_fill_values(r, applied_at) for r in received[start : start + _INSERT_CHUNK]]
         statement = (
-            dialect.insert(position_fills)
+            sqlite.insert(position_fills)
             .values(rows)
             .on_conflict_do_nothing(index_elements=["fill_id"])
             .returning(position_fills.c.fill_id)
         )
         inserted.update((await conn.execute(statement)).scalars())
     return inserted
+
+
+_ARRAY_COLUMNS = (
+    "fill_id",
+    "account_id",
+    "symbol",
+    "order_id",
+    "event_id",
+    "side",
+    "quantity",
+    "price",
+    "fee",
+    "filled_at",
+)
 
 
 async def load_fills(conn: AsyncConnection, fill_ids: Iterable[str]) -> dict[str, Fill]:
@@ -161,6 +198,38 @@ async def load_positions(
         query = query.with_for_update()
     rows = [position_row(row) for row in await conn.execute(query)]
     return {row.key: row for row in rows}
+
+
+async def load_positions_of(
+    conn: AsyncConnection, keys: Collection[PositionKey], *, for_update: bool = False
+) -> dict[PositionKey, PositionRow]:
+    """The stored positions among ``keys``; locked, in key order, when ``for_update``."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    if conn.dialect.name == "postgresql":
+        query: Any = _POSITIONS_OF_KEYS_PG.columns(*positions.c)
+        if for_update:
+            query = _POSITIONS_OF_KEYS_LOCKED_PG.columns(*positions.c)
+        params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
+        rows = await conn.execute(query, params)
+    else:
+        rows = await conn.execute(
+            select(positions)
+            .where(tuple_(positions.c.account_id, positions.c.symbol).in_(wanted))
+            .order_by(positions.c.account_id, positions.c.symbol)
+        )
+    return {row.key: row for row in map(position_row, rows)}
+
+
+_POSITIONS_OF_KEYS = (
+    "SELECT p.* FROM positions AS p JOIN unnest(CAST(:accounts AS varchar[]),"
+    " CAST(:symbols AS varchar[])) AS k(account_id, symbol)"
+    " ON p.account_id = k.account_id AND p.symbol = k.symbol"
+    " ORDER BY p.account_id, p.symbol"
+)
+_POSITIONS_OF_KEYS_PG = text(_POSITIONS_OF_KEYS)
+_POSITIONS_OF_KEYS_LOCKED_PG = text(_POSITIONS_OF_KEYS + " FOR UPDATE OF p")
 
 
 _POSITION_STATE = (
@@ -225,9 +294,13 @@ async def load_cash(
     wanted = sorted(set(account_ids))
     if not wanted:
         return {}
+    if conn.dialect.name == "postgresql":  # one statement text for any number of accounts
+        matches = accounts.c.account_id == any_(bindparam("ids", wanted, type_=ARRAY(String())))
+    else:
+        matches = accounts.c.account_id.in_(wanted)
     query = (
         select(accounts.c.account_id, accounts.c.cash)
-        .where(accounts.c.account_id.in_(wanted))
+        .where(matches)
         .order_by(accounts.c.account_id)
     )
     if for_update:
