@@ -19,8 +19,9 @@ import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import String, any_, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -76,10 +77,35 @@ def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     return dialect.insert(table)
 
 
+# PostgreSQL: one statement text whatever the batch size (rows as arrays), so each is
+# prepared once per connection; a multi-row VALUES list would change the text with every
+# size and be prepared again and again (measured on the positions projection: 10 % of its time).
+_RECORD_HISTORY_PG = text(
+    "INSERT INTO order_history (event_id, order_id, account_id, event_type, occurred_at,"
+    " correlation_id, event) SELECT * FROM unnest(CAST(:event_id AS varchar[]),"
+    " CAST(:order_id AS varchar[]), CAST(:account_id AS varchar[]),"
+    " CAST(:event_type AS varchar[]), CAST(:occurred_at AS timestamptz[]),"
+    " CAST(:correlation_id AS varchar[]), CAST(:event AS bytea[]))"
+    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+)
+_HISTORY_COLUMNS = (
+    "event_id",
+    "order_id",
+    "account_id",
+    "event_type",
+    "occurred_at",
+    "correlation_id",
+    "event",
+)
+
+
 async def record_history(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
     """Insert the history rows not recorded yet (by event id); the ids that were new."""
     if not rows:
         return set()
+    if conn.dialect.name == "postgresql":
+        arrays = {name: [row[name] for row in rows] for name in _HISTORY_COLUMNS}
+        return set((await conn.execute(_RECORD_HISTORY_PG, arrays)).scalars())
     statement = (
         _dialect_insert(conn, order_history)
         .on_conflict_do_nothing(index_elements=["event_id"])
@@ -87,6 +113,13 @@ async def record_history(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
     )
     result = await conn.execute(statement, list(rows))
     return set(result.scalars())
+
+
+def _order_id_in(conn: AsyncConnection, column: Any, order_ids: Collection[str]) -> Any:
+    """``column IN order_ids``; on PostgreSQL as ``= ANY(array)``, one text for any count."""
+    if conn.dialect.name == "postgresql":
+        return column == any_(bindparam("order_ids", list(order_ids), type_=ARRAY(String())))
+    return column.in_(list(order_ids))
 
 
 async def load_histories(
@@ -97,7 +130,7 @@ async def load_histories(
     if not order_ids:
         return histories
     query = select(order_history.c.order_id, order_history.c.event).where(
-        order_history.c.order_id.in_(list(order_ids))
+        _order_id_in(conn, order_history.c.order_id, order_ids)
     )
     for order_id, data in await conn.execute(query):
         histories[order_id].append(decode_event(data))
