@@ -52,6 +52,12 @@ commands, order events): about 80 minutes of retries, then the dead letter topic
 that keeps failing holds its key's later events back meanwhile, which is the point: their
 order matters."""
 
+VIEW_MAX_WAIT = 0.005
+"""``max_wait`` for consumers that keep what users look at current (read models,
+notifications): a batch tops up with what is already there and goes, rather than lingering
+for more. A backlog still comes in full batches; under a steady trickle the default 50 ms
+linger made most of a position's update lag (measured p50 127 ms at 1,000 fills/s)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ConsumerOptions:

@@ -36,7 +36,13 @@ import structlog
 from tradeloom.cache.port import Cache
 from tradeloom.domain.events import Event
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.port import (
+    PERSISTENT_RETRY,
+    VIEW_MAX_WAIT,
+    ConsumerOptions,
+    EventBus,
+    Subscription,
+)
 from tradeloom.messaging.topics import ORDER_COMMANDS, ORDER_EVENTS, POSITION_UPDATED
 from tradeloom.notifications.messages import Kind, kind_of, notification_body, user_channel
 from tradeloom.notifications.owners import OwnerLookup
@@ -87,7 +93,9 @@ class Notifier:
         self.skipped = 0  # events with no known owner, or of a type users are not told about
 
     async def start(self) -> None:
-        options = ConsumerOptions(retry=PERSISTENT_RETRY, max_batch=MAX_BATCH)
+        options = ConsumerOptions(
+            retry=PERSISTENT_RETRY, max_batch=MAX_BATCH, max_wait=VIEW_MAX_WAIT
+        )
         for name in NOTIFIED_TOPICS:
             subscription = await self._bus.subscribe_batch(name, self._group, self.handle, options)
             self._subscriptions.append(subscription)

@@ -31,7 +31,13 @@ import structlog
 from tradeloom.domain.events import Event, OrderSubmitted
 from tradeloom.domain.order_view import OrderFold, fold_order
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.port import (
+    PERSISTENT_RETRY,
+    VIEW_MAX_WAIT,
+    ConsumerOptions,
+    EventBus,
+    Subscription,
+)
 from tradeloom.messaging.topics import ORDER_COMMANDS, ORDER_EVENTS
 from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.order_view import (
@@ -73,7 +79,9 @@ class OrderProjection:
         self.duplicates = 0
 
     async def start(self) -> None:
-        options = ConsumerOptions(retry=PERSISTENT_RETRY, max_batch=self._max_batch)
+        options = ConsumerOptions(
+            retry=PERSISTENT_RETRY, max_batch=self._max_batch, max_wait=VIEW_MAX_WAIT
+        )
         for topic in TOPICS:
             subscription = await self._bus.subscribe_batch(topic, self._group, self.handle, options)
             self._subscriptions.append(subscription)

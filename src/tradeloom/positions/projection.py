@@ -25,7 +25,13 @@ from tradeloom.domain.events import (
     new_event,
 )
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
+from tradeloom.messaging.port import (
+    PERSISTENT_RETRY,
+    VIEW_MAX_WAIT,
+    ConsumerOptions,
+    EventBus,
+    Subscription,
+)
 from tradeloom.messaging.topics import ORDER_EVENTS, POSITION_UPDATED
 from tradeloom.observability.metrics import Metrics
 from tradeloom.positions.batch import BatchOutcome, PositionChange, apply_fill_events
@@ -86,7 +92,9 @@ class PositionProjection:
             ORDER_EVENTS.name,
             self._group,
             self.handle,
-            ConsumerOptions(retry=PERSISTENT_RETRY, max_batch=self._max_batch),
+            ConsumerOptions(
+                retry=PERSISTENT_RETRY, max_batch=self._max_batch, max_wait=VIEW_MAX_WAIT
+            ),
         )
 
     async def stop(self) -> None:
