@@ -4,7 +4,7 @@ Runs the whole price path on the PRODUCTION adapters (NATS JetStream, Redis, Pos
 in the same run, raw nats-py JetStream publish/consume of as many messages of the same size as
 the baseline, so the figures can be read as a ratio on a noisy shared machine.
 
-    python bench/market_data.py                    # 20,000 ticks/s offered for 20 s
+    python bench/market_data.py                    # 21,000 ticks/s offered for 20 s
     python bench/market_data.py --rate 0           # as fast as the exchange can send
     python bench/market_data.py --fix-share 0.1    # 10 % of the ticks over FIX 4.4
 
@@ -613,7 +613,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rate", type=float, default=20_000, help="ticks/s offered; 0 = max")
+    # 5 % above the 20,000/s target: a run offered exactly 20,000/s sustains 19,99x/s.
+    parser.add_argument("--rate", type=float, default=21_000, help="ticks/s offered; 0 = max")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of offered load")
     parser.add_argument("--drain", type=float, default=15.0, help="max seconds to drain after")
     parser.add_argument(
