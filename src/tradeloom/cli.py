@@ -14,11 +14,12 @@ from urllib.parse import urlsplit, urlunsplit
 import typer
 
 from tradeloom.cli_admin import accounts_app, users_app
+from tradeloom.cli_common import settings_of
 from tradeloom.cli_demo import demo
 from tradeloom.cli_market import market_app
 from tradeloom.cli_orders import orders_app
 from tradeloom.cli_positions import positions_app
-from tradeloom.config import ConfigError, Settings, load_settings
+from tradeloom.config import ConfigError, load_settings
 from tradeloom.observability.logging import configure_logging
 
 app = typer.Typer(
@@ -36,13 +37,6 @@ app.add_typer(users_app, name="users")
 app.add_typer(orders_app, name="orders")
 app.command("demo")(demo)
 app.add_typer(positions_app, name="positions")
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.obj
-    if not isinstance(settings, Settings):
-        raise RuntimeError("settings were not loaded")
-    return settings
 
 
 @app.callback()
@@ -82,7 +76,7 @@ def serve(
     from tradeloom.web.app import create_app
     from tradeloom.web.server import serve as serve_app
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     application = create_app(build_platform(settings), settle_heap_after_start=True)
     serve_app(application, host or settings.http_host, port or settings.http_port)
 
@@ -95,7 +89,7 @@ def db_upgrade(
     """Apply the schema migrations to the configured database (idempotent)."""
     from tradeloom.storage.migrate import current_revision, upgrade_database
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     asyncio.run(upgrade_database(settings.database_url, revision))
     now = asyncio.run(current_revision(settings.database_url))
     typer.echo(f"database at revision {now}")
@@ -106,7 +100,7 @@ def db_current(ctx: typer.Context) -> None:
     """Print the schema revision the configured database is at."""
     from tradeloom.storage.migrate import current_revision, head_revision
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     now = asyncio.run(current_revision(settings.database_url))
     typer.echo(f"database at revision {now or 'none'} (latest: {head_revision()})")
 
@@ -114,7 +108,7 @@ def db_current(ctx: typer.Context) -> None:
 @config_app.command("show")
 def config_show(ctx: typer.Context) -> None:
     """Print the effective settings, one TRADELOOM_* variable a line."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     for name, value in settings.model_dump().items():
         typer.echo(f"TRADELOOM_{name.upper()}={_without_password(str(value))}")
 

@@ -18,7 +18,7 @@ import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,12 +26,11 @@ from rich.table import Table
 
 from tradeloom.accounts.repository import AccountRepository, create_account
 from tradeloom.bootstrap import (
-    StartupError,
     build_cache,
     build_limits_store,
     build_passwords,
-    open_database,
 )
+from tradeloom.cli_common import fail, settings_of, with_database
 from tradeloom.config import Settings
 from tradeloom.domain.accounts import Account, DuplicateAccount, InvalidAccount
 from tradeloom.domain.errors import DomainError, InvalidNumber
@@ -57,43 +56,18 @@ MEMORY_CACHE_WARNING = (
 )
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.obj
-    if not isinstance(settings, Settings):
-        raise RuntimeError("settings were not loaded")
-    return settings
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"tradeloom: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def _amount(text: str, option: str, *, positive: bool = False) -> Decimal:
     """An exact, finite, non-negative (or positive) amount from an option's text."""
     try:
         number = exact(text.strip(), field=option)
     except InvalidNumber as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if number < ZERO or (positive and number == ZERO):
-        _fail(f"{option}: must be {'positive' if positive else 'zero or more'}, got {text}")
+        fail(f"{option}: must be {'positive' if positive else 'zero or more'}, got {text}")
     return number
 
 
 # -- accounts ---------------------------------------------------------------------------------
-
-
-async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    try:
-        database = await open_database(settings)
-    except StartupError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        _fail(f"cannot open the database (TRADELOOM_DATABASE_URL): {exc}")
-    try:
-        return await work(database)
-    finally:
-        await database.dispose()
 
 
 @accounts_app.command("create")
@@ -105,16 +79,16 @@ def accounts_create(
     currency: Annotated[str, typer.Option(help="three capital letters")] = "USD",
 ) -> None:
     """Open an account with its opening cash; an account id is never reused."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     opening = _amount(cash, "--cash")
 
     async def create(database: Database) -> Account:
         return await create_account(database, account_id, owner, opening, currency)
 
     try:
-        account = asyncio.run(_with_database(settings, create))
+        account = asyncio.run(with_database(settings, create))
     except (DuplicateAccount, InvalidAccount) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(
         f"created account {account.account_id} for {account.owner}: "
         f"{account.opening_cash} {account.currency} opening cash",
@@ -128,8 +102,8 @@ def accounts_list(
     owner: Annotated[str | None, typer.Option(help="only this user's accounts")] = None,
 ) -> None:
     """Print a table of accounts, oldest first."""
-    settings = _settings(ctx)
-    found = asyncio.run(_with_database(settings, lambda database: _accounts(database, owner)))
+    settings = settings_of(ctx)
+    found = asyncio.run(with_database(settings, lambda database: _accounts(database, owner)))
     if not found:
         console.print(f"no accounts{f' of {owner}' if owner else ''}", highlight=False)
         return
@@ -161,7 +135,7 @@ def _password(from_stdin: bool) -> str:
         return str(typer.prompt("password", hide_input=True, confirmation_prompt=True))
     password = typer.get_text_stream("stdin").readline().rstrip("\r\n")
     if not password:
-        _fail("--password-stdin: no password on stdin")
+        fail("--password-stdin: no password on stdin")
     return password
 
 
@@ -182,7 +156,7 @@ def users_create(
     ] = None,
 ) -> None:
     """Create a user (asks for the password unless --password-stdin) and their account."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     opening = _amount(cash, "--cash")
     password = _password(password_stdin)
     role = Role.ADMIN if admin else Role.TRADER
@@ -201,9 +175,9 @@ def users_create(
         )
 
     try:
-        registration = asyncio.run(_with_database(settings, create))
+        registration = asyncio.run(with_database(settings, create))
     except DomainError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     account = registration.account
     console.print(
         f"created {role} {registration.user.username} with account {account.account_id}: "
@@ -215,8 +189,8 @@ def users_create(
 @users_app.command("list")
 def users_list(ctx: typer.Context) -> None:
     """Print a table of users with their accounts, oldest first."""
-    settings = _settings(ctx)
-    found, accounts = asyncio.run(_with_database(settings, _users_and_accounts))
+    settings = settings_of(ctx)
+    found, accounts = asyncio.run(with_database(settings, _users_and_accounts))
     if not found:
         console.print("no users", highlight=False)
         return
@@ -250,7 +224,7 @@ async def _with_limits(settings: Settings, work: Callable[[LimitsStore], Awaitab
         await cache.start()
     except Exception as exc:
         await _quietly_close(cache.close)
-        _fail(f"cannot reach the cache (TRADELOOM_CACHE_URL): {exc}")
+        fail(f"cannot reach the cache (TRADELOOM_CACHE_URL): {exc}")
     try:
         return await work(build_limits_store(settings, cache))
     finally:
@@ -301,7 +275,7 @@ def users_limits(
 
     --reset drops the user's overrides first, then any other options given are set.
     """
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     user = _user(user)
     changes: dict[str, object] = {}
     if max_order_notional is not None:
@@ -316,7 +290,7 @@ def users_limits(
         changes["order_rate"] = order_rate
     if order_rate_window is not None:
         if not math.isfinite(order_rate_window) or order_rate_window <= 0:
-            _fail(f"--order-rate-window: must be positive seconds, got {order_rate_window}")
+            fail(f"--order-rate-window: must be positive seconds, got {order_rate_window}")
         changes["order_rate_window"] = order_rate_window
     _warn_if_memory_cache(settings, changes=reset or bool(changes))
 
@@ -333,7 +307,7 @@ def users_limits(
     try:
         described = asyncio.run(_with_limits(settings, run))
     except InvalidLimits as exc:
-        _fail(str(exc))
+        fail(str(exc))
     typer.echo(f"limits of {user}:")
     width = max(len(name) for name in described)
     for name, value in described.items():
@@ -341,7 +315,7 @@ def users_limits(
 
 
 def _set_state(ctx: typer.Context, user: str | None, platform: bool, state: TradingState) -> None:
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     if (user is None) == (not platform):
         both = ", not both" if platform else ""
         raise typer.BadParameter(f"give a user id or --platform{both}", param_hint="USER")

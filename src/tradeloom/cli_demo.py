@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tradeloom.bootstrap import Platform, build_platform
-from tradeloom.config import Settings
+from tradeloom.cli_common import settings_of
 from tradeloom.market_data.loopback import SimulatedExchange
 from tradeloom.market_data.simulator import SimulationSettings
 from tradeloom.users.model import DuplicateUser, Role
@@ -101,13 +101,6 @@ def demo_app(platform: Platform, exchange: SimulatedExchange, base_url: str) -> 
     return app
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.obj
-    if not isinstance(settings, Settings):
-        raise RuntimeError("settings were not loaded")
-    return settings
-
-
 def demo(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
@@ -121,7 +114,7 @@ def demo(
     (alice, bob, admin) and the dashboard."""
     from tradeloom.web.server import serve
 
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     host = host or settings.http_host
     port = port or settings.http_port
     platform = build_platform(settings)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tradeloom.bootstrap import Platform, build_platform, open_database
+from tradeloom.cli_common import settings_of
 from tradeloom.config import Settings
 from tradeloom.domain.market import Candle, Interval
 from tradeloom.domain.time import SystemClock
@@ -25,13 +26,6 @@ from tradeloom.market_data.universe import default_universe, load_universe
 
 market_app = typer.Typer(help="Market data: simulate, replay, candles.", no_args_is_help=True)
 console = Console()
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.obj
-    if not isinstance(settings, Settings):
-        raise RuntimeError("settings were not loaded")
-    return settings
 
 
 def _wires(text: str) -> tuple[Wire, ...]:
@@ -58,7 +52,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Start the simulated exchange and its feeds, publishing into the platform."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     instruments = load_universe(universe) if universe else default_universe()
     exchange = SimulatedExchange(
         instruments,
@@ -110,7 +104,7 @@ def replay(
     if not file.is_file():
         raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
     feed = ReplayFeed(file, speed=speed)
-    platform = build_platform(_settings(ctx), close_idle_bars=False)
+    platform = build_platform(settings_of(ctx), close_idle_bars=False)
     try:
         asyncio.run(_replay(platform, feed))
     except ReplayFileError as exc:
@@ -162,7 +156,7 @@ def candles(
         bar_interval = Interval.parse(interval)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--interval") from None
-    bars = asyncio.run(_candles(_settings(ctx), symbol, bar_interval, start, end, limit))
+    bars = asyncio.run(_candles(settings_of(ctx), symbol, bar_interval, start, end, limit))
     table = Table(title=f"{symbol} {bar_interval.value} candles (UTC)")
     for column in ("start", "open", "high", "low", "close", "volume", "trades"):
         table.add_column(column, justify="left" if column == "start" else "right")

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tradeloom.cli_admin import _fail, _settings, _with_database
+from tradeloom.cli_common import fail, settings_of, with_database
 from tradeloom.domain.order_view import OrderView
 from tradeloom.oms.queries import MAX_PAGE, InvalidQuery, OrderHistoryEntry, OrderPage, OrderQueries
 from tradeloom.oms.rebuild import RebuildReport, rebuild_order_views
@@ -87,7 +87,7 @@ def orders_list(
     after: Annotated[str | None, typer.Option(help="the cursor a previous page printed")] = None,
 ) -> None:
     """Print a page of the user's orders, newest first, and the cursor of the next page."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     window = (_utc_time(since, "--since"), _utc_time(until, "--until"))
 
     async def read(database: Database) -> OrderPage:
@@ -103,7 +103,7 @@ def orders_list(
         )
 
     try:
-        page = asyncio.run(_with_database(settings, read))
+        page = asyncio.run(with_database(settings, read))
     except InvalidQuery as exc:
         _bad(f"--{exc.field}", exc.message)
     if not page.items:
@@ -142,14 +142,14 @@ def _orders_table(owner: str, views: tuple[OrderView, ...]) -> Table:
 @orders_app.command("show")
 def orders_show(ctx: typer.Context, order_id: OrderArgument, owner: OwnerOption) -> None:
     """Print every field of one of the user's orders."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def read(database: Database) -> OrderView | None:
         return await OrderQueries(database).get(owner, order_id)
 
-    view = asyncio.run(_with_database(settings, read))
+    view = asyncio.run(with_database(settings, read))
     if view is None:
-        _fail(f"order {order_id} not found for {owner}")
+        fail(f"order {order_id} not found for {owner}")
     table = Table(title=f"order {order_id}", show_header=False)
     table.add_column("field")
     table.add_column("value")
@@ -161,14 +161,14 @@ def orders_show(ctx: typer.Context, order_id: OrderArgument, owner: OwnerOption)
 @orders_app.command("history")
 def orders_history(ctx: typer.Context, order_id: OrderArgument, owner: OwnerOption) -> None:
     """Print the events of one of the user's orders, in the order the read model folds them."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def read(database: Database) -> list[OrderHistoryEntry]:
         return await OrderQueries(database).history(owner, order_id)
 
-    entries = asyncio.run(_with_database(settings, read))
+    entries = asyncio.run(with_database(settings, read))
     if not entries:
-        _fail(f"order {order_id} not found for {owner}")
+        fail(f"order {order_id} not found for {owner}")
     table = Table(title=f"history of order {order_id}")
     for header in ("occurred (UTC)", "event", "applied"):
         table.add_column(header)
@@ -202,7 +202,7 @@ def orders_rebuild(
 ) -> None:
     """Fold every order view again from its history, print the differences from the live
     views, and (unless --check) replace the differing views in one transaction."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
     with Progress(
         TextColumn("folding order views"),
         BarColumn(),
@@ -221,7 +221,7 @@ def orders_rebuild(
                 database, repair=not check, chunk_size=chunk_size, progress=advance
             )
 
-        report = asyncio.run(_with_database(settings, run))
+        report = asyncio.run(with_database(settings, run))
     _print_report(report)
     if check and not report.equal:
         raise typer.Exit(1)

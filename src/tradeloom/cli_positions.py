@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from tradeloom.accounts.repository import AccountRepository
-from tradeloom.bootstrap import StartupError, build_cache, open_database
+from tradeloom.bootstrap import build_cache
+from tradeloom.cli_common import fail, settings_of, with_database
 from tradeloom.config import Settings
 from tradeloom.domain.time import SystemClock
 from tradeloom.market_data.last_prices import LastPrices
@@ -49,31 +50,6 @@ errors = Console(stderr=True)
 T = TypeVar("T")
 
 NO_PRICES = "tradeloom: note: {why}; positions are listed without prices (-)"
-
-
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.obj
-    if not isinstance(settings, Settings):
-        raise RuntimeError("settings were not loaded")
-    return settings
-
-
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"tradeloom: {message}", err=True)
-    raise typer.Exit(1)
-
-
-async def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    try:
-        database = await open_database(settings)
-    except StartupError as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        _fail(f"cannot open the database (TRADELOOM_DATABASE_URL): {exc}")
-    try:
-        return await work(database)
-    finally:
-        await database.dispose()
 
 
 @contextlib.asynccontextmanager
@@ -108,7 +84,7 @@ def positions_list(
     account: Annotated[str | None, typer.Option(help="only this account")] = None,
 ) -> None:
     """Print the user's positions (flat ones too) and each account's cash, P&L and equity."""
-    settings = _settings(ctx)
+    settings = settings_of(ctx)
 
     async def read(database: Database) -> tuple[list[PositionView], list[AccountSummary]]:
         async with _last_prices(settings) as prices:
@@ -118,9 +94,9 @@ def positions_list(
             return await queries.positions(owner, account), summaries
 
     try:
-        views, summaries = asyncio.run(_with_database(settings, read))
+        views, summaries = asyncio.run(with_database(settings, read))
     except AccountNotFound as exc:
-        _fail(str(exc))
+        fail(str(exc))
     if not summaries:
         console.print(f"no accounts of {owner}", highlight=False)
         return
@@ -190,8 +166,8 @@ def positions_verify(
     page_size: Annotated[int, typer.Option(min=1, help="order events read per query")] = 1000,
 ) -> None:
     """Recompute positions and cash from the order events; exit 1 on any difference."""
-    settings = _settings(ctx)
-    report = asyncio.run(_with_database(settings, lambda db: _verify(db, account, page_size)))
+    settings = settings_of(ctx)
+    report = asyncio.run(with_database(settings, lambda db: _verify(db, account, page_size)))
     for d in report.differences:
         where = d.account_id if d.symbol is None else f"{d.account_id} {d.symbol}"
         typer.echo(f"difference: {where} {d.field}: stored {d.stored}, recomputed {d.recomputed}")
