@@ -98,6 +98,7 @@ class UserStream:
         self._arrived = asyncio.Event()
         self._ready: deque[StreamItem] = deque()
         self._held: dict[int, Notification] = {}
+        self._gap_since: float | None = None  # loop time the current gap was first seen
         self._next = 1
         self._subscription: LocalSubscription | None = None
         self._closed = False
@@ -168,11 +169,19 @@ class UserStream:
                 log.warning("notifications.undecodable_message", owner=self.owner)
 
     async def _arrival(self) -> bool:
-        """Wait for a message (or close); False when a held gap lasted ``gap_timeout``."""
+        """Wait for a message (or close); False once a held gap has lasted ``gap_timeout``
+        since it was first seen (later arrivals do not restart that clock)."""
+        loop = asyncio.get_running_loop()
+        if not self._held:
+            self._gap_since = None
+        elif self._gap_since is None:
+            self._gap_since = loop.time()
+        deadline = None if self._gap_since is None else self._gap_since + self._gap_timeout
         try:
-            async with asyncio.timeout(self._gap_timeout if self._held else None):
+            async with asyncio.timeout_at(deadline):
                 await self._arrived.wait()
         except TimeoutError:
+            self._gap_since = None
             return False
         return True
 

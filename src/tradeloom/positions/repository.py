@@ -114,7 +114,9 @@ async def insert_fills(
     if not received:
         return set()
     if conn.dialect.name == "postgresql":
-        rows = [_fill_values(r, applied_at) for r in received]
+        # By fill id: two overlapping batches insert in one order and never deadlock.
+        ordered = sorted(received, key=lambda r: r.fill.fill_id)
+        rows = [_fill_values(r, applied_at) for r in ordered]
         columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
         result = await conn.execute(_INSERT_FILLS_PG, {**columns, "applied_at": applied_at})
         return set(result.scalars())
@@ -222,8 +224,11 @@ async def load_positions_of(
     return {row.key: row for row in map(position_row, rows)}
 
 
+# Columns named, not ``p.*``: ``.columns()`` types the result by position, and a column a
+# later migration appends would otherwise shift numeric values into the wrong fields.
+_POSITION_COLUMNS = ", ".join(f"p.{column.name}" for column in positions.c)
 _POSITIONS_OF_KEYS = (
-    "SELECT p.* FROM positions AS p JOIN unnest(CAST(:accounts AS varchar[]),"
+    f"SELECT {_POSITION_COLUMNS} FROM positions AS p JOIN unnest(CAST(:accounts AS varchar[]),"
     " CAST(:symbols AS varchar[])) AS k(account_id, symbol)"
     " ON p.account_id = k.account_id AND p.symbol = k.symbol"
     " ORDER BY p.account_id, p.symbol"

@@ -193,13 +193,14 @@ class StreamHub:
             self._ticker.cancel()
             await asyncio.gather(self._ticker, return_exceptions=True)
             self._ticker = None
-        for stream in self._streams:
-            stream.close()
-        for channel in self._symbols.values():
-            if channel.subscription is not None:
-                await channel.subscription.close()
-        self._symbols.clear()
-        self._streams.clear()
+        async with self._lock:
+            streams, self._streams = self._streams, set()
+            channels, self._symbols = self._symbols, {}
+            for stream in streams:
+                stream.close()
+            for channel in channels.values():
+                if channel.subscription is not None:
+                    await channel.subscription.close()
 
     async def open(self, stream: ClientStream) -> None:
         """Register ``stream``; returns once its symbols are subscribed upstream."""
@@ -209,13 +210,42 @@ class StreamHub:
                 for symbol in stream.symbols:
                     await self._join(symbol, stream)
             except BaseException:
-                await self._leave_all(stream)
+                self._forget(stream)
+                for symbol in stream.symbols:
+                    channel = self._symbols.get(symbol)
+                    if channel is not None and not channel.streams:
+                        del self._symbols[symbol]
+                        if channel.subscription is not None:
+                            await channel.subscription.close()
                 raise
 
     async def close(self, stream: ClientStream) -> None:
+        """Unregister ``stream``: it is out of every set before this first awaits (so a
+        cancelled caller never leaves it behind); channels it was the last watcher of are
+        then unsubscribed under the lock."""
         stream.close()
-        async with self._lock:
-            await self._leave_all(stream)
+        abandoned = self._forget(stream)
+        if abandoned:
+            async with self._lock:
+                for symbol in abandoned:
+                    channel = self._symbols.get(symbol)
+                    if channel is not None and not channel.streams:
+                        del self._symbols[symbol]
+                        self._latest.pop(symbol, None)
+                        if channel.subscription is not None:
+                            await channel.subscription.close()
+
+    def _forget(self, stream: ClientStream) -> list[str]:
+        """Remove ``stream`` from the hub's sets; the symbols nobody watches any more."""
+        self._streams.discard(stream)
+        abandoned = []
+        for symbol in stream.symbols:
+            channel = self._symbols.get(symbol)
+            if channel is not None:
+                channel.streams.discard(stream)
+                if not channel.streams:
+                    abandoned.append(symbol)
+        return abandoned
 
     def latest_quote(self, symbol: str) -> bytes | None:
         """The newest quote seen of a symbol some stream of this process watches."""
@@ -228,19 +258,6 @@ class StreamHub:
             channel.subscription = await self._cache.subscribe(
                 self._price_channel(symbol), self._on_price_message
             )
-
-    async def _leave_all(self, stream: ClientStream) -> None:
-        self._streams.discard(stream)
-        for symbol in stream.symbols:
-            channel = self._symbols.get(symbol)
-            if channel is None:
-                continue
-            channel.streams.discard(stream)
-            if not channel.streams:
-                del self._symbols[symbol]
-                self._latest.pop(symbol, None)
-                if channel.subscription is not None:
-                    await channel.subscription.close()
 
     def _on_price_message(self, _channel: str, message: bytes) -> None:
         try:

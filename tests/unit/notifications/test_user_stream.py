@@ -128,6 +128,25 @@ async def test_a_lasting_gap_is_filled_from_the_buffer(users: Users, streams: Us
         assert await take(stream, 2) == [1, 2]
 
 
+async def test_a_gap_is_filled_even_while_later_messages_keep_arriving() -> None:
+    cache = MemoryCache(clock=Monotonic())
+    users = Users(cache, ReplayBuffer(cache, capacity=64, ttl=300.0))
+    streams = UserStreams(cache, users.buffer, gap_timeout=0.05)
+    async with await streams.stream_from("alice", 0) as stream:
+        _lost, *rest = await users.append("alice", 40)  # the first one's publish was lost
+
+        async def trickle() -> None:  # a message every 10 ms: never 50 ms of quiet
+            for message in rest:
+                await users.publish(message)
+                await asyncio.sleep(0.01)
+
+        feeding = asyncio.create_task(trickle())
+        assert await take(stream, 1) == [1]
+        assert not feeding.done(), "the gap waited for the trickle to stop"
+        assert await take(stream, 39) == list(range(2, 41))
+        await feeding
+
+
 async def test_a_gap_the_buffer_no_longer_holds_yields_reset(
     users: Users, streams: UserStreams
 ) -> None:

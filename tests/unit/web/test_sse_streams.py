@@ -4,6 +4,7 @@ subscription per symbol per process."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -170,3 +171,18 @@ async def test_the_hub_sends_heartbeats_to_silent_streams(
     stream = ClientStream("alice", ["AAPL"])
     await hub.open(stream)
     assert await next_chunk(stream.frames(), within=2.0) == HEARTBEAT
+
+
+async def test_a_stream_closed_while_the_hub_is_busy_is_gone_even_if_its_close_is_cancelled(
+    hub_and_cache: tuple[StreamHub, CountingCache],
+) -> None:
+    hub, _ = hub_and_cache
+    stream = ClientStream("alice", ["AAPL"])
+    await hub.open(stream)
+    async with hub._lock:  # another stream is subscribing upstream right now
+        closing = asyncio.create_task(hub.close(stream))
+        await asyncio.sleep(0)
+        closing.cancel()  # the client went away: its clean-up is cancelled
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    assert hub.streams == 0

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 from typing import Annotated, Any
 
+import anyio
 import msgspec
 import structlog
 from fastapi import APIRouter, Depends, Header, Query
@@ -124,12 +125,15 @@ def stream_router() -> APIRouter:
                 async for chunk in client.frames():
                     yield chunk
             finally:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-                assert events is not None
-                await events.close()
-                await trading.hub.close(client)
+                # A disconnect cancels this body (anyio, level-triggered): shield the
+                # clean-up, or its first await would be cancelled too and the stream leak.
+                with anyio.CancelScope(shield=True):
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pump
+                    assert events is not None
+                    await events.close()
+                    await trading.hub.close(client)
 
         return StreamingResponse(body(), media_type="text/event-stream", headers=_HEADERS)
 
