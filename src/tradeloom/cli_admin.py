@@ -14,6 +14,7 @@ options exit with status 2, as everywhere in the ``tradeloom`` command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -37,7 +38,7 @@ from tradeloom.domain.errors import DomainError, InvalidNumber
 from tradeloom.domain.numbers import ZERO, exact
 from tradeloom.risk.limits import PLATFORM, InvalidLimits, LimitsStore, RiskLimits, TradingState
 from tradeloom.storage.database import Database
-from tradeloom.users.model import Role, User
+from tradeloom.users.model import InvalidUsername, Role, User, normalize_username
 from tradeloom.users.repository import UserRepository
 from tradeloom.users.service import DEFAULT_OPENING_CASH, Registration, UserService
 
@@ -223,19 +224,13 @@ async def _with_limits(settings: Settings, work: Callable[[LimitsStore], Awaitab
     try:
         await cache.start()
     except Exception as exc:
-        await _quietly_close(cache.close)
+        with contextlib.suppress(Exception):  # the start failure is what the operator needs
+            await cache.close()
         fail(f"cannot reach the cache (TRADELOOM_CACHE_URL): {exc}")
     try:
         return await work(build_limits_store(settings, cache))
     finally:
         await cache.close()
-
-
-async def _quietly_close(close: Callable[[], Awaitable[None]]) -> None:
-    try:
-        await close()
-    except Exception:  # the start failure is what the operator needs to see
-        return
 
 
 def _warn_if_memory_cache(settings: Settings, *, changes: bool = True) -> None:
@@ -245,9 +240,12 @@ def _warn_if_memory_cache(settings: Settings, *, changes: bool = True) -> None:
 
 
 def _user(user: str) -> str:
-    if not user.strip() or len(user) > 64:
-        raise typer.BadParameter("expected a user id of 1-64 characters", param_hint="USER")
-    return user
+    """The username in its canonical form: the one risk reads limits and states under (a
+    halt stored for ``Alice`` would otherwise be a halt nobody reads)."""
+    try:
+        return normalize_username(user)
+    except InvalidUsername as exc:
+        raise typer.BadParameter(str(exc), param_hint="USER") from None
 
 
 @users_app.command("limits")

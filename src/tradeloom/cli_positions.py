@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -47,7 +47,6 @@ positions_app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
-T = TypeVar("T")
 
 NO_PRICES = "tradeloom: note: {why}; positions are listed without prices (-)"
 

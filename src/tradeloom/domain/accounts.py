@@ -16,7 +16,8 @@ from tradeloom.domain.errors import DomainError
 from tradeloom.domain.numbers import ZERO, exact
 from tradeloom.domain.time import require_utc
 
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+"""A well-formed account id (use ``fullmatch``)."""
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 
 
@@ -63,7 +64,7 @@ def check_account_id(account_id: str) -> str:
     The alphabet leaves out ``|`` and whitespace, so an id can sit inside cache keys and the
     risk engine's delimited records unescaped.
     """
-    if not _ACCOUNT_ID.fullmatch(account_id):
+    if not ACCOUNT_ID.fullmatch(account_id):
         raise InvalidAccount(
             f"account id must be 1-64 letters, digits or ._:- characters, got {account_id!r}"
         )

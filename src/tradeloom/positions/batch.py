@@ -43,7 +43,7 @@ from tradeloom.positions.repository import (
     load_cash,
     load_fills,
     load_position_fills,
-    load_positions_of,
+    lock_positions_of,
     save_cash,
     save_positions,
 )
@@ -149,7 +149,7 @@ async def _advance_positions(
     for candidate in new:
         fill = candidate.received.fill
         by_key[(fill.account_id, fill.symbol)].append(fill)
-    stored = await load_positions_of(conn, by_key.keys(), for_update=True)
+    stored = await lock_positions_of(conn, by_key.keys())
     advanced = {}
     for key in sorted(by_key):
         advanced[key] = await _advance(conn, key, stored.get(key), by_key[key], now)

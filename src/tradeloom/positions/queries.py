@@ -149,9 +149,12 @@ class PositionQueries:
             rows = [position_row(row) for row in await conn.execute(query)]
         return await self._valued(rows)
 
-    async def account_summary(self, owner: str, account_id: str) -> AccountSummary:
+    async def account_summary(
+        self, owner: str, account_id: str, views: list[PositionView] | None = None
+    ) -> AccountSummary:
         """The owner's account's cash, P&L and equity; :class:`AccountNotFound` if the owner
-        has no such account."""
+        has no such account. ``views``: the account's positions when the caller just read
+        them (a snapshot shows both), so they are not read and valued twice."""
         query = select(accounts).where(
             accounts.c.account_id == account_id, accounts.c.owner == owner
         )
@@ -159,7 +162,8 @@ class PositionQueries:
             account = (await conn.execute(query)).first()
         if account is None:
             raise AccountNotFound(f"no account {account_id!r} of {owner!r}")
-        views = await self.positions(owner, account_id)
+        if views is None:
+            views = await self.positions(owner, account_id)
         opened = [view for view in views if view.quantity != ZERO]
         value = _total(view.market_value for view in opened)
         a = account._mapping

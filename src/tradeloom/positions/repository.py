@@ -185,9 +185,9 @@ def position_row(row: Any) -> PositionRow:
 
 
 async def load_positions(
-    conn: AsyncConnection, account_ids: Iterable[str], *, for_update: bool = False
+    conn: AsyncConnection, account_ids: Iterable[str]
 ) -> dict[PositionKey, PositionRow]:
-    """Every stored position of ``account_ids``, by key; locked when ``for_update``."""
+    """Every stored position of ``account_ids``, by key (reading, not locking)."""
     wanted = sorted(set(account_ids))
     if not wanted:
         return {}
@@ -196,25 +196,21 @@ async def load_positions(
         .where(positions.c.account_id.in_(wanted))
         .order_by(positions.c.account_id, positions.c.symbol)
     )
-    if for_update:
-        query = query.with_for_update()
     rows = [position_row(row) for row in await conn.execute(query)]
     return {row.key: row for row in rows}
 
 
-async def load_positions_of(
-    conn: AsyncConnection, keys: Collection[PositionKey], *, for_update: bool = False
+async def lock_positions_of(
+    conn: AsyncConnection, keys: Collection[PositionKey]
 ) -> dict[PositionKey, PositionRow]:
-    """The stored positions among ``keys``; locked, in key order, when ``for_update``."""
+    """The stored positions among ``keys``, locked in key order to the end of the
+    transaction (PostgreSQL; SQLite has one writer)."""
     wanted = sorted(set(keys))
     if not wanted:
         return {}
     if conn.dialect.name == "postgresql":
-        query: Any = _POSITIONS_OF_KEYS_PG.columns(*positions.c)
-        if for_update:
-            query = _POSITIONS_OF_KEYS_LOCKED_PG.columns(*positions.c)
         params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
-        rows = await conn.execute(query, params)
+        rows = await conn.execute(_LOCK_POSITIONS_OF_KEYS_PG, params)
     else:
         rows = await conn.execute(
             select(positions)
@@ -227,14 +223,12 @@ async def load_positions_of(
 # Columns named, not ``p.*``: ``.columns()`` types the result by position, and a column a
 # later migration appends would otherwise shift numeric values into the wrong fields.
 _POSITION_COLUMNS = ", ".join(f"p.{column.name}" for column in positions.c)
-_POSITIONS_OF_KEYS = (
+_LOCK_POSITIONS_OF_KEYS_PG = text(
     f"SELECT {_POSITION_COLUMNS} FROM positions AS p JOIN unnest(CAST(:accounts AS varchar[]),"
     " CAST(:symbols AS varchar[])) AS k(account_id, symbol)"
     " ON p.account_id = k.account_id AND p.symbol = k.symbol"
-    " ORDER BY p.account_id, p.symbol"
-)
-_POSITIONS_OF_KEYS_PG = text(_POSITIONS_OF_KEYS)
-_POSITIONS_OF_KEYS_LOCKED_PG = text(_POSITIONS_OF_KEYS + " FOR UPDATE OF p")
+    " ORDER BY p.account_id, p.symbol FOR UPDATE OF p"
+).columns(*positions.c)
 
 
 _POSITION_STATE = (

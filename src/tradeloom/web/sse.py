@@ -30,6 +30,7 @@ replayed: the newest one is the snapshot). A ``: heartbeat`` comment goes out af
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -176,7 +177,7 @@ class StreamHub:
         self._now = monotonic
         self._symbols: dict[str, _Channel] = {}
         self._streams: set[ClientStream] = set()
-        self._latest: dict[str, bytes] = {}
+        self._latest: dict[str, bytes] = {}  # each watched symbol's newest upstream message
         self._changed: set[str] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -191,7 +192,8 @@ class StreamHub:
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-            await asyncio.gather(self._ticker, return_exceptions=True)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker  # its own failures are logged per tick, inside it
             self._ticker = None
         async with self._lock:
             streams, self._streams = self._streams, set()
@@ -249,26 +251,31 @@ class StreamHub:
 
     def latest_quote(self, symbol: str) -> bytes | None:
         """The newest quote seen of a symbol some stream of this process watches."""
-        return self._latest.get(symbol)
+        message = self._latest.get(symbol)
+        return None if message is None else self._decoded(message)
 
     async def _join(self, symbol: str, stream: ClientStream) -> None:
         channel = self._symbols.setdefault(symbol, _Channel())
         channel.streams.add(stream)
         if channel.subscription is None:
             channel.subscription = await self._cache.subscribe(
-                self._price_channel(symbol), self._on_price_message
+                self._price_channel(symbol),
+                lambda _channel, message: self._on_price_message(symbol, message),
             )
 
-    def _on_price_message(self, _channel: str, message: bytes) -> None:
+    def _on_price_message(self, symbol: str, message: bytes) -> None:
+        """Only keep it: most upstream messages are superseded before the next tick, so
+        decoding waits for the tick (once per changed symbol, not once per message)."""
+        self._latest[symbol] = message
+        self._changed.add(symbol)
+
+    def _decoded(self, message: bytes) -> bytes | None:
         try:
             quote = self._quote_from_message(message)
         except Exception:
             log.warning("sse.bad_price_message", raw=message[:200])
-            return
-        if quote is not None:
-            symbol, data = quote
-            self._latest[symbol] = data
-            self._changed.add(symbol)
+            return None
+        return None if quote is None else quote[1]
 
     def close_streams(self) -> None:
         """End every stream of this process now (their responses finish); for a server that
@@ -300,7 +307,8 @@ class StreamHub:
         offered = 0
         for symbol in changed:
             channel = self._symbols.get(symbol)
-            data = self._latest.get(symbol)  # None: every watcher left since it changed
+            message = self._latest.get(symbol)  # None: every watcher left since it changed
+            data = None if channel is None or message is None else self._decoded(message)
             if channel is None or data is None:
                 continue
             frame = sse_frame(data, event="quote")

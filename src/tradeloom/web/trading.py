@@ -18,6 +18,7 @@ from fastapi import Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field, WithJsonSchema
 
 from tradeloom.accounts.repository import AccountRepository
+from tradeloom.domain.accounts import ACCOUNT_ID
 from tradeloom.domain.market import Instrument
 from tradeloom.market_data.candle_store import CandleQueries
 from tradeloom.market_data.last_prices import LastPrices
@@ -30,8 +31,7 @@ from tradeloom.web.sse import StreamHub
 # The shape of an account id (as ``domain.accounts`` makes them). A query parameter of any
 # other shape is answered without a lookup: it names no account, and text such as a NUL would
 # make PostgreSQL fail the query instead.
-_ACCOUNT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-ACCOUNT_PATTERN = f"^{_ACCOUNT_ID.pattern}$"
+ACCOUNT_PATTERN = f"^{ACCOUNT_ID.pattern}$"
 
 
 @dataclass
@@ -51,7 +51,7 @@ class TradingServices:
         for an unknown one), else their first account (remembered: accounts are never
         deleted, and a user's first stays first)."""
         if account_id is not None:
-            if not _ACCOUNT_ID.fullmatch(account_id):
+            if not ACCOUNT_ID.fullmatch(account_id):
                 raise ApiError(404, "account_not_found", f"account {account_id!r} not found")
             account = await self.accounts.get(account_id)
             if account is None or account.owner != owner:

@@ -55,11 +55,12 @@ async def snapshot(
     account = await trading.account_for(owner, None)
     quotes = await trading.last_prices.last_many(symbols) if symbols else {}
     orders = await trading.order_queries.list(owner, status="open", limit=SNAPSHOT_ORDERS)
+    views = await positions.positions(owner, account)
     body: dict[str, Any] = {
         "quotes": {s: None if q is None else quote_json(q) for s, q in quotes.items()},
         "orders": [order_json(view) for view in orders.items],
-        "positions": [position_json(view) for view in await positions.positions(owner, account)],
-        "account": account_json(await positions.account_summary(owner, account)),
+        "positions": [position_json(view) for view in views],
+        "account": account_json(await positions.account_summary(owner, account, views)),
     }
     return frame(msgspec.json.encode(json_object(body)), event="snapshot")
 

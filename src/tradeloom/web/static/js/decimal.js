@@ -109,10 +109,6 @@ function roundLastDigit(units) {
   return kept;
 }
 
-export function dec(text) {
-  return Dec.parse(text);
-}
-
 // A money amount for people: two decimals, grouped; an em dash when unknown.
 export function money(value) {
   const amount = typeof value === "string" ? Dec.parse(value) : value;
