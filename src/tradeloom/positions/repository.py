@@ -267,10 +267,36 @@ _UPDATE_POSITION = (
 )
 
 
+# PostgreSQL: every row of a batch in one upsert of one text (executemany sends a message per
+# row); rows are one per key, so no row is touched twice.
+_SAVE_POSITIONS_PG = text(
+    "INSERT INTO positions (account_id, symbol, quantity, cost_basis, realized_pnl, fees,"
+    " fill_count, last_filled_at, last_fill_id, updated_at) SELECT * FROM unnest("
+    "CAST(:account_id AS varchar[]), CAST(:symbol AS varchar[]), CAST(:quantity AS numeric[]),"
+    " CAST(:cost_basis AS numeric[]), CAST(:realized_pnl AS numeric[]),"
+    " CAST(:fees AS numeric[]), CAST(:fill_count AS integer[]),"
+    " CAST(:last_filled_at AS timestamptz[]), CAST(:last_fill_id AS varchar[]),"
+    " CAST(:updated_at AS timestamptz[]))"
+    " ON CONFLICT (account_id, symbol) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _POSITION_STATE)
+)
+_SAVE_CASH_PG = text(
+    "UPDATE accounts SET cash = v.cash FROM unnest(CAST(:account_id AS varchar[]),"
+    " CAST(:cash AS numeric[])) AS v(account_id, cash) WHERE accounts.account_id = v.account_id"
+)
+
+
 async def save_positions(
     conn: AsyncConnection, rows: Iterable[PositionRow], existing: Collection[PositionKey]
 ) -> None:
-    """Write ``rows``: one batched update of those in ``existing``, one insert of the rest."""
+    """Write ``rows``: an update of those in ``existing``, an insert of the rest (on
+    PostgreSQL one upsert for all of them)."""
+    if conn.dialect.name == "postgresql":
+        keyed = [{"account_id": r.key[0], "symbol": r.key[1], **_position_values(r)} for r in rows]
+        if keyed:
+            arrays = {name: [v[name] for v in keyed] for name in keyed[0]}
+            await conn.execute(_SAVE_POSITIONS_PG, arrays)
+        return
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     for row in rows:
@@ -315,8 +341,10 @@ _UPDATE_CASH = (
 
 
 async def save_cash(conn: AsyncConnection, cash: Mapping[str, Decimal]) -> None:
-    """Set each account's cash, in one batched update."""
-    if cash:
+    """Set each account's cash, in one batched update (one statement on PostgreSQL)."""
+    if cash and conn.dialect.name == "postgresql":
+        await conn.execute(_SAVE_CASH_PG, {"account_id": list(cash), "cash": list(cash.values())})
+    elif cash:
         await conn.execute(
             _UPDATE_CASH,
             [{"key_account_id": account_id, "cash": amount} for account_id, amount in cash.items()],
