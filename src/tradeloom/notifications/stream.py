@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from types import TracebackType
 
 import msgspec
@@ -49,6 +48,7 @@ from tradeloom.notifications.messages import (
     user_channel,
 )
 from tradeloom.notifications.replay_buffer import CAPACITY, ReplayBuffer, Reset, Resume
+from tradeloom.notifications.wakeup import Wakeup
 
 log = structlog.get_logger("tradeloom.notifications.stream")
 
@@ -94,9 +94,11 @@ class UserStream:
         self._last_event_id = last_event_id
         self._gap_timeout = gap_timeout
         self._max_pending = max_pending
-        self._inbox: deque[bytes] = deque()
-        self._arrived = asyncio.Event()
-        self._ready: deque[StreamItem] = deque()
+        # Lists rather than deques: an empty deque costs ~760 bytes, and most streams hold
+        # nothing most of the time (see wakeup.py for the Event).
+        self._inbox: list[bytes] = []
+        self._arrived = Wakeup()
+        self._ready: list[StreamItem] = []
         self._held: dict[int, Notification] = {}
         self._gap_since: float | None = None  # loop time the current gap was first seen
         self._next = 1
@@ -144,7 +146,7 @@ class UserStream:
             if self._closed or self.overflowed:
                 raise StopAsyncIteration
             await self._take_arrivals()
-        return self._ready.popleft()
+        return self._ready.pop(0)
 
     def _receive(self, channel: str, raw: bytes) -> None:
         # Seam: the cache's fan-out calls this on the event loop; it must never block.
@@ -161,8 +163,8 @@ class UserStream:
             if not await self._arrival():
                 self._catch_up(await self._replay.since(self.owner, self._next - 1))
                 return
-        while self._inbox:
-            raw = self._inbox.popleft()
+        arrived, self._inbox = self._inbox, []
+        for raw in arrived:
             try:
                 self._accept(decode_notification(raw))
             except msgspec.DecodeError:

@@ -32,13 +32,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
 
 from tradeloom.cache.port import Cache, LocalSubscription
+from tradeloom.notifications.wakeup import Wakeup
 
 log = structlog.get_logger("tradeloom.web.sse")
 
@@ -71,14 +71,16 @@ class ClientStream:
         monotonic: Monotonic = time.monotonic,
     ) -> None:
         self.owner = owner
-        self.symbols = frozenset(symbols)
+        # A tuple, a list and a one-waiter Wakeup rather than a frozenset, a deque and an
+        # asyncio.Event: together ~2 KB less per stream, which 15,000 streams feel.
+        self.symbols = tuple(dict.fromkeys(symbols))
         self._max_user_events = max_user_events
         self._now = monotonic
         self._quotes: dict[str, bytes] = {}
-        self._user: deque[bytes] = deque()
+        self._user: list[bytes] = []
         self._initial: list[bytes] = []
         self._heartbeat = False
-        self._wake = asyncio.Event()
+        self._wake = Wakeup()
         self.last_sent = monotonic()
         self.overflowed = False
         self.closed = False
@@ -131,8 +133,9 @@ class ClientStream:
     def _take_ready(self) -> bytes:
         parts = self._initial
         self._initial = []
-        while self._user:
-            parts.append(self._user.popleft())
+        if self._user:
+            parts += self._user
+            self._user = []
         if self._quotes:
             parts.extend(self._quotes.values())
             self._quotes.clear()
