@@ -25,7 +25,7 @@ from tradeloom.domain.events import Event, OrderAccepted, new_event
 from tradeloom.domain.time import ManualClock
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import current_revision, head_revision, upgrade, upgrade_database
-from tradeloom.storage.outbox import Outbox, OutboxRelay
+from tradeloom.storage.outbox import RELAY_LOCK_ID, Outbox, OutboxRelay
 from tradeloom.storage.schema import metadata, outbox
 
 START = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
@@ -276,6 +276,31 @@ async def test_the_relay_publishes_right_after_notify(
             return len(bus.published) == n and await unpublished(db) == 0
 
         await eventually(published, f"event {expected} is published and marked")
+
+
+async def test_a_relay_that_found_the_lock_taken_tries_again_soon(
+    db: Database, bus: RecordingBus, relays: Callable[..., OutboxRelay]
+) -> None:
+    """Another process's relay holds the lock (its pass may have read its batch before our
+    row committed): our relay retries shortly rather than at its next poll."""
+    if db.dialect != "postgresql":
+        pytest.skip("one relay per database file on SQLite: there is no relay lock")
+    relay = relays(poll_interval=600.0)  # only a retry can publish within the deadline
+    async with db.connect() as holder:
+        await holder.execute(select(func.pg_advisory_lock(RELAY_LOCK_ID)))
+        await holder.commit()
+        await relay.start()
+        await commit_events(db, Outbox(), [event("acct-1")])
+        relay.notify()
+        await asyncio.sleep(0.05)
+        assert bus.published == []  # the other relay holds the lock
+        await holder.execute(select(func.pg_advisory_unlock(RELAY_LOCK_ID)))
+        await holder.commit()
+
+    async def published() -> bool:
+        return len(bus.published) == 1 and await unpublished(db) == 0
+
+    await eventually(published, "the row is published once the lock is free")
 
 
 async def test_a_new_relay_publishes_what_a_crash_left_behind_in_sequence_order(

@@ -3,14 +3,17 @@
 ``place`` is the one place the order path blocks: structural validation, then the pre-trade
 risk check (which reserves the order's exposure atomically), then the order row and its
 ``order.submitted`` event commit in ONE transaction (the outbox), then the relay is told to
-publish. A refused order is neither persisted nor published, and its reservation is released.
+publish. That transaction is shared with every order placed meanwhile (group commit, see
+:mod:`tradeloom.oms.placement`): the order path reads nothing and writes once per batch. A
+refused order is neither persisted nor published, and its reservation is released.
 
 Idempotency: ``client_order_id`` is unique per account. Placing an order again with the same
-one returns the original order and creates nothing. Twins racing in one process are
-serialised; across processes the unique constraint decides and the loser answers with the
-winner's order and releases what it reserved (a loser refused by risk before the winner
-committed can still see that refusal: a narrow window, closed once the web tier routes an
-account's requests to one process).
+one returns the original order and creates nothing: the insert finds the id taken (or risk
+refuses the repeat first), and only then is the original looked up, its reservation released.
+Twins racing in one process are serialised; across processes the unique constraint decides
+and the loser answers with the winner's order and releases what it reserved (a loser refused
+by risk before the winner committed can still see that refusal: a narrow window, closed once
+the web tier routes an account's requests to one process).
 
 Cancel and amend are commands too: they move the order to ``pending_cancel`` or
 ``pending_replace`` and publish the request; execution answers with events.
@@ -31,6 +34,7 @@ from tradeloom.domain.commands import AmendOrder, CancelOrder, PlaceOrder
 from tradeloom.domain.errors import DomainError, IllegalTransition, InvalidOrder
 from tradeloom.domain.events import (
     AnyPayload,
+    Event,
     OrderAmendRequested,
     OrderCancelRequested,
     OrderSubmitted,
@@ -41,12 +45,8 @@ from tradeloom.domain.market import Instrument
 from tradeloom.domain.orders import Order, OrderStatus, Side
 from tradeloom.domain.time import Clock
 from tradeloom.messaging.topics import ORDER_COMMANDS
-from tradeloom.oms.repository import (
-    find_by_client_order_id,
-    insert_order,
-    load_order,
-    save_order,
-)
+from tradeloom.oms.placement import PlacementWriter
+from tradeloom.oms.repository import find_by_client_order_id, load_order, save_order
 from tradeloom.oms.validation import validate_terms
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
@@ -119,6 +119,7 @@ class OrderCommands:
         self._instruments = instruments
         self._clock = clock
         self._notify = notify
+        self._placements = PlacementWriter(database, outbox, notify=notify)
 
     async def place(self, command: PlaceOrder) -> OrderReceipt:
         # Twins in this process wait for each other, so the second sees the first's order
@@ -134,38 +135,36 @@ class OrderCommands:
                 del self._placing[key]
 
     async def _place(self, command: PlaceOrder) -> OrderReceipt:
-        original = await self._original(command)
-        if original is not None:
-            return original
-        validate_terms(
-            self._instruments,
-            command.symbol,
-            command.order_type,
-            command.time_in_force,
-            command.quantity,
-            command.limit_price,
-            command.stop_price,
-        )
-        order = self._new_order(command)
-        committed = False
+        # The hot path reads nothing: a repeated client order id is found by the insert (or
+        # refused by validation or risk first), and only then is the original looked up.
+        order: Order | None = None
+        placed = False
         try:
+            validate_terms(
+                self._instruments,
+                command.symbol,
+                command.order_type,
+                command.time_in_force,
+                command.quantity,
+                command.limit_price,
+                command.stop_price,
+            )
+            order = self._new_order(command)
             await self._risk.check_and_reserve(order, command.user_id)
-            async with self._database.transaction() as conn:
-                await insert_order(conn, order)
-                await self._publish(conn, order, _submitted(order), command.correlation_id)
-            committed = True
+            submitted = self._event(order, _submitted(order), command.correlation_id)
+            await self._placements.write(order, submitted)
+            placed = True
+            return _receipt(order, command.correlation_id, created=True)
         except DomainError:
-            # A twin request with the same client order id may have won the race (and taken
-            # the capacity this one was refused for): answer with its order, not an error.
+            # A repeat of an order already placed (the id taken, or refused because the
+            # original holds the capacity) answers with that order, not an error.
             original = await self._original(command)
             if original is None:
                 raise
             return original
         finally:
-            if not committed:
+            if order is not None and not placed:
                 await self._release_unplaced(order.order_id)
-        self._notify()
-        return _receipt(order, command.correlation_id, created=True)
 
     async def _original(self, command: PlaceOrder) -> OrderReceipt | None:
         async with self._database.connect() as conn:
@@ -272,13 +271,16 @@ class OrderCommands:
     async def _publish(
         self, conn: AsyncConnection, order: Order, payload: AnyPayload, correlation_id: str
     ) -> None:
-        event = new_event(
+        event = self._event(order, payload, correlation_id)
+        await self._outbox.add(conn, ORDER_COMMANDS.name, order.account_id, event)
+
+    def _event(self, order: Order, payload: AnyPayload, correlation_id: str) -> Event:
+        return new_event(
             payload,
             occurred_at=self._clock.now(),
             correlation_id=correlation_id,
             account_id=order.account_id,
         )
-        await self._outbox.add(conn, ORDER_COMMANDS.name, order.account_id, event)
 
 
 def _refuse_added_exposure(order: Order, command: AmendOrder) -> None:

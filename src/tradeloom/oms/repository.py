@@ -8,16 +8,17 @@ race. Fills applied to an order are recorded by fill id, so applying one twice i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.engine import Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
-from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
-from tradeloom.storage.database import insert_if_absent
+from tradeloom.domain.orders import Order
+from tradeloom.domain.time import require_utc
+from tradeloom.oms.order_rows import order_from_row, order_state_values
 from tradeloom.storage.schema import order_fills, orders
 
 
@@ -27,52 +28,36 @@ class DuplicateClientOrderId(DomainError):
     code = "duplicate_client_order_id"
 
 
-def _order(row: Row[tuple[object, ...]], fill_ids: set[str]) -> Order:
-    m = row._mapping
-    order = Order(
-        order_id=m["order_id"],
-        account_id=m["account_id"],
-        client_order_id=m["client_order_id"],
-        symbol=m["symbol"],
-        side=Side(m["side"]),
-        order_type=OrderType(m["order_type"]),
-        quantity=m["quantity"],
-        time_in_force=TimeInForce(m["time_in_force"]),
-        created_at=m["created_at"],
-        correlation_id=m["correlation_id"],
-        limit_price=m["limit_price"],
-        stop_price=m["stop_price"],
-    )
-    order.status = OrderStatus(m["status"])
-    order.filled_quantity = m["filled_quantity"]
-    order.average_fill_price = m["average_fill_price"]
-    order.reason = m["reason"]
-    before = m["status_before_request"]
-    order.status_before_request = OrderStatus(before) if before else None
-    order.fill_ids = fill_ids
-    return order
+# PostgreSQL: one statement text whatever the batch size, with the rows as arrays, so it is
+# prepared once per connection. WITH ORDINALITY and ORDER BY keep the rows in the order given:
+# of two rows with one client order id, the first is the one inserted.
+_INSERT_ORDERS_PG = text(
+    "INSERT INTO orders (order_id, account_id, client_order_id, symbol, side, order_type,"
+    " time_in_force, quantity, limit_price, stop_price, status, status_before_request,"
+    " filled_quantity, average_fill_price, reason, correlation_id, created_at, updated_at)"
+    " SELECT o.order_id, o.account_id, o.client_order_id, o.symbol, o.side, o.order_type,"
+    " o.time_in_force, o.quantity, o.limit_price, o.stop_price, o.status,"
+    " o.status_before_request, o.filled_quantity, o.average_fill_price, o.reason,"
+    " o.correlation_id, o.created_at, o.created_at FROM unnest("
+    "CAST(:order_id AS varchar[]), CAST(:account_id AS varchar[]),"
+    " CAST(:client_order_id AS varchar[]), CAST(:symbol AS varchar[]),"
+    " CAST(:side AS varchar[]), CAST(:order_type AS varchar[]),"
+    " CAST(:time_in_force AS varchar[]), CAST(:quantity AS numeric[]),"
+    " CAST(:limit_price AS numeric[]), CAST(:stop_price AS numeric[]),"
+    " CAST(:status AS varchar[]), CAST(:status_before_request AS varchar[]),"
+    " CAST(:filled_quantity AS numeric[]), CAST(:average_fill_price AS numeric[]),"
+    " CAST(:reason AS text[]), CAST(:correlation_id AS varchar[]),"
+    " CAST(:created_at AS timestamptz[])) WITH ORDINALITY AS o(order_id, account_id,"
+    " client_order_id, symbol, side, order_type, time_in_force, quantity, limit_price,"
+    " stop_price, status, status_before_request, filled_quantity, average_fill_price, reason,"
+    " correlation_id, created_at, n) ORDER BY o.n"
+    " ON CONFLICT (account_id, client_order_id) DO NOTHING RETURNING order_id"
+)
+_INSERT_CHUNK = 500  # rows per SQLite INSERT: far below its limit on bound parameters
 
 
-def _values(order: Order) -> dict[str, object]:
+def _new_row(order: Order) -> dict[str, object]:
     return {
-        "status": order.status.value,
-        "quantity": order.quantity,
-        "limit_price": order.limit_price,
-        "stop_price": order.stop_price,
-        "filled_quantity": order.filled_quantity,
-        "average_fill_price": order.average_fill_price,
-        "reason": order.reason,
-        "status_before_request": (
-            order.status_before_request.value if order.status_before_request else None
-        ),
-    }
-
-
-async def insert_order(conn: AsyncConnection, order: Order) -> None:
-    """Insert a new order; raises :class:`DuplicateClientOrderId` if the id is taken. A taken
-    client order id is detected by ``ON CONFLICT`` on the unique constraint, without a
-    savepoint; the transaction stays usable."""
-    row = {
         "order_id": order.order_id,
         "account_id": order.account_id,
         "client_order_id": order.client_order_id,
@@ -81,23 +66,40 @@ async def insert_order(conn: AsyncConnection, order: Order) -> None:
         "order_type": order.order_type.value,
         "time_in_force": order.time_in_force.value,
         "correlation_id": order.correlation_id,
-        "created_at": order.created_at,
-        "updated_at": order.created_at,
-        **_values(order),
+        "created_at": require_utc(order.created_at),
+        **order_state_values(order),
     }
-    duplicate = DuplicateClientOrderId(
-        f"client order id {order.client_order_id!r} is already used by this account"
-    )
-    try:
-        inserted = await insert_if_absent(
-            conn, orders, row, conflict_on=("account_id", "client_order_id")
+
+
+async def insert_orders(conn: AsyncConnection, new_orders: Sequence[Order]) -> set[str]:
+    """Insert new orders unless their account already has an order with the same client
+    order id; return the ids of those inserted (the others were not written). Of two orders
+    of one (account, client order id) in ``new_orders``, the earlier is inserted. A taken
+    client order id is skipped by ``ON CONFLICT``, without a savepoint: the transaction stays
+    usable, and on PostgreSQL an uncommitted twin of another transaction is waited for first.
+    Any other violation (an order id already stored) raises ``IntegrityError``.
+
+    PostgreSQL: one statement for the whole batch, its rows in (account, client order id)
+    order, so two batches racing over the same ids wait for each other in one order and never
+    deadlock. SQLite: one multi-row statement per chunk."""
+    if not new_orders:
+        return set()
+    if conn.dialect.name == "postgresql":
+        ordered = sorted(new_orders, key=lambda o: (o.account_id, o.client_order_id))
+        rows = [_new_row(order) for order in ordered]
+        arrays = {name: [row[name] for row in rows] for name in rows[0]}
+        return set((await conn.execute(_INSERT_ORDERS_PG, arrays)).scalars())
+    inserted: set[str] = set()
+    for start in range(0, len(new_orders), _INSERT_CHUNK):
+        chunk = new_orders[start : start + _INSERT_CHUNK]
+        statement = (
+            sqlite.insert(orders)
+            .values([{**_new_row(order), "updated_at": order.created_at} for order in chunk])
+            .on_conflict_do_nothing(index_elements=["account_id", "client_order_id"])
+            .returning(orders.c.order_id)
         )
-    except IntegrityError as exc:
-        # Any other constraint (the order id itself, never reused: ids are fresh) is reported
-        # the same way; unlike a client order id conflict, it leaves the transaction aborted.
-        raise duplicate from exc
-    if not inserted:
-        raise duplicate
+        inserted.update((await conn.execute(statement)).scalars())
+    return inserted
 
 
 async def load_order(
@@ -112,7 +114,7 @@ async def load_order(
     fills = await conn.execute(
         select(order_fills.c.fill_id).where(order_fills.c.order_id == order_id)
     )
-    return _order(row, set(fills.scalars()))
+    return order_from_row(row, set(fills.scalars()))
 
 
 async def find_by_client_order_id(
@@ -133,7 +135,7 @@ async def save_order(
     await conn.execute(
         update(orders)
         .where(orders.c.order_id == order.order_id)
-        .values(**_values(order), updated_at=at)
+        .values(**order_state_values(order), updated_at=at)
     )
     if new_fill_id is not None:
         await conn.execute(

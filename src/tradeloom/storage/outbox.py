@@ -22,9 +22,10 @@ one key because:
   rows after taking any other row locks, and PostgreSQL's deadlock detector turns a
   conflicting order into an error the caller can retry.
 * across processes only one relay publishes at a time: a pass holds a session-level advisory
-  lock (``pg_try_advisory_lock``); a relay that cannot get it skips the pass and tries again at
-  its next notify or poll. Rows committed by another process therefore go out within
-  ``poll_interval``. On SQLite run one relay per database file (the embedded deployment).
+  lock (``pg_try_advisory_lock``); a relay that cannot get it tries again ``contended_retry``
+  seconds later (the holder's pass may have read its batch before this process's rows
+  committed, so waiting for the next notify or poll could leave them for ``poll_interval``).
+  On SQLite run one relay per database file (the embedded deployment).
 """
 
 from __future__ import annotations
@@ -37,19 +38,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event, encode_event
 from tradeloom.domain.time import Clock, SystemClock
 from tradeloom.messaging.port import EventBus
 from tradeloom.storage.database import Database
-from tradeloom.storage.schema import outbox
+from tradeloom.storage.schema import UtcDateTime, outbox
 
 log = structlog.get_logger("tradeloom.storage.outbox")
 
 # Advisory lock names. The one-key (bigint) and two-key (int, int) spaces do not overlap.
-_RELAY_LOCK_ID = 0x7472_6C6D_0002
+RELAY_LOCK_ID = 0x7472_6C6D_0002
 _KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
 
 
@@ -57,6 +58,20 @@ _KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
 _LOCK_KEYS = text(
     "SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:lock_ids AS integer[])) AS k"
 )
+
+
+# PostgreSQL: the rows as arrays in one statement of one text whatever their number (an
+# executemany sends a differently sized VALUES list per batch, each prepared anew). The
+# identity column draws its numbers as the rows arrive at the insert, and ORDER BY the
+# ordinality makes them arrive in the order of the arrays: sequence order is the caller's.
+_INSERT_ROWS_PG = text(
+    'INSERT INTO outbox (event_id, topic, "key", event_type, payload, created_at)'
+    ' SELECT r.event_id, r.topic, r."key", r.event_type, r.payload,'
+    " CAST(:created_at AS timestamptz) FROM unnest(CAST(:event_id AS varchar[]),"
+    " CAST(:topic AS varchar[]), CAST(:key AS varchar[]), CAST(:event_type AS varchar[]),"
+    " CAST(:payload AS bytea[])) WITH ORDINALITY"
+    ' AS r(event_id, topic, "key", event_type, payload, n) ORDER BY r.n'
+).bindparams(bindparam("created_at", type_=UtcDateTime()))
 
 
 def _key_lock_id(key: str) -> int:
@@ -78,9 +93,29 @@ class Outbox:
     async def add_many(
         self, conn: AsyncConnection, items: Iterable[tuple[str, str, Event]]
     ) -> None:
-        """Record ``(topic, key, event)`` triples; they get sequence numbers in this order."""
+        """Record ``(topic, key, event)`` triples; they get sequence numbers in this order.
+        An event id already in the outbox raises ``IntegrityError`` (and writes none)."""
         items = list(items)
+        if not items:
+            return
         now = self._clock.now()
+        if conn.dialect.name == "postgresql":
+            # Every key's lock in one round trip, in ascending order, so two transactions
+            # locking the same keys cannot deadlock each other.
+            lock_ids = sorted({_key_lock_id(key) for _, key, _ in items})
+            await conn.execute(_LOCK_KEYS, {"lock_class": _KEY_LOCK_CLASS, "lock_ids": lock_ids})
+            await conn.execute(
+                _INSERT_ROWS_PG,
+                {
+                    "event_id": [event.id for _, _, event in items],
+                    "topic": [topic for topic, _, _ in items],
+                    "key": [key for _, key, _ in items],
+                    "event_type": [event.type for _, _, event in items],
+                    "payload": [encode_event(event) for _, _, event in items],
+                    "created_at": now,
+                },
+            )
+            return
         rows = [
             {
                 "event_id": event.id,
@@ -92,13 +127,6 @@ class Outbox:
             }
             for topic, key, event in items
         ]
-        if not rows:
-            return
-        if conn.dialect.name == "postgresql":
-            # Every key's lock in one round trip, in ascending order, so two transactions
-            # locking the same keys cannot deadlock each other.
-            lock_ids = sorted({_key_lock_id(key) for _, key, _ in items})
-            await conn.execute(_LOCK_KEYS, {"lock_class": _KEY_LOCK_CLASS, "lock_ids": lock_ids})
         await conn.execute(insert(outbox), rows)
 
 
@@ -128,6 +156,7 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retry_backoff: float = 0.1,
         max_backoff: float = 5.0,
+        contended_retry: float = 0.005,
         clock: Clock | None = None,
     ) -> None:
         if batch_size < 1:
@@ -138,6 +167,8 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._retry_backoff = retry_backoff
         self._max_backoff = max_backoff
+        self._contended_retry = contended_retry
+        self._contended = False  # the last pass found another relay holding the lock
         self._clock = clock or SystemClock()
         self._wakeup = asyncio.Event()
         self._one_pass_at_a_time = asyncio.Lock()
@@ -178,6 +209,7 @@ class OutboxRelay:
         """
         published = 0
         async with self._one_pass_at_a_time, self._relay_lock() as held:
+            self._contended = not held
             if not held:
                 return 0
             while True:
@@ -220,8 +252,9 @@ class OutboxRelay:
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
                 continue
             failures = 0
+            pause = self._contended_retry if self._contended else self._poll_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=pause)
 
     async def _publish_batch(self) -> int:
         batch = await self._read_batch()
@@ -263,7 +296,7 @@ class OutboxRelay:
             yield True
             return
         async with self._database.connect() as conn:
-            held = bool(await conn.scalar(select(func.pg_try_advisory_lock(_RELAY_LOCK_ID))))
+            held = bool(await conn.scalar(select(func.pg_try_advisory_lock(RELAY_LOCK_ID))))
             await conn.commit()
             if not held:
                 yield False
@@ -274,7 +307,7 @@ class OutboxRelay:
                 # A session lock outlives rollback; closing the connection is the sure release.
                 await conn.invalidate()
                 raise
-            await conn.scalar(select(func.pg_advisory_unlock(_RELAY_LOCK_ID)))
+            await conn.scalar(select(func.pg_advisory_unlock(RELAY_LOCK_ID)))
             await conn.commit()
 
 
