@@ -8,14 +8,18 @@ What it guarantees:
   caller was still waiting for it: a late ack after a timeout, the 2nd and 3rd partial fill,
   a fill nobody asked about. A sink that raises is logged, counted and retried (with capped
   backoff) until it takes the report: per-account order forbids skipping one. With a
-  ``dead_letter`` sink, a report refused ``dead_letter_after`` times goes there instead, so a
-  poisoned report cannot block its account forever (see ``AccountDispatcher``).
-* **Order per account.** Reports of one account reach the sink in the order the broker
-  produced them, one at a time (single writer per account); accounts proceed in parallel.
+  ``dead_letter`` sink, a report refused ``dead_letter_after`` times on its own goes there
+  instead, so a poisoned report cannot block its account forever (see ``AccountDispatcher``).
+* **Order per account, in batches.** ``report_sink`` takes batches of up to
+  ``sink_max_batch`` reports of many accounts at once, in the order the broker produced them;
+  an account whose reports the sink refuses is delivered one report at a time, behind its
+  earlier ones, while the other accounts keep being batched.
 * **Answers.** ``submit``/``cancel``/``amend`` wait (with a timeout) for the first report
   that answers them (see ``ANSWERS``) and return it. The return value is for flow control
   only: publishing is the sink's job, so never publish from it too. It may return before the
-  sink has been given the same report.
+  sink has been given the same report. Each call hands its request to the adapter before it
+  first suspends, so calls started in order (tasks created in order) reach the broker in that
+  order: the execution engine relies on it to send a batch's commands concurrently.
 * **Fail fast.** Timeouts and adapter errors feed a circuit breaker; while it is open calls
   raise :class:`BrokerUnavailable` at once, without reaching the broker.
 * **Adaptive timeout.** Latency from submit to the first report of the order is measured on
@@ -34,7 +38,12 @@ from typing import TypeVar
 import structlog
 
 from tradeloom.broker.adapter import BrokerAdapter, BrokerTimeout, BrokerUnavailable
-from tradeloom.broker.dispatch import AccountDispatcher, ReportSink
+from tradeloom.broker.dispatch import (
+    DEFAULT_MAX_BATCH,
+    AccountDispatcher,
+    ReportBatchSink,
+    ReportSink,
+)
 from tradeloom.broker.latency import LatencyWindow
 from tradeloom.broker.reports import (
     ANSWERS,
@@ -46,7 +55,7 @@ from tradeloom.broker.reports import (
 )
 from tradeloom.domain.events import PriceUpdate
 from tradeloom.domain.time import Clock
-from tradeloom.resilience.circuit_breaker import CircuitBreaker
+from tradeloom.resilience.circuit_breaker import CircuitBreaker, CircuitState
 
 log = structlog.get_logger("tradeloom.broker.gateway")
 
@@ -56,7 +65,8 @@ R = TypeVar("R", SubmitOrder, CancelRequest, AmendRequest)
 
 
 class BrokerGateway:
-    """One per broker connection. ``report_sink`` gets every report (per-account order);
+    """One per broker connection. ``report_sink`` gets every report, in batches (per-account
+    order);
     ``observe_latency`` (e.g. a histogram's ``observe``) gets each submit → first-report
     latency in seconds; ``clock`` times those latencies and the breaker's cool-down, while the
     timeouts themselves run on the loop's time."""
@@ -64,7 +74,7 @@ class BrokerGateway:
     def __init__(
         self,
         adapter: BrokerAdapter,
-        report_sink: ReportSink,
+        report_sink: ReportBatchSink,
         *,
         breaker: CircuitBreaker,
         clock: Clock,
@@ -72,6 +82,7 @@ class BrokerGateway:
         slow_timeout: float = 30.0,
         slow_latency: float = 2.0,
         latency_window: int = 200,
+        sink_max_batch: int = DEFAULT_MAX_BATCH,
         sink_retry_delay: float = 0.05,
         sink_retry_max_delay: float = 2.0,
         dead_letter: ReportSink | None = None,
@@ -88,6 +99,7 @@ class BrokerGateway:
         self._observe_latency = observe_latency
         self._dispatcher = AccountDispatcher(
             report_sink,
+            max_batch=sink_max_batch,
             retry_delay=sink_retry_delay,
             retry_max_delay=sink_retry_max_delay,
             dead_letter=dead_letter,
@@ -154,6 +166,12 @@ class BrokerGateway:
         self._adapter.on_price(update)
 
     @property
+    def circuit_closed(self) -> bool:
+        """True while calls go through freely; otherwise they are refused, or one trial at a
+        time is let through (half-open)."""
+        return self._breaker.state is CircuitState.CLOSED
+
+    @property
     def current_timeout(self) -> float:
         p95 = self._latencies.p95()
         slow = p95 is not None and p95 > self._slow_latency
@@ -174,7 +192,7 @@ class BrokerGateway:
         self._waiters.setdefault(request.order_id, []).append(waiter)
         if isinstance(request, SubmitOrder):
             self._track_latency(request.order_id)
-        try:
+        try:  # no await before this send: calls reach the broker in the order they started
             send(request)
         except Exception as exc:
             self._forget(request.order_id, waiter)
@@ -234,7 +252,7 @@ class BrokerGateway:
             log.error("broker.report_after_loop_closed", report=repr(report))
 
     def _receive(self, report: BrokerReport) -> None:
-        """On the loop: answer whoever waits, measure latency, queue for the account writer."""
+        """On the loop: answer whoever waits, measure latency, queue for the sink."""
         self.reports_received += 1
         sent_at = self._sent_at.pop(report.order_id, None)
         if sent_at is not None:

@@ -1,32 +1,44 @@
 """The execution engine: ``order.commands`` in, broker calls out.
 
-It consumes the OMS's commands as the ``execution`` group (in order per account) and drives
-the broker gateway; what the broker answers reaches :class:`ReportRecorder` through the
-gateway and becomes order events there, never here.
+It consumes the OMS's commands as the ``execution`` group in batches (in order per account)
+and drives the broker gateway; what the broker answers reaches :class:`ReportRecorder`
+through the gateway and becomes order events there, never here.
 
 * **Never twice to the broker.** Before an order is sent, a row for it is committed in
-  ``broker_orders``; a redelivered ``order.submitted`` finds the row and sends nothing. The
-  price of that guarantee is at-most-once on a crash between the commit and the send: such an
-  order is sent zero times and stays ``pending_new`` until reconciled with the broker's open
-  orders (not done yet; see the README).
+  ``broker_orders``: every ``order.submitted`` of a batch is claimed in one transaction with
+  one statement, and only the orders claimed by it are sent. A redelivered ``order.submitted``
+  finds the row and sends nothing. The price of that guarantee is at-most-once on a crash
+  between the commit and the send: such an order is sent zero times and stays ``pending_new``
+  until reconciled with the broker's open orders (not done yet; see the README).
+* **In order.** A batch's commands reach the broker in batch order (so a cancel after a
+  submit of the same order follows it), all sent before any answer is awaited; then the
+  answers are awaited together. While the gateway's breaker is not closed, commands are sent
+  one at a time instead, so a half-open breaker's single trial decides for the rest.
 * **A timeout forgets nothing.** When the gateway times out the command is still acknowledged:
   the order is with the broker, and its late acknowledgement and fills still arrive.
 * **Broker down → dead letter.** When the gateway's circuit is open the order goes to
   ``dead_letter`` with reason ``BROKER_UNAVAILABLE`` and an ``order.rejected`` tells its
-  owner, both in one transaction through the outbox.
+  owner, both in one transaction through the outbox (one for the whole batch); a cancel or
+  amend the broker could not take is answered with ``order.cancel_rejected``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import delete
 
 from tradeloom.broker.adapter import BrokerTimeout, BrokerUnavailable
 from tradeloom.broker.gateway import BrokerGateway
-from tradeloom.broker.reports import AmendRequest, CancelRequest, SubmitOrder
+from tradeloom.broker.reports import (
+    AmendRequest,
+    BrokerReport,
+    BrokerRequest,
+    CancelRequest,
+    SubmitOrder,
+)
 from tradeloom.domain.events import (
     DeadLettered,
     Event,
@@ -39,15 +51,38 @@ from tradeloom.domain.events import (
     new_event,
 )
 from tradeloom.domain.time import Clock
-from tradeloom.messaging.port import PERSISTENT_RETRY, ConsumerOptions, EventBus, Subscription
+from tradeloom.execution.store import claim_orders, claim_row, forget_orders
+from tradeloom.messaging.port import (
+    PERSISTENT_RETRY,
+    VIEW_MAX_WAIT,
+    ConsumerOptions,
+    EventBus,
+    Subscription,
+)
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_COMMANDS, ORDER_EVENTS
-from tradeloom.storage.database import Database, insert_if_absent
+from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
-from tradeloom.storage.schema import broker_orders
 
 log = structlog.get_logger("tradeloom.execution")
 
 BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+COMMAND_BATCH = 200
+"""Commands per batch: enough to amortise the claim's commit over many orders."""
+
+_Outcome = BaseException | None
+"""What sending one command came to: None (answered), or what the gateway raised."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Command:
+    """A command of the batch and the broker request it becomes."""
+
+    event: Event
+    request: BrokerRequest
+
+
+_Unsent = tuple[_Command, BrokerUnavailable]
+"""A command the broker could not take, and why."""
 
 
 class ExecutionEngine:
@@ -74,11 +109,18 @@ class ExecutionEngine:
         self.skipped = 0
 
     async def start(self) -> None:
-        self._subscription = await self._bus.subscribe(
+        # A short linger: a command waits at most VIEW_MAX_WAIT for others to share its
+        # batch, and a backlog still comes in full batches.
+        self._subscription = await self._bus.subscribe_batch(
             ORDER_COMMANDS.name,
             self._group,
-            self.handle,
-            ConsumerOptions(retry=PERSISTENT_RETRY, ack_wait=60.0),
+            self.handle_batch,
+            ConsumerOptions(
+                retry=PERSISTENT_RETRY,
+                ack_wait=60.0,
+                max_batch=COMMAND_BATCH,
+                max_wait=VIEW_MAX_WAIT,
+            ),
         )
 
     async def stop(self) -> None:
@@ -87,96 +129,160 @@ class ExecutionEngine:
             self._subscription = None
 
     async def handle(self, event: Event) -> None:
-        payload = event.payload
-        if isinstance(payload, OrderSubmitted):
-            await self._submit(event, payload)
-        elif isinstance(payload, OrderCancelRequested):
-            await self._cancel(event, payload)
-        elif isinstance(payload, OrderAmendRequested):
-            await self._amend(event, payload)
-        else:
-            log.warning("execution.unexpected_command", type=event.type, id=event.id)
+        """Handle one command (a batch of one)."""
+        await self.handle_batch([event])
 
-    async def _submit(self, event: Event, order: OrderSubmitted) -> None:
-        account = event.account_id or ""
-        if not await self._claim(event, order, account):
-            self.skipped += 1
-            log.info("execution.already_sent", order_id=order.order_id)
-            return
-        request = SubmitOrder(
-            order_id=order.order_id,
-            account_id=account,
-            symbol=order.symbol,
-            side=order.side,
-            order_type=order.order_type,
-            quantity=order.quantity,
-            time_in_force=order.time_in_force,
-            limit_price=order.limit_price,
-            stop_price=order.stop_price,
-        )
-        try:
-            await self._gateway.submit(request)
-            self.sent += 1
-        except BrokerTimeout:
-            self.sent += 1
-            log.warning("execution.broker_timeout", order_id=order.order_id)
-        except BrokerUnavailable as exc:
-            await self._dead_letter(event, order.order_id, str(exc))
+    async def handle_batch(self, events: Sequence[Event]) -> None:
+        """Claim the batch's orders, send its commands in order, await the answers, and park
+        what the broker could not take. Raises (so the bus redelivers the commands one by one)
+        only if the claim failed, before anything was sent, or the gateway failed unexpectedly."""
+        claimed = await self._claim(events)
+        commands = [
+            _Command(event, request)
+            for event in events
+            if (request := self._request(event, claimed)) is not None
+        ]
+        outcomes = await self._send(commands)
+        unsent: list[_Unsent] = []
+        unexpected: list[BaseException] = []
+        for command, outcome in zip(commands, outcomes, strict=True):
+            if isinstance(outcome, BrokerUnavailable):
+                unsent.append((command, outcome))
+            elif outcome is None or isinstance(outcome, BrokerTimeout):
+                self._sent(command.request, outcome)
+            else:
+                unexpected.append(outcome)
+                log.error(
+                    "execution.send_failed", order_id=command.request.order_id, error=repr(outcome)
+                )
+        if unsent:
+            await self._park(unsent)
+        if unexpected:
+            raise unexpected[0]
 
-    async def _claim(self, event: Event, order: OrderSubmitted, account: str) -> bool:
-        """Commit the row that says this order went to the broker; False if it already did."""
-        row = {
-            "order_id": order.order_id,
-            "account_id": account,
-            "symbol": order.symbol,
-            "side": order.side.value,
-            "correlation_id": event.correlation_id,
-            "causation_id": event.id,
-            "sent_at": self._clock.now(),
-        }
+    async def _claim(self, events: Sequence[Event]) -> set[str]:
+        """Commit the rows that say these orders went to the broker, in one transaction;
+        return the orders claimed now (not those some earlier delivery claimed)."""
+        rows: dict[str, dict[str, str]] = {}
+        for event in events:
+            order = event.payload
+            if isinstance(order, OrderSubmitted) and order.order_id not in rows:
+                rows[order.order_id] = claim_row(
+                    order.order_id,
+                    event.account_id or "",
+                    order.symbol,
+                    order.side,
+                    event.correlation_id,
+                    event.id,
+                )
+        if not rows:
+            return set()
         async with self._database.transaction() as conn:
-            return await insert_if_absent(conn, broker_orders, row)
+            return await claim_orders(conn, list(rows.values()), self._clock.now())
 
-    async def _cancel(self, event: Event, request: OrderCancelRequested) -> None:
-        cancel = CancelRequest(order_id=request.order_id, account_id=event.account_id or "")
-        try:
-            await self._gateway.cancel(cancel)
-        except BrokerTimeout:
-            log.warning("execution.broker_timeout", order_id=request.order_id, request="cancel")
-        except BrokerUnavailable as exc:
-            await self._refuse(event, request.order_id, f"broker unavailable: {exc}")
+    def _request(self, event: Event, claimed: set[str]) -> BrokerRequest | None:
+        """The broker request of ``event``, or None when there is nothing to send. A claim
+        lets one submit through: a second submit of the order in the batch is skipped."""
+        payload, account = event.payload, event.account_id or ""
+        if isinstance(payload, OrderSubmitted):
+            if payload.order_id not in claimed:
+                self.skipped += 1
+                log.info("execution.already_sent", order_id=payload.order_id)
+                return None
+            claimed.discard(payload.order_id)
+            return SubmitOrder(
+                order_id=payload.order_id,
+                account_id=account,
+                symbol=payload.symbol,
+                side=payload.side,
+                order_type=payload.order_type,
+                quantity=payload.quantity,
+                time_in_force=payload.time_in_force,
+                limit_price=payload.limit_price,
+                stop_price=payload.stop_price,
+            )
+        if isinstance(payload, OrderCancelRequested):
+            return CancelRequest(order_id=payload.order_id, account_id=account)
+        if isinstance(payload, OrderAmendRequested):
+            return AmendRequest(
+                order_id=payload.order_id,
+                account_id=account,
+                quantity=payload.quantity,
+                limit_price=payload.limit_price,
+                stop_price=payload.stop_price,
+            )
+        log.warning("execution.unexpected_command", type=event.type, id=event.id)
+        return None
 
-    async def _amend(self, event: Event, request: OrderAmendRequested) -> None:
-        amend = AmendRequest(
-            order_id=request.order_id,
-            account_id=event.account_id or "",
-            quantity=request.quantity,
-            limit_price=request.limit_price,
-            stop_price=request.stop_price,
-        )
-        try:
-            await self._gateway.amend(amend)
-        except BrokerTimeout:
-            log.warning("execution.broker_timeout", order_id=request.order_id, request="amend")
-        except BrokerUnavailable as exc:
-            await self._refuse(event, request.order_id, f"broker unavailable: {exc}")
+    async def _send(self, commands: Sequence[_Command]) -> list[_Outcome]:
+        """Send every command in order and await the answers; one outcome per command.
 
-    async def _dead_letter(self, event: Event, order_id: str, error: str) -> None:
-        """Park the order in dead_letter and tell its owner it was rejected, and forget the
-        claim (the broker was never reached), in one commit. The commit is retried until it
-        succeeds: giving up here would leave an order that was neither sent nor rejected."""
+        The gateway hands a request to the broker before its call first suspends, and tasks
+        start in the order they were created, so creating the calls in order sends them in
+        order. While the breaker is not closed, one command goes at a time until it closes.
+        """
+        outcomes: list[_Outcome] = []
+        for index, command in enumerate(commands):
+            if self._gateway.circuit_closed:
+                rest = [asyncio.ensure_future(self._call(c.request)) for c in commands[index:]]
+                answers = await asyncio.gather(*rest, return_exceptions=True)
+                outcomes.extend(a if isinstance(a, BaseException) else None for a in answers)
+                break
+            try:
+                await self._call(command.request)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _call(self, request: BrokerRequest) -> BrokerReport:
+        if isinstance(request, SubmitOrder):
+            return await self._gateway.submit(request)
+        if isinstance(request, CancelRequest):
+            return await self._gateway.cancel(request)
+        return await self._gateway.amend(request)
+
+    def _sent(self, request: BrokerRequest, timeout: BrokerTimeout | None) -> None:
+        """Count a request the broker has; a timeout counts too (its answer comes later)."""
+        if isinstance(request, SubmitOrder):
+            self.sent += 1
+        if timeout is not None:
+            kind = type(request).__name__
+            log.warning("execution.broker_timeout", order_id=request.order_id, request=kind)
+
+    async def _park(self, unsent: Sequence[_Unsent]) -> None:
+        """For each order the broker could not take: ``dead_letter`` and ``order.rejected``,
+        and forget its claim (the broker was never reached); for each cancel or amend:
+        ``order.cancel_rejected``. All in one commit, in batch order, retried until it
+        succeeds: giving up would leave an order that was neither sent nor rejected."""
+        items: list[tuple[str, str, Event]] = []
+        forgotten: list[str] = []
+        for command, error in unsent:
+            items.extend(self._refusals(command, str(error)))
+            if isinstance(command.request, SubmitOrder):
+                forgotten.append(command.request.order_id)
         delay = 0.05
         while True:
             try:
-                await self._park(event, order_id, error)
-                return
+                async with self._database.transaction() as conn:
+                    await forget_orders(conn, forgotten)
+                    await self._outbox.add_many(conn, items)
+                break
             except Exception:
-                log.exception("execution.dead_letter_write_failed", order_id=order_id)
+                log.exception("execution.dead_letter_write_failed", orders=forgotten)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        self._notify()
+        for order_id in forgotten:
+            log.error("execution.dead_lettered", order_id=order_id, reason=BROKER_UNAVAILABLE)
 
-    async def _park(self, event: Event, order_id: str, error: str) -> None:
+    def _refusals(self, command: _Command, error: str) -> list[tuple[str, str, Event]]:
+        """The outbox items that say ``command`` never reached the broker."""
+        event, order_id = command.event, command.request.order_id
         account = event.account_id or ""
+        if not isinstance(command.request, SubmitOrder):
+            refused = OrderCancelRejected(order_id=order_id, reason=f"broker unavailable: {error}")
+            return [(ORDER_EVENTS.name, account, self._follow_up(event, refused))]
         parked = DeadLettered(
             topic=ORDER_COMMANDS.name,
             group=self._group,
@@ -190,25 +296,10 @@ class ExecutionEngine:
         rejected = OrderRejected(
             order_id=order_id, code=BROKER_UNAVAILABLE, reason="the broker is unavailable"
         )
-        async with self._database.transaction() as conn:
-            await conn.execute(delete(broker_orders).where(broker_orders.c.order_id == order_id))
-            await self._outbox.add_many(
-                conn,
-                [
-                    (DEAD_LETTER.name, account, self._follow_up(event, parked)),
-                    (ORDER_EVENTS.name, account, self._follow_up(event, rejected)),
-                ],
-            )
-        self._notify()
-        log.error("execution.dead_lettered", order_id=order_id, reason=BROKER_UNAVAILABLE)
-
-    async def _refuse(self, event: Event, order_id: str, reason: str) -> None:
-        refused = OrderCancelRejected(order_id=order_id, reason=reason)
-        async with self._database.transaction() as conn:
-            await self._outbox.add(
-                conn, ORDER_EVENTS.name, event.account_id or "", self._follow_up(event, refused)
-            )
-        self._notify()
+        return [
+            (DEAD_LETTER.name, account, self._follow_up(event, parked)),
+            (ORDER_EVENTS.name, account, self._follow_up(event, rejected)),
+        ]
 
     def _follow_up(
         self, cause: Event, payload: DeadLettered | OrderRejected | OrderCancelRejected

@@ -1,21 +1,24 @@
 """Broker reports become order events, exactly once each.
 
-The gateway hands every report here (one account at a time, in the broker's order). Each is
-recorded and turned into its event in ONE transaction with the outbox: a fill by its fill id,
-an acknowledgement, rejection, cancel or expiry by order, so a report repeated by the broker
-(or handled again after a crash) publishes nothing new. Fills become
-``order.partially_filled`` or ``order.filled`` with the fill's own id, quantity, price and time.
+The gateway hands reports here in batches (many accounts at once, each account's reports in
+the broker's order). A batch is recorded and turned into its events in ONE transaction with
+the outbox, in a fixed number of statements whatever its size: one read of the orders, one
+insert of idempotency keys, one update of broker order ids, one outbox write. A fill is keyed
+by its fill id, an acknowledgement, rejection, cancel or expiry by order, so a report repeated
+by the broker (in the same batch or a later one, or handled again after a crash) publishes
+nothing new. Recording a batch is equivalent to recording its reports one after another: the
+first of two reports with one key wins, events go to the outbox in report order (so each
+account's events keep the broker's order). Fills become ``order.partially_filled`` or
+``order.filled`` with the fill's own id, quantity, price and time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 
 import msgspec
 import structlog
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.broker.reports import (
     BrokerAccepted,
@@ -31,6 +34,7 @@ from tradeloom.broker.reports import (
 from tradeloom.domain.events import (
     AnyPayload,
     DeadLettered,
+    Event,
     OrderAccepted,
     OrderCanceled,
     OrderCancelRejected,
@@ -41,26 +45,20 @@ from tradeloom.domain.events import (
     OrderReplaced,
     new_event,
 )
-from tradeloom.domain.orders import Side
 from tradeloom.domain.time import Clock
+from tradeloom.execution.store import (
+    SentOrder,
+    load_sent_orders,
+    record_report_ids,
+    set_broker_order_ids,
+)
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
-from tradeloom.storage.database import Database, insert_if_absent
+from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
-from tradeloom.storage.schema import broker_orders, broker_reports
 
 log = structlog.get_logger("tradeloom.execution.reports")
 
-
-@dataclass(frozen=True, slots=True)
-class SentOrder:
-    """What execution remembers of an order it sent: enough to describe its fills."""
-
-    order_id: str
-    account_id: str
-    symbol: str
-    side: Side
-    correlation_id: str
-    causation_id: str
+OutboxItem = tuple[str, str, Event]
 
 
 def report_id(report: BrokerReport) -> str | None:
@@ -73,25 +71,8 @@ def report_id(report: BrokerReport) -> str | None:
     return f"{type(report).__name__}:{report.order_id}"
 
 
-async def load_sent_order(conn: AsyncConnection, order_id: str) -> SentOrder | None:
-    row = (
-        await conn.execute(select(broker_orders).where(broker_orders.c.order_id == order_id))
-    ).first()
-    if row is None:
-        return None
-    m = row._mapping
-    return SentOrder(
-        m["order_id"],
-        m["account_id"],
-        m["symbol"],
-        Side(m["side"]),
-        m["correlation_id"],
-        m["causation_id"],
-    )
-
-
 class ReportRecorder:
-    """The gateway's report sink."""
+    """The gateway's report sink (:meth:`record_many`)."""
 
     def __init__(
         self,
@@ -109,35 +90,52 @@ class ReportRecorder:
         self.duplicates = 0
         self.unknown = 0
 
-    async def record(self, report: BrokerReport) -> None:
+    async def record_many(self, reports: Sequence[BrokerReport]) -> None:
+        """Record ``reports`` in one transaction: all of them or, when it raises, none."""
+        if not reports:
+            return
+        now = self._clock.now()
         async with self._database.transaction() as conn:
-            sent = await load_sent_order(conn, report.order_id)
-            if sent is None:
-                await self._park_unknown(conn, report)
-                return
-            if not await self._first_time(conn, report):
-                self.duplicates += 1
-                return
-            if isinstance(report, BrokerAccepted):
-                await conn.execute(
-                    update(broker_orders)
-                    .where(broker_orders.c.order_id == report.order_id)
-                    .values(broker_order_id=report.broker_order_id)
-                )
-            event = new_event(
-                to_payload(report, sent),
-                occurred_at=self._clock.now(),
-                correlation_id=sent.correlation_id,
-                causation_id=sent.causation_id,
-                account_id=sent.account_id,
-            )
-            await self._outbox.add(conn, ORDER_EVENTS.name, sent.account_id, event)
-        self.recorded += 1
-        self._notify()
+            sent = await load_sent_orders(conn, {report.order_id for report in reports})
+            keys = {
+                key: report.order_id
+                for report in reports
+                if report.order_id in sent and (key := report_id(report)) is not None
+            }
+            fresh = await record_report_ids(conn, keys, now)
+            outcome = _Outcome()
+            for report in reports:
+                order = sent.get(report.order_id)
+                if order is None:
+                    outcome.items.append(self._parked(report))
+                    outcome.unknown += 1
+                elif _first_time(report, fresh):
+                    outcome.items.append(self._announced(report, order))
+                    if isinstance(report, BrokerAccepted):
+                        outcome.broker_order_ids[report.order_id] = report.broker_order_id
+                else:
+                    outcome.duplicates += 1
+            await set_broker_order_ids(conn, outcome.broker_order_ids)
+            await self._outbox.add_many(conn, outcome.items)
+        self.recorded += len(outcome.items) - outcome.unknown
+        self.duplicates += outcome.duplicates
+        self.unknown += outcome.unknown
+        if outcome.items:
+            self._notify()
 
-    async def _park_unknown(self, conn: AsyncConnection, report: BrokerReport) -> None:
+    def _announced(self, report: BrokerReport, sent: SentOrder) -> OutboxItem:
+        event = new_event(
+            to_payload(report, sent),
+            occurred_at=self._clock.now(),
+            correlation_id=sent.correlation_id,
+            causation_id=sent.causation_id,
+            account_id=sent.account_id,
+        )
+        return ORDER_EVENTS.name, sent.account_id, event
+
+    def _parked(self, report: BrokerReport) -> OutboxItem:
         """A report for an order execution never sent (another system's order, or a broker
-        error): keep it in ``dead_letter`` for a person to look at, rather than block every
+        error): kept in ``dead_letter`` for a person to look at, rather than block every
         later report of its account by refusing it forever."""
         original = msgspec.json.encode({"kind": type(report).__name__, **asdict(report)})
         parked = DeadLettered(
@@ -156,16 +154,30 @@ class ReportRecorder:
             correlation_id=f"broker:{report.order_id}",
             account_id=report.account_id,
         )
-        await self._outbox.add(conn, DEAD_LETTER.name, report.account_id, event)
-        self.unknown += 1
         log.error("execution.report_for_unknown_order", order_id=report.order_id)
+        return DEAD_LETTER.name, report.account_id, event
 
-    async def _first_time(self, conn: AsyncConnection, report: BrokerReport) -> bool:
-        key = report_id(report)
-        if key is None:
-            return True
-        row = {"report_id": key, "order_id": report.order_id, "received_at": self._clock.now()}
-        return await insert_if_absent(conn, broker_reports, row)
+
+@dataclass(slots=True)
+class _Outcome:
+    """What recording one batch produced, applied to the counters once it committed."""
+
+    items: list[OutboxItem] = field(default_factory=list)
+    broker_order_ids: dict[str, str] = field(default_factory=dict)
+    duplicates: int = 0
+    unknown: int = 0
+
+
+def _first_time(report: BrokerReport, fresh: set[str]) -> bool:
+    """Whether ``report`` is to be announced: reports without a key always are; of the
+    reports with a key just recorded, the first in the batch is, and it takes the key."""
+    key = report_id(report)
+    if key is None:
+        return True
+    if key in fresh:
+        fresh.discard(key)
+        return True
+    return False
 
 
 def to_payload(report: BrokerReport, sent: SentOrder) -> AnyPayload:

@@ -1,5 +1,5 @@
 """The broker gateway: futures resolved on the loop from a foreign thread, nothing a broker
-reports is lost, one writer per account, a circuit breaker and an adaptive timeout.
+reports is lost, per-account order in batches, a circuit breaker and an adaptive timeout.
 
 ``ThreadedBroker`` is a scripted adapter: the test says what to report and it is reported from
 the broker's own thread, like a broker SDK would. No sleeps: conditions are polled with a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -89,21 +89,26 @@ class ThreadedBroker:
 
 @dataclass
 class Sink:
-    """Collects delivered reports; ``hold`` blocks one account's delivery until released."""
+    """Collects delivered reports, a batch per call. ``fail_times`` refuses that many calls;
+    a call holding a ``poisoned`` order is refused; ``gate``, when set, holds every call."""
 
     delivered: list[BrokerReport] = field(default_factory=list)
-    holds: dict[str, asyncio.Event] = field(default_factory=dict)
+    calls: list[list[BrokerReport]] = field(default_factory=list)
+    poisoned: set[str] = field(default_factory=set)
+    gate: asyncio.Event | None = None
     fail_times: int = 0
 
-    async def __call__(self, report: BrokerReport) -> None:
-        gate = self.holds.get(report.account_id)
-        if gate is not None:
-            await gate.wait()
+    async def __call__(self, reports: Sequence[BrokerReport]) -> None:
+        self.calls.append(list(reports))
+        if self.gate is not None:
+            await self.gate.wait()
         if self.fail_times:
             self.fail_times -= 1
-            raise RuntimeError("bus unavailable")
-        await asyncio.sleep(0)  # let other accounts' writers interleave
-        self.delivered.append(report)
+            raise RuntimeError("database unavailable")
+        if any(report.order_id in self.poisoned for report in reports):
+            raise RuntimeError("a report the database refuses")
+        await asyncio.sleep(0)  # let other work interleave
+        self.delivered.extend(reports)
 
 
 def submit_request(order_id: str, account: str = "acct-1") -> SubmitOrder:
@@ -255,14 +260,32 @@ async def test_each_account_keeps_its_order_while_accounts_interleave(rig: Rig) 
         assert mine == reports * 20, f"account {account} out of order"
 
 
-async def test_a_blocked_account_does_not_hold_up_another(rig: Rig) -> None:
-    rig.sink.holds["A"] = asyncio.Event()
+async def test_reports_of_many_accounts_share_a_sink_call(rig: Rig) -> None:
+    rig.sink.gate = asyncio.Event()
+    rig.broker.report(fill("first", 1, "A"))
+    await eventually(lambda: len(rig.sink.calls) == 1, 5.0, message="the first call")
+    later = [fill(f"{account}-o", n, account) for n in (1, 2) for account in "BCD"]
+    rig.broker.report(*later)
+    await eventually(lambda: rig.gateway.reports_received == 7, 5.0, message="received")
+    rig.sink.gate.set()
+    await rig.delivered(7)
+    assert rig.sink.calls == [[fill("first", 1, "A")], later]
+
+
+async def test_a_refused_account_does_not_hold_up_another(rig: Rig) -> None:
+    rig.sink.poisoned.add("a")
     rig.broker.report(fill("a", 1, "A"), fill("b", 1, "B"), fill("b", 2, "B"))
     await rig.delivered(2)
     assert [r.account_id for r in rig.sink.delivered] == ["B", "B"]
-    rig.sink.holds["A"].set()
+    rig.broker.report(fill("a", 2, "A"), fill("b", 3, "B"))
     await rig.delivered(3)
-    assert rig.sink.delivered[-1] == fill("a", 1, "A")
+    assert rig.sink.delivered[-1] == fill("b", 3, "B")
+    rig.sink.poisoned.clear()
+    await rig.delivered(5)
+    assert [r for r in rig.sink.delivered if r.account_id == "A"] == [
+        fill("a", 1, "A"),
+        fill("a", 2, "A"),
+    ]
 
 
 async def test_a_failing_sink_is_retried_and_counted_never_dropped(rig: Rig) -> None:
@@ -283,12 +306,13 @@ async def test_a_report_the_sink_keeps_refusing_goes_to_the_dead_letter(
         dead.append(report)
 
     rig = await make_rig(dead_letter=dead_letter, dead_letter_after=3)
-    rig.sink.fail_times = 3
+    rig.sink.poisoned.add("unknown")
     rig.broker.report(fill("unknown", 1), fill("o-1", 1))
     await rig.delivered(1)
     assert dead == [fill("unknown", 1)]
     assert rig.sink.delivered == [fill("o-1", 1)]
-    assert (rig.gateway.sink_failures, rig.gateway.reports_dead_lettered) == (3, 1)
+    # refused once in the fast lane (alone or with o-1), then three times on its own
+    assert (rig.gateway.sink_failures, rig.gateway.reports_dead_lettered) == (4, 1)
 
 
 async def test_repeated_timeouts_open_the_breaker_then_it_half_opens(make_rig: MakeRig) -> None:

@@ -1,87 +1,303 @@
-"""Broker reports become order events once each; a report for an unknown order is parked."""
+"""Broker reports become order events once each, in a batch as one after another; a report
+for an unknown order is parked."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import itertools
+import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
-from tradeloom.broker.reports import BrokerAccepted, BrokerFill
-from tradeloom.domain.events import DeadLettered, OrderFilled, decode_event
+from tradeloom.broker.reports import (
+    BrokerAccepted,
+    BrokerCanceled,
+    BrokerFill,
+    BrokerReplaced,
+    BrokerReport,
+)
+from tradeloom.domain.events import (
+    AnyPayload,
+    DeadLettered,
+    OrderAccepted,
+    OrderFilled,
+    OrderPartiallyFilled,
+    decode_event,
+)
 from tradeloom.domain.time import ManualClock
 from tradeloom.execution.reports import ReportRecorder
 from tradeloom.storage.database import Database
-from tradeloom.storage.migrate import upgrade
+from tradeloom.storage.migrate import upgrade_database
 from tradeloom.storage.outbox import Outbox
-from tradeloom.storage.schema import broker_orders, outbox
+from tradeloom.storage.schema import broker_orders, broker_reports, outbox
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
 
 
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[Database]:
-    db = Database(f"sqlite:///{tmp_path}/exec.db")
-    await upgrade(db)
-    async with db.transaction() as conn:
-        await conn.execute(
-            broker_orders.insert(),
-            {
-                "order_id": "o-1",
-                "account_id": "acc-1",
-                "symbol": "AAPL",
-                "side": "buy",
-                "correlation_id": "corr-1",
-                "causation_id": "evt-1",
-                "sent_at": NOW,
-            },
+@dataclass
+class Desk:
+    """A recorder over orders sent for one account of its own (tests share PostgreSQL)."""
+
+    database: Database
+    recorder: ReportRecorder
+    account: str
+
+    def order(self, name: str) -> str:
+        return f"{self.account}-{name}"
+
+    async def sent(self, *names: str) -> None:
+        async with self.database.transaction() as conn:
+            for name in names:
+                await conn.execute(
+                    broker_orders.insert(),
+                    {
+                        "order_id": self.order(name),
+                        "account_id": self.account,
+                        "symbol": "AAPL",
+                        "side": "buy",
+                        "correlation_id": f"corr-{name}",
+                        "causation_id": f"evt-{name}",
+                        "sent_at": NOW,
+                    },
+                )
+
+    def ack(self, name: str) -> BrokerAccepted:
+        return BrokerAccepted(
+            order_id=self.order(name), account_id=self.account, broker_order_id=f"B-{name}"
         )
-    yield db
-    await db.dispose()
+
+    def fill(self, name: str, n: int, of: int = 1) -> BrokerFill:
+        return BrokerFill(
+            order_id=self.order(name),
+            account_id=self.account,
+            fill_id=f"{self.order(name)}-f{n}",
+            quantity=Decimal(10),
+            price=Decimal("187.25"),
+            filled_at=NOW,
+            cumulative_quantity=Decimal(10 * n),
+            leaves_quantity=Decimal(10 * (of - n)),
+        )
+
+    def replaced(self, name: str) -> BrokerReplaced:
+        return BrokerReplaced(
+            order_id=self.order(name), account_id=self.account, quantity=Decimal(5)
+        )
+
+    def canceled(self, name: str) -> BrokerCanceled:
+        return BrokerCanceled(order_id=self.order(name), account_id=self.account, reason="user")
+
+    async def published(self) -> list[tuple[str, AnyPayload]]:
+        """This account's outbox, in sequence order."""
+        query = (
+            select(outbox.c.topic, outbox.c.payload)
+            .where(outbox.c.key == self.account)
+            .order_by(outbox.c.sequence)
+        )
+        async with self.database.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(topic, decode_event(payload).payload) for topic, payload in rows]
+
+    async def kinds(self) -> list[str]:
+        return [type(payload).__name__ for _, payload in await self.published()]
 
 
-async def published(db: Database) -> list[tuple[str, object]]:
-    async with db.connect() as conn:
-        rows = (await conn.execute(select(outbox.c.topic, outbox.c.payload))).all()
-    return [(topic, decode_event(payload).payload) for topic, payload in rows]
+@pytest.fixture
+async def desk(database: Database, unique: str) -> Desk:
+    desk = Desk(database, ReportRecorder(database, Outbox(), ManualClock(NOW)), f"acc-{unique}")
+    await desk.sent("o1", "o2")
+    return desk
 
 
-def fill(order_id: str, fill_id: str) -> BrokerFill:
-    return BrokerFill(
-        order_id=order_id,
-        account_id="acc-1",
-        fill_id=fill_id,
+async def test_a_fill_reported_twice_publishes_one_event(desk: Desk) -> None:
+    await desk.recorder.record_many([desk.ack("o1")])
+    await desk.recorder.record_many([desk.fill("o1", 1)])
+    await desk.recorder.record_many([desk.fill("o1", 1)])
+    events = await desk.published()
+    assert [type(payload).__name__ for _, payload in events] == ["OrderAccepted", "OrderFilled"]
+    [filled] = [payload for _, payload in events if isinstance(payload, OrderFilled)]
+    assert (filled.symbol, filled.side.value, filled.fill_id) == (
+        "AAPL",
+        "buy",
+        f"{desk.account}-o1-f1",
+    )
+    assert desk.recorder.duplicates == 1
+
+
+async def test_duplicates_inside_one_batch_publish_once(desk: Desk) -> None:
+    batch: list[BrokerReport] = [
+        desk.ack("o1"),
+        desk.fill("o1", 1, of=2),
+        desk.ack("o1"),
+        desk.fill("o1", 1, of=2),
+    ]
+    await desk.recorder.record_many(batch)
+    assert await desk.kinds() == ["OrderAccepted", "OrderPartiallyFilled"]
+    assert (desk.recorder.recorded, desk.recorder.duplicates) == (2, 2)
+
+
+async def test_duplicates_across_batches_publish_once(desk: Desk) -> None:
+    await desk.recorder.record_many([desk.ack("o1"), desk.fill("o1", 1, of=2)])
+    await desk.recorder.record_many([desk.fill("o1", 1, of=2), desk.fill("o1", 2, of=2)])
+    assert await desk.kinds() == ["OrderAccepted", "OrderPartiallyFilled", "OrderFilled"]
+    assert desk.recorder.duplicates == 1
+
+
+async def test_an_ack_and_fills_of_one_order_in_one_batch_keep_their_order(desk: Desk) -> None:
+    batch: list[BrokerReport] = [
+        desk.ack("o1"),
+        desk.ack("o2"),
+        desk.fill("o1", 1, of=2),
+        desk.fill("o2", 1),
+        desk.fill("o1", 2, of=2),
+    ]
+    await desk.recorder.record_many(batch)
+    events = [payload for _, payload in await desk.published()]
+    assert [(type(p).__name__, getattr(p, "order_id", None)) for p in events] == [
+        ("OrderAccepted", desk.order("o1")),
+        ("OrderAccepted", desk.order("o2")),
+        ("OrderPartiallyFilled", desk.order("o1")),
+        ("OrderFilled", desk.order("o2")),
+        ("OrderFilled", desk.order("o1")),
+    ]
+    assert isinstance(events[0], OrderAccepted)
+    assert isinstance(events[2], OrderPartiallyFilled)
+    query = select(broker_orders.c.order_id, broker_orders.c.broker_order_id).where(
+        broker_orders.c.account_id == desk.account
+    )
+    async with desk.database.connect() as conn:
+        stored = dict((await conn.execute(query)).all())
+    assert stored == {desk.order("o1"): "B-o1", desk.order("o2"): "B-o2"}
+
+
+async def test_reports_without_a_key_always_go_through(desk: Desk) -> None:
+    await desk.recorder.record_many([desk.replaced("o1"), desk.replaced("o1")])
+    await desk.recorder.record_many([desk.replaced("o1")])
+    assert await desk.kinds() == ["OrderReplaced"] * 3
+    assert desk.recorder.duplicates == 0
+
+
+async def test_a_report_for_an_order_never_sent_is_parked_in_dead_letter(desk: Desk) -> None:
+    unknown = BrokerFill(
+        order_id=desk.order("never"),
+        account_id=desk.account,
+        fill_id="f-9",
         quantity=Decimal(10),
         price=Decimal("187.25"),
         filled_at=NOW,
         cumulative_quantity=Decimal(10),
         leaves_quantity=Decimal(0),
     )
-
-
-async def test_a_fill_reported_twice_publishes_one_event(database: Database) -> None:
-    recorder = ReportRecorder(database, Outbox(), ManualClock(NOW))
-    await recorder.record(BrokerAccepted(order_id="o-1", account_id="acc-1", broker_order_id="b"))
-    await recorder.record(fill("o-1", "f-1"))
-    await recorder.record(fill("o-1", "f-1"))
-    events = await published(database)
-    assert [type(payload).__name__ for _, payload in events] == ["OrderAccepted", "OrderFilled"]
-    [(_, filled)] = [e for e in events if isinstance(e[1], OrderFilled)]
-    assert isinstance(filled, OrderFilled)
-    assert (filled.symbol, filled.side.value, filled.fill_id) == ("AAPL", "buy", "f-1")
-    assert recorder.duplicates == 1
-
-
-async def test_a_report_for_an_order_never_sent_is_parked_in_dead_letter(
-    database: Database,
-) -> None:
-    recorder = ReportRecorder(database, Outbox(), ManualClock(NOW))
-    await recorder.record(fill("o-unknown", "f-9"))
-    [(topic, parked)] = await published(database)
-    assert topic == "dead_letter"
+    await desk.recorder.record_many([unknown, desk.ack("o1"), unknown])
+    events = await desk.published()
+    assert [(topic, type(p).__name__) for topic, p in events] == [
+        ("dead_letter", "DeadLettered"),
+        ("order.events", "OrderAccepted"),
+        ("dead_letter", "DeadLettered"),
+    ]
+    parked = events[0][1]
     assert isinstance(parked, DeadLettered)
     assert parked.reason == "UNKNOWN_ORDER"
     assert b'"fill_id":"f-9"' in parked.original
+    assert (desk.recorder.unknown, desk.recorder.recorded) == (2, 1)
+    async with desk.database.connect() as conn:
+        keys = (
+            await conn.execute(
+                select(broker_reports.c.report_id).where(
+                    broker_reports.c.order_id == desk.order("never")
+                )
+            )
+        ).all()
+    assert keys == [], "an unknown order's report must not take its idempotency key"
+
+
+async def test_a_failed_batch_records_nothing_and_can_be_recorded_again(desk: Desk) -> None:
+    class Refusing(Outbox):
+        async def add_many(self, conn: object, items: object) -> None:
+            raise ConnectionError("database went away")
+
+    refusing = ReportRecorder(desk.database, Refusing(), ManualClock(NOW))
+    batch: list[BrokerReport] = [desk.ack("o1"), desk.fill("o1", 1)]
+    with pytest.raises(ConnectionError):
+        await refusing.record_many(batch)
+    assert await desk.kinds() == []
+    await desk.recorder.record_many(batch)
+    assert await desk.kinds() == ["OrderAccepted", "OrderFilled"]
+
+
+REPORT_KINDS = ("ack", "fill1", "fill2", "replaced", "canceled", "unknown")
+
+
+def test_a_batch_publishes_what_recording_one_after_another_does(database_url: str) -> None:
+    """Property: any sequence of reports (repeats, two orders, an unknown one), recorded in
+    any split into batches, publishes the same events, in the same order, as recording each
+    report alone."""
+    asyncio.run(upgrade_database(database_url))
+
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )
+    @given(
+        picks=st.lists(
+            st.tuples(st.sampled_from(REPORT_KINDS), st.sampled_from(("o1", "o2"))), max_size=14
+        ),
+        cuts=st.lists(st.integers(0, 14), max_size=4),
+    )
+    def run(picks: list[tuple[str, str]], cuts: list[int]) -> None:
+        async def outcome(desk: Desk, batches: list[list[BrokerReport]]) -> list[tuple[str, ...]]:
+            for batch in batches:
+                await desk.recorder.record_many(batch)
+            return [
+                (topic, type(p).__name__, getattr(p, "order_id", "")[len(desk.account) :])
+                for topic, p in await desk.published()
+            ]
+
+        async def scenario() -> None:
+            database = Database(database_url, pool_size=2)
+            try:
+                one, many = (
+                    Desk(database, ReportRecorder(database, Outbox(), ManualClock(NOW)), a)
+                    for a in (f"p{uuid.uuid4().hex[:10]}", f"p{uuid.uuid4().hex[:10]}")
+                )
+                for desk in (one, many):
+                    await desk.sent("o1", "o2")
+                alone = await outcome(one, [[report] for report in reports(one, picks)])
+                sequence = reports(many, picks)
+                bounds = sorted({0, len(sequence), *(c for c in cuts if c < len(sequence))})
+                split = [sequence[a:b] for a, b in itertools.pairwise(bounds)]
+                assert await outcome(many, split) == alone
+                assert (many.recorder.recorded, many.recorder.duplicates) == (
+                    one.recorder.recorded,
+                    one.recorder.duplicates,
+                )
+            finally:
+                await database.dispose()
+
+        asyncio.run(scenario())
+
+    run()
+
+
+def reports(desk: Desk, picks: list[tuple[str, str]]) -> list[BrokerReport]:
+    out: list[BrokerReport] = []
+    for kind, name in picks:
+        if kind == "ack":
+            out.append(desk.ack(name))
+        elif kind == "fill1":
+            out.append(desk.fill(name, 1, of=2))
+        elif kind == "fill2":
+            out.append(desk.fill(name, 2, of=2))
+        elif kind == "replaced":
+            out.append(desk.replaced(name))
+        elif kind == "canceled":
+            out.append(desk.canceled(name))
+        else:
+            out.append(desk.fill(f"never-{name}", 1))
+    return out

@@ -1,0 +1,307 @@
+"""The execution engine in batches: one claim per batch, commands reach the broker in batch
+order, nothing is sent twice, a timeout counts as sent, an unreachable broker dead-letters.
+
+``ScriptedBroker`` takes requests in order and answers them at once or when the test says so
+(from the loop's thread, through the gateway's thread seam all the same). Reports go through
+the real gateway to the real recorder, so what the broker answered ends in the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+
+from tests.helpers import eventually
+from tradeloom.broker.adapter import ReportCallback
+from tradeloom.broker.gateway import BrokerGateway
+from tradeloom.broker.reports import (
+    AmendRequest,
+    BrokerAccepted,
+    BrokerCanceled,
+    BrokerReplaced,
+    BrokerReport,
+    CancelRequest,
+    SubmitOrder,
+)
+from tradeloom.domain.events import (
+    AnyPayload,
+    DeadLettered,
+    Event,
+    OrderAmendRequested,
+    OrderCancelRequested,
+    OrderSubmitted,
+    PriceUpdate,
+    decode_event,
+    new_event,
+)
+from tradeloom.domain.orders import OrderType, Side, TimeInForce
+from tradeloom.domain.time import ManualClock
+from tradeloom.execution.engine import ExecutionEngine
+from tradeloom.execution.reports import ReportRecorder
+from tradeloom.messaging.memory import MemoryBus
+from tradeloom.messaging.topics import ORDER_COMMANDS
+from tradeloom.resilience.circuit_breaker import CircuitBreaker
+from tradeloom.storage.database import Database
+from tradeloom.storage.outbox import Outbox
+from tradeloom.storage.schema import broker_orders, outbox
+
+NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
+Request = SubmitOrder | CancelRequest | AmendRequest
+
+
+class ScriptedBroker:
+    """Takes requests in order; answers each at once, or (``answering`` off) on ``release``."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.answering = True
+        self.failing = False
+        self._held: list[BrokerReport] = []
+        self._on_report: ReportCallback | None = None
+
+    def start(self, on_report: ReportCallback) -> None:
+        self._on_report = on_report
+
+    def stop(self) -> None:
+        self._on_report = None
+
+    def submit(self, request: SubmitOrder) -> None:
+        answer = BrokerAccepted(
+            order_id=request.order_id,
+            account_id=request.account_id,
+            broker_order_id=f"B-{request.order_id}",
+        )
+        self._take(request, answer)
+
+    def cancel(self, request: CancelRequest) -> None:
+        answer = BrokerCanceled(
+            order_id=request.order_id, account_id=request.account_id, reason="by request"
+        )
+        self._take(request, answer)
+
+    def amend(self, request: AmendRequest) -> None:
+        quantity = request.quantity or Decimal(1)
+        answer = BrokerReplaced(
+            order_id=request.order_id, account_id=request.account_id, quantity=quantity
+        )
+        self._take(request, answer)
+
+    def on_price(self, update: PriceUpdate) -> None:
+        pass
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for report in held:
+            assert self._on_report is not None
+            self._on_report(report)
+
+    def _take(self, request: Request, answer: BrokerReport) -> None:
+        if self.failing:
+            raise ConnectionError("broker link down")
+        self.requests.append(request)
+        self._held.append(answer)
+        if self.answering:
+            self.release()
+
+
+@dataclass
+class Desk:
+    """An engine over a started gateway, for one account of its own."""
+
+    database: Database
+    engine: ExecutionEngine
+    gateway: BrokerGateway
+    broker: ScriptedBroker
+    breaker: CircuitBreaker
+    clock: ManualClock
+    account: str
+    bus: MemoryBus = field(default_factory=MemoryBus)
+
+    def order(self, name: str) -> str:
+        return f"{self.account}-{name}"
+
+    def command(self, payload: AnyPayload, account: str | None = None) -> Event:
+        return new_event(
+            payload,
+            occurred_at=NOW,
+            correlation_id=f"corr-{self.account}",
+            account_id=account or self.account,
+        )
+
+    def submitted(self, name: str, account: str | None = None) -> Event:
+        payload = OrderSubmitted(
+            order_id=self.order(name),
+            client_order_id=f"c-{name}",
+            symbol="AAPL",
+            side=Side.BUY,
+            order_type=OrderType.LIMIT,
+            quantity=Decimal(10),
+            time_in_force=TimeInForce.GTC,
+            limit_price=Decimal("187.25"),
+        )
+        return self.command(payload, account)
+
+    def cancel(self, name: str) -> Event:
+        return self.command(OrderCancelRequested(order_id=self.order(name)))
+
+    def amend(self, name: str) -> Event:
+        return self.command(OrderAmendRequested(order_id=self.order(name), quantity=Decimal(5)))
+
+    def sent(self) -> list[tuple[str, str]]:
+        """What reached the broker, as (request kind, order name)."""
+        prefix = len(self.account) + 1
+        return [(type(r).__name__, r.order_id[prefix:]) for r in self.broker.requests]
+
+    async def published(self, *accounts: str) -> list[tuple[str, AnyPayload]]:
+        """The accounts' outbox (default: the desk's), in sequence order."""
+        query = (
+            select(outbox.c.topic, outbox.c.payload)
+            .where(outbox.c.key.in_(accounts or (self.account,)))
+            .order_by(outbox.c.sequence)
+        )
+        async with self.database.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(topic, decode_event(payload).payload) for topic, payload in rows]
+
+    async def claimed(self) -> set[str]:
+        query = select(broker_orders.c.order_id).where(
+            broker_orders.c.order_id.like(f"{self.account}-%")
+        )
+        async with self.database.connect() as conn:
+            return set((await conn.execute(query)).scalars())
+
+
+@pytest.fixture
+async def desk(database: Database, unique: str) -> AsyncIterator[Desk]:
+    clock = ManualClock(NOW)
+    broker = ScriptedBroker()
+    breaker = CircuitBreaker(failure_threshold=3, reset_timeout=30.0, clock=clock)
+    recorder = ReportRecorder(database, Outbox(clock), clock)
+    gateway = BrokerGateway(broker, recorder.record_many, breaker=breaker, clock=clock)
+    await gateway.start()
+    bus = MemoryBus()
+    engine = ExecutionEngine(bus, database, Outbox(clock), gateway, clock)
+    yield Desk(database, engine, gateway, broker, breaker, clock, f"acc-{unique}", bus)
+    await engine.stop()
+    await bus.close()
+    await gateway.stop(drain_within=2.0)
+
+
+def kinds(events: Sequence[tuple[str, AnyPayload]]) -> list[str]:
+    return [type(payload).__name__ for _, payload in events]
+
+
+async def test_a_batch_claims_and_sends_each_order_once(desk: Desk) -> None:
+    other = f"{desk.account}-b"
+    batch = [desk.submitted("o1"), desk.submitted("o2", other), desk.submitted("o3")]
+    await desk.engine.handle_batch(batch)
+    assert desk.sent() == [("SubmitOrder", name) for name in ("o1", "o2", "o3")]
+    assert await desk.claimed() == {desk.order(name) for name in ("o1", "o2", "o3")}
+    assert (desk.engine.sent, desk.engine.skipped) == (3, 0)
+
+    await desk.engine.handle_batch(batch)  # the bus delivering the batch again
+    await desk.engine.handle_batch(batch[1:2])  # and one of it alone
+    assert len(desk.broker.requests) == 3, "a redelivered command must not reach the broker"
+    assert (desk.engine.sent, desk.engine.skipped) == (3, 4)
+    await desk.gateway.wait_delivered()
+    assert kinds(await desk.published(desk.account, other)) == ["OrderAccepted"] * 3
+
+
+async def test_a_submit_repeated_within_one_batch_is_sent_once(desk: Desk) -> None:
+    submitted = desk.submitted("o1")
+    await desk.engine.handle_batch([submitted, desk.cancel("o1"), submitted])
+    assert desk.sent() == [("SubmitOrder", "o1"), ("CancelRequest", "o1")]
+    assert (desk.engine.sent, desk.engine.skipped) == (1, 1)
+
+
+async def test_commands_reach_the_broker_in_batch_order_before_any_answer(desk: Desk) -> None:
+    desk.broker.answering = False
+    batch: list[Event] = []
+    for n in range(10):
+        batch += [desk.submitted(f"o{n}"), desk.amend(f"o{n}"), desk.cancel(f"o{n}")]
+    task = asyncio.ensure_future(desk.engine.handle_batch(batch))
+    await eventually(lambda: len(desk.broker.requests) == 30, 5.0, message="all sent")
+    assert not task.done(), "the answers are awaited after every command was sent"
+    expected: list[tuple[str, str]] = []
+    for n in range(10):
+        expected += [
+            ("SubmitOrder", f"o{n}"),
+            ("AmendRequest", f"o{n}"),
+            ("CancelRequest", f"o{n}"),
+        ]
+    assert desk.sent() == expected
+    desk.broker.release()
+    await task
+    assert desk.engine.sent == 10
+
+
+async def test_a_timeout_still_counts_as_sent_and_keeps_the_claim(
+    database: Database, unique: str
+) -> None:
+    clock = ManualClock(NOW)
+    broker = ScriptedBroker()
+    broker.answering = False
+    breaker = CircuitBreaker(failure_threshold=100, reset_timeout=30.0, clock=clock)
+    recorder = ReportRecorder(database, Outbox(clock), clock)
+    gateway = BrokerGateway(
+        broker, recorder.record_many, breaker=breaker, clock=clock, timeout=0.05
+    )
+    await gateway.start()
+    try:
+        engine = ExecutionEngine(MemoryBus(), database, Outbox(clock), gateway, clock)
+        desk = Desk(database, engine, gateway, broker, breaker, clock, f"acc-{unique}")
+        await engine.handle_batch([desk.submitted("o1"), desk.submitted("o2")])
+        assert (engine.sent, engine.skipped) == (2, 0)
+        assert await desk.claimed() == {desk.order("o1"), desk.order("o2")}
+        broker.release()  # the late answers are still recorded
+        await eventually(lambda: recorder.recorded == 2, 5.0, message="late answers")
+        assert kinds(await desk.published()) == ["OrderAccepted", "OrderAccepted"]
+    finally:
+        await gateway.stop(drain_within=2.0)
+
+
+async def test_an_unreachable_broker_dead_letters_the_batch_in_one_go(desk: Desk) -> None:
+    desk.broker.failing = True
+    batch = [desk.submitted("o1"), desk.cancel("o1"), desk.submitted("o2"), desk.amend("o2")]
+    await desk.engine.handle_batch(batch)
+    events = await desk.published()
+    assert [(topic, kind) for (topic, _), kind in zip(events, kinds(events), strict=True)] == [
+        ("dead_letter", "DeadLettered"),
+        ("order.events", "OrderRejected"),
+        ("order.events", "OrderCancelRejected"),
+        ("dead_letter", "DeadLettered"),
+        ("order.events", "OrderRejected"),
+        ("order.events", "OrderCancelRejected"),
+    ]
+    parked = events[0][1]
+    assert isinstance(parked, DeadLettered)
+    assert (parked.reason, parked.original_event_id) == ("BROKER_UNAVAILABLE", batch[0].id)
+    assert await desk.claimed() == set(), "an order never sent keeps no claim"
+    assert desk.engine.sent == 0
+
+
+async def test_a_half_open_breaker_lets_its_trial_decide_for_the_rest(desk: Desk) -> None:
+    desk.broker.failing = True
+    await desk.engine.handle_batch([desk.submitted(f"down{n}") for n in range(3)])
+    assert not desk.gateway.circuit_closed
+    desk.broker.failing = False
+    desk.clock.advance(timedelta(seconds=30))  # half-open: one trial may go
+    await desk.engine.handle_batch([desk.submitted(f"o{n}") for n in range(3)])
+    assert desk.sent() == [("SubmitOrder", f"o{n}") for n in range(3)]
+    assert desk.gateway.circuit_closed
+    assert desk.engine.sent == 3
+
+
+async def test_the_engine_consumes_the_bus_in_batches(desk: Desk) -> None:
+    await desk.bus.start()
+    await desk.engine.start()
+    commands = [desk.submitted("o1"), desk.cancel("o1"), desk.submitted("o2")]
+    await desk.bus.publish_many(ORDER_COMMANDS.name, [(c, desk.account) for c in commands])
+    await eventually(lambda: len(desk.broker.requests) == 3, 5.0, message="sent")
+    assert desk.sent() == [("SubmitOrder", "o1"), ("CancelRequest", "o1"), ("SubmitOrder", "o2")]
