@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 import structlog.testing
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from tests.helpers import eventually_equals
 from tradeloom.cache.memory import MemoryCache
-from tradeloom.cache.port import Cache, CacheScript, ScriptStore
-from tradeloom.cache.redis import RedisCache
+from tradeloom.cache.port import SLIDING_WINDOW_LUA, Cache, CacheScript, ScriptCall, ScriptStore
+from tradeloom.cache.redis import RedisCache, ScriptsOutOfOrder
 
 Condition = Callable[[], Awaitable[bool]]
 
@@ -314,6 +318,147 @@ async def test_script_replies_and_writes_look_alike_on_every_adapter(subject: Su
         return await cache.get("made") is None
 
     await subject.once(0.2, made_expired, "a key a script set with a ttl expires")
+
+
+def _append_twin(store: ScriptStore, keys: Sequence[str], args: Sequence[str]) -> object:
+    if args[0] == "fail":
+        raise ValueError("the script failed")
+    value = (store.get(keys[0]) or b"") + args[0].encode()
+    store.set(keys[0], value)
+    return value
+
+
+APPEND = CacheScript(
+    name="test_append",
+    lua="""
+if ARGV[1] == 'fail' then return redis.error_reply('the script failed') end
+local value = (redis.call('GET', KEYS[1]) or '') .. ARGV[1]
+redis.call('SET', KEYS[1], value)
+return value
+""",
+    python=_append_twin,
+)
+
+
+def append(key: str, text: str) -> ScriptCall:
+    return ScriptCall(APPEND, [key], [text])
+
+
+async def test_run_scripts_runs_every_call_in_the_given_order(subject: Subject) -> None:
+    cache: Cache = subject.cache
+    await cache.set("source", b"payload")
+    results = await cache.run_scripts(
+        [
+            append("log", "a"),
+            ScriptCall(DESCRIBE, ["source", "made"], ["text", "60000"]),
+            append("other", "x"),
+            append("log", "b"),
+            append("log", "c"),
+        ]
+    )
+    assert results == [b"a", [b"text", 60000, b"payload"], b"x", b"ab", b"abc"]
+    assert await cache.get_many(["log", "other", "made"]) == [b"abc", b"x", b"text"]
+    assert await cache.run_scripts([]) == []
+    assert await cache.run_scripts([append("log", "d")]) == [b"abcd"], "scripts known by now"
+
+
+async def test_concurrent_script_batches_are_atomic_per_script_and_ordered(
+    subject: Subject,
+) -> None:
+    cache: Cache = subject.cache
+    await cache.set("limit", b"255")
+    keys = ["limit", "reserved"]
+    batch = [ScriptCall(RESERVE, keys, ["10"]), ScriptCall(RESERVE, keys, ["10"])]
+    replies = await asyncio.gather(*(cache.run_scripts(batch) for _ in range(25)))
+    pairs = cast(list[list[list[int]]], replies)  # per batch, per call: [granted, reserved]
+    granted = [reply for pair in pairs for reply in pair if reply[0] == 1]
+    assert len(granted) == 25, f"25 reservations of 10 fit under 255, got {len(granted)}"
+    assert await cache.get("reserved") == b"250"
+    for first, second in pairs:
+        if second[0] == 1:
+            assert first[0] == 1, "the second call of a batch cannot pass where the first failed"
+            assert first[1] < second[1], "the second call of a batch runs after the first"
+
+
+async def test_a_failing_script_makes_run_scripts_raise_after_the_calls_before_it(
+    subject: Subject,
+) -> None:
+    cache: Cache = subject.cache
+    with pytest.raises((ValueError, ResponseError), match="the script failed"):
+        await cache.run_scripts([append("log", "a"), append("log", "fail"), append("x", "y")])
+    assert await cache.get("log") == b"a"
+
+
+async def test_redis_runs_a_batch_again_when_it_lost_its_scripts(redis_subject: Subject) -> None:
+    """Redis lost a script the adapter had loaded (a restart): every call from the first
+    refused one on was refused, so they run again, loaded, in order."""
+    cache = redis_subject.cache
+    assert isinstance(cache, RedisCache)
+    lost = _script_unknown_to_redis(redis_subject)
+    assert await cache.run_scripts([append("log", "a")]) == [b"a"]
+    results = await cache.run_scripts([append("log", "b"), lost("log", "c"), lost("log", "d")])
+    assert results == [b"ab", b"abc", b"abcd"]
+    assert await cache.run_scripts([lost("log", "e")]) == [b"abcde"], "loaded now"
+
+
+async def test_redis_refuses_to_run_a_batch_out_of_order(redis_subject: Subject) -> None:
+    """A later call's script ran while an earlier one's was lost: the adapter raises rather
+    than run the earlier call after the later one; a retry loads both and runs in order."""
+    cache = redis_subject.cache
+    assert isinstance(cache, RedisCache)
+    lost = _script_unknown_to_redis(redis_subject)
+    await cache.run_scripts([append("log", "a")])
+    with pytest.raises(ScriptsOutOfOrder):
+        await cache.run_scripts([lost("log", "b"), append("log", "c")])
+    assert await cache.get("log") == b"ac", "only the call whose script Redis had ran"
+    assert await cache.run_scripts([lost("log", "d"), append("log", "e")]) == [b"acd", b"acde"]
+
+
+async def test_redis_raises_the_error_of_a_script_it_cannot_load(redis_subject: Subject) -> None:
+    broken = CacheScript(name="test_broken", lua="return {", python=_append_twin)
+    with pytest.raises(ResponseError, match="compil"):
+        await redis_subject.cache.run_scripts([append("log", "a"), ScriptCall(broken, [], [])])
+
+
+def _script_unknown_to_redis(subject: Subject) -> Callable[[str, str], ScriptCall]:
+    """A twin of APPEND that Redis has never seen, which the adapter believes loaded: stands in
+    for a Redis restart (a shared test server must not flush its scripts)."""
+    lua = f"-- {subject.prefix}\n{APPEND.lua}"
+    script = CacheScript(name=f"test_append_{subject.prefix}", lua=lua, python=_append_twin)
+    assert isinstance(subject.cache, RedisCache)
+    subject.cache._loaded.add(hashlib.sha1(lua.encode()).hexdigest())
+    return lambda key, text: ScriptCall(script, [key], [text])
+
+
+def _window_twin(store: ScriptStore, keys: Sequence[str], args: Sequence[str]) -> object:
+    decision = store.hit_window(keys[0], int(args[0]), int(args[1]) / 1_000_000)
+    return [int(decision.allowed), decision.count]
+
+
+WINDOW = CacheScript(
+    name="test_window",
+    lua=SLIDING_WINDOW_LUA
+    + """
+local allowed, count = hit_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return {allowed, count}
+""",
+    python=_window_twin,
+)
+
+
+async def test_a_script_shares_the_sliding_window_of_hit_rate_limit(subject: Subject) -> None:
+    cache: Cache = subject.cache
+
+    async def hit() -> object:
+        return await cache.run_script(WINDOW, ["w"], ["2", "300000", uuid.uuid4().hex])
+
+    assert [await hit(), await hit(), await hit()] == [[1, 1], [1, 2], [0, 2]]
+    assert not (await cache.hit_rate_limit("w", limit=2, window=0.3)).allowed, "one window"
+
+    async def admitted_again() -> bool:
+        return await hit() == [1, 1]
+
+    await subject.once(0.3, admitted_again, "the window slides for scripts too")
 
 
 # --- rate limiting ------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
 from tradeloom.domain.orders import Side
 from tradeloom.risk import RiskRejected
-from tradeloom.risk.exposure import Bound, Counter, Exposure
+from tradeloom.risk.exposure import ApplyFill, Bound, Counter, Exposure, RateBound, ReleaseOrder
 
 pytestmark = pytest.mark.redis
 
@@ -68,13 +68,14 @@ async def scripted_history(cache: Cache) -> list[object]:
     exposure = Exposure(cache)
     bp = ((1, Counter.RESERVED), (-1, Counter.CASH_FLOW))
     big = 2**51  # the largest amount the scripts hold exactly
+    rate = RateBound("risk:rate:u", 1, 60.0, "rate", "too fast")
     answers: list[object] = [
         await exposure.reserve("o1", "A", "AAPL", Side.BUY, 10 * 10**8, 1000 * 10**4, []),
         await exposure.reserve("o1", "A", "AAPL", Side.BUY, 10 * 10**8, 1000 * 10**4, []),
         await exposure.reserve(
             "o2", "A", "AAPL", Side.BUY, 1, big, [Bound(bp, big, big - 1, "bp", "too much")]
         ),
-        await exposure.reserve("o3", "A", "MSFT", Side.SELL, 5 * 10**8, 0, []),
+        await exposure.reserve("o3", "A", "MSFT", Side.SELL, 5 * 10**8, 0, [rate]),
         await exposure.apply_fill("A", "AAPL", Side.BUY, Decimal(4), Decimal("99.5"), "o1", "f1"),
         await exposure.apply_fill("A", "AAPL", Side.BUY, Decimal(4), Decimal("99.5"), "o1", "f1"),
         await exposure.apply_fill("A", "MSFT", Side.SELL, Decimal(5), Decimal("10.01"), "o3", "f2"),
@@ -82,10 +83,24 @@ async def scripted_history(cache: Cache) -> list[object]:
         await exposure.release("o1"),
         await exposure.release("o1"),
         await exposure.release("o3"),
+        await exposure.reserve("o4", "A", "TSLA", Side.BUY, 10**8, 10**4, []),
+        await exposure.reserve("o5", "A", "TSLA", Side.BUY, 10**8, 10**4, []),
+        await exposure.apply(
+            [
+                ApplyFill("A", "TSLA", Side.BUY, Decimal(1), Decimal(1), "o4", "f4"),
+                ReleaseOrder("o4", "A", "TSLA"),
+                ReleaseOrder("o5"),
+                ApplyFill("A", "TSLA", Side.BUY, Decimal(1), Decimal(1), "o4", "f4"),
+                ReleaseOrder("o5"),
+            ]
+        ),
         await exposure.snapshot("A"),
         *[await exposure.symbol_counters("A", s) for s in ("AAPL", "MSFT", "TSLA")],
         await exposure.reservation("o1"),
     ]
+    # the window of one order per minute is full: refused (status 1), retry within the minute
+    refused = await exposure.reserve("o6", "A", "MSFT", Side.SELL, 10**8, 0, [rate])
+    answers.append((refused.status, 0 < refused.wait_us <= 60 * 10**6))
     return answers
 
 
@@ -93,7 +108,9 @@ async def test_the_lua_scripts_agree_with_their_python_twins(redis_cache: RedisC
     on_redis = await scripted_history(redis_cache)
     in_memory = await scripted_history(MemoryCache())
     assert on_redis == in_memory
-    assert on_redis[:4] == [0, -1, 1, 0]
+    assert [outcome.status for outcome in on_redis[:4]] == [0, -1, 1, 0]  # type: ignore[attr-defined]
+    assert on_redis[13] == [True, False, True, False, False]
+    assert on_redis[-1] == (1, True)
 
 
 async def test_check_latency(world: RiskWorld) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tradeloom.cache.fanout import fan_out
-from tradeloom.cache.port import CacheScript, MessageCallback, RateDecision
+from tradeloom.cache.port import CacheScript, MessageCallback, RateDecision, ScriptCall
 from tradeloom.cache.validation import check_rate_limit, check_ttl
 
 MonotonicClock = Callable[[], float]
@@ -77,6 +77,26 @@ class _Keyspace:
             raise ValueError(f"{key!r} does not hold an integer: {current!r}") from None
         self.put(key, str(total).encode(), None if entry is None else entry.expires_at)
         return total
+
+    def hit_window(self, key: str, limit: int, window: float) -> RateDecision:
+        """A hit at time t counts while now < t + window. Refused hits leave no trace;
+        retry_after is when the oldest admitted hit leaves."""
+        now = self._clock()
+        entry = self.live(key)
+        hits: deque[float]
+        if entry is None:
+            hits = deque()
+        elif isinstance(entry.value, deque):
+            hits = entry.value
+        else:
+            raise WrongKind(f"{key!r} holds a value, not a rate-limit window")
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            return RateDecision(allowed=False, count=len(hits), retry_after=hits[0] + window - now)
+        hits.append(now)
+        self.put(key, hits, now + window)
+        return RateDecision(allowed=True, count=len(hits), retry_after=0.0)
 
     def live(self, key: str) -> _Entry | None:
         """The entry at ``key`` unless it expired (then it is dropped)."""
@@ -215,28 +235,21 @@ class MemoryCache:
         self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
     ) -> object:
         """Run the Python twin; atomic because it never yields to the event loop."""
-        return _as_reply(script.python(self._keys, list(keys), list(args)))
+        return self._run(ScriptCall(script, keys, args))
+
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
+        """Each twin in turn, without yielding in between: the whole batch is one step here
+        (more than the port promises). A twin that raises stops the batch; the ones before it
+        stay applied."""
+        return [self._run(call) for call in calls]
+
+    def _run(self, call: ScriptCall) -> object:
+        return _as_reply(call.script.python(self._keys, list(call.keys), list(call.args)))
 
     async def hit_rate_limit(self, key: str, limit: int, window: float) -> RateDecision:
-        """Sliding window over admitted hits: a hit at time t counts while now < t + window.
-        Refused hits leave no trace; retry_after is when the oldest admitted hit leaves."""
+        """Sliding window over admitted hits (see ``_Keyspace.hit_window``)."""
         check_rate_limit(limit, window)
-        now = self._clock()
-        entry = self._keys.live(key)
-        hits: deque[float]
-        if entry is None:
-            hits = deque()
-        elif isinstance(entry.value, deque):
-            hits = entry.value
-        else:
-            raise WrongKind(f"{key!r} holds a value, not a rate-limit window")
-        while hits and hits[0] <= now - window:
-            hits.popleft()
-        if len(hits) >= limit:
-            return RateDecision(allowed=False, count=len(hits), retry_after=hits[0] + window - now)
-        hits.append(now)
-        self._keys.put(key, hits, now + window)
-        return RateDecision(allowed=True, count=len(hits), retry_after=0.0)
+        return self._keys.hit_window(key, limit, window)
 
     async def publish(self, channel: str, message: bytes) -> None:
         """Deliver to every local subscriber before returning (see the module docstring for

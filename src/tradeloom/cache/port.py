@@ -6,6 +6,8 @@ Guarantees (``tests/contract/test_cache_contract.py`` proves each on both adapte
 * ``compare_and_set``, ``increment`` and ``run_script`` are atomic: concurrent callers never
   lose an update. A script touches several keys as one step (Lua on Redis; on the memory
   adapter the Python twin runs without yielding to the event loop).
+* ``run_scripts`` runs many scripts in one round trip, in the given order, each atomic as
+  ``run_script`` (not atomic together: another client's commands may run between two).
 * ``hit_rate_limit`` is a sliding-window counter: a hit is admitted when fewer than ``limit``
   hits were admitted in the last ``window`` seconds; refused hits are not counted.
 * ``set_many`` and ``publish_many`` are the batched hot path (one round trip each on Redis):
@@ -26,11 +28,20 @@ from typing import Protocol
 ScriptValue = bytes | int | str | None
 
 
+@dataclass(frozen=True, slots=True)
+class RateDecision:
+    allowed: bool
+    count: int  # admitted hits in the window, this one included when allowed
+    retry_after: float  # seconds until a hit would be admitted; 0 when allowed
+
+
 class ScriptStore(Protocol):
     """The view of the cache a Python script twin works on (synchronous, inside the atomic step).
 
     It mirrors the few Redis commands scripts use, with Redis's conventions: values come
     back as bytes, a missing key as None, counters are integers stored as decimal text.
+    ``hit_window`` is the sliding window of ``Cache.hit_rate_limit``; its Lua twin is the
+    ``hit_window`` function of :data:`SLIDING_WINDOW_LUA`.
     """
 
     def get(self, key: str) -> bytes | None: ...
@@ -40,6 +51,33 @@ class ScriptStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def incrby(self, key: str, amount: int) -> int: ...
+
+    def hit_window(self, key: str, limit: int, window: float) -> RateDecision: ...
+
+
+SLIDING_WINDOW_LUA = """
+local function hit_window(key, limit, window, member)
+  local clock = redis.call('TIME')
+  local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+  local count = redis.call('ZCARD', key)
+  if count < limit then
+    redis.call('ZADD', key, now, member)
+    redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    return 1, count + 1, 0
+  end
+  local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  return 0, count, tonumber(oldest[2]) + window - now
+end
+"""
+"""The Lua twin of ``ScriptStore.hit_window``, for a script to begin with.
+
+``hit_window(key, limit, window, member)``: ``key`` is a ZSET of admitted hits scored by Redis
+server time in microseconds, ``window`` is in microseconds, ``member`` is unique to this hit.
+Returns ``allowed`` (1/0), the admitted hits in the window (this one included when allowed)
+and the microseconds until a hit would be admitted (0 when allowed). Refused hits are not
+recorded. Redis's own clock (``TIME``) is the one clock every process shares.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +96,12 @@ class CacheScript:
 
 
 @dataclass(frozen=True, slots=True)
-class RateDecision:
-    allowed: bool
-    count: int  # admitted hits in the window, this one included when allowed
-    retry_after: float  # seconds until a hit would be admitted; 0 when allowed
+class ScriptCall:
+    """One run of ``script`` over ``keys`` with ``args``, for ``Cache.run_scripts``."""
+
+    script: CacheScript
+    keys: Sequence[str]
+    args: Sequence[str]
 
 
 MessageCallback = Callable[[str, bytes], None]
@@ -115,6 +155,17 @@ class Cache(Protocol):
         self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
     ) -> object:
         """Run ``script`` atomically over ``keys``."""
+
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
+        """Run every call as ``run_script`` would, in the given order, in one round trip;
+        returns their results in that order.
+
+        Each script is atomic and they run one after another in the order given, so calls
+        that touch the same keys see each other's effects in that order. Not atomic together:
+        another client's commands may run between two of them. When it raises (a script
+        failed, the cache could not be reached), any of the calls may have run, so callers
+        retry with scripts that are idempotent. Empty ``calls``: nothing is sent.
+        """
 
     async def hit_rate_limit(self, key: str, limit: int, window: float) -> RateDecision:
         """Count one hit against a sliding window of ``window`` seconds."""

@@ -13,8 +13,13 @@ Guarantees beyond the port's:
   given (``KEYS``), which are prefixed for them.
 * **Pub/sub** holds ONE upstream connection per adapter whatever the number of local
   subscribers (see :class:`tradeloom.cache.redis_pubsub.PubSubHub`).
-* **Batches.** ``set_many`` and ``publish_many`` send their commands as one pipeline
-  (``transaction=False``: no MULTI/EXEC), one round trip on one pooled connection.
+* **Batches.** ``set_many``, ``publish_many`` and ``run_scripts`` send their commands as one
+  pipeline (``transaction=False``: no MULTI/EXEC), one round trip on one pooled connection.
+  ``run_scripts`` loads (SCRIPT LOAD) at the head of its pipeline every script this adapter has
+  not yet run in a batch, so a batch's EVALSHAs find their scripts. Should Redis have lost them
+  since (a restart, SCRIPT FLUSH), it does as ``run_script`` does, load and run again, for
+  the calls refused with NOSCRIPT, provided nothing after the first refused call ran; else it
+  raises :class:`ScriptsOutOfOrder` rather than run an earlier call after a later one.
 
 Everything here belongs to one event loop and is not thread-safe.
 """
@@ -28,8 +33,15 @@ from typing import cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
-from tradeloom.cache.port import CacheScript, MessageCallback, RateDecision
+from tradeloom.cache.port import (
+    SLIDING_WINDOW_LUA,
+    CacheScript,
+    MessageCallback,
+    RateDecision,
+    ScriptCall,
+)
 from tradeloom.cache.redis_pubsub import PubSubHub, RedisSubscription
 from tradeloom.cache.validation import check_rate_limit, check_ttl
 
@@ -55,23 +67,22 @@ if created then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return total
 """
 
-# KEYS[1]: a ZSET of admitted hits scored by Redis server time in microseconds.
-# ARGV: limit, window in microseconds, a member unique to this hit.
-# Returns {allowed 0/1, admitted hits in the window, microseconds until a hit would be admitted}.
-_SLIDING_WINDOW = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-local count = redis.call('ZCARD', KEYS[1])
-if count < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window / 1000))
-  return {1, count + 1, 0}
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, count, tonumber(oldest[2]) + window - now}
+# KEYS[1]: the window (see SLIDING_WINDOW_LUA). ARGV: limit, window in microseconds, a member
+# unique to this hit. Returns {allowed 0/1, admitted hits in the window, microseconds until a hit
+# would be admitted}.
+_SLIDING_WINDOW = (
+    SLIDING_WINDOW_LUA
+    + """
+local allowed, count, wait = hit_window(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+return {allowed, count, wait}
 """
+)
+
+
+class ScriptsOutOfOrder(RuntimeError):
+    """Redis had lost some of a batch's scripts and not others, so later calls of the batch ran
+    while an earlier one could not: the batch's order was not kept. Retry it (the scripts
+    must be idempotent, as for any failed batch); its scripts are loaded again first."""
 
 
 def _milliseconds(ttl: float) -> int:
@@ -114,6 +125,7 @@ class RedisCache:
         self._increment_with_ttl = self._redis.register_script(_INCREMENT_WITH_TTL)
         self._sliding_window = self._redis.register_script(_SLIDING_WINDOW)
         self._scripts: dict[str, AsyncScript] = {}
+        self._loaded: set[str] = set()  # SHAs run_scripts has loaded or seen run
         pubsub_settings = {
             **self._pool.connection_kwargs,
             "protocol": 2,  # plain arrays for every pub/sub reply, whatever the URL asks
@@ -207,13 +219,57 @@ class RedisCache:
         self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
     ) -> object:
         """Run the Lua twin over the prefixed ``keys``; atomic as every Lua script is."""
+        registered = self._registered(script)
+        result: object = await registered(keys=[self._prefix + k for k in keys], args=list(args))
+        return result
+
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
+        """One pipeline of EVALSHA in the given order (see the module docstring for loading
+        and NOSCRIPT). A script's error is raised once every reply is in, as the first one."""
+        if not calls:
+            return []
+        results = await self._evalsha_pipeline(calls)
+        refused = [isinstance(result, NoScriptError) for result in results]
+        if any(refused):
+            self._loaded.clear()
+            first = refused.index(True)
+            if not all(refused[first:]):
+                raise ScriptsOutOfOrder(
+                    f"Redis lacked the script of call {first + 1} of {len(calls)} while a "
+                    "later call's script ran"
+                )
+            results[first:] = await self._evalsha_pipeline(calls[first:])
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    async def _evalsha_pipeline(self, calls: Sequence[ScriptCall]) -> list[object]:
+        """The calls' replies in order, their errors as exception values; scripts not known to
+        be loaded are loaded first in the same pipeline (a script Redis cannot load raises)."""
+        scripts = [self._registered(call.script) for call in calls]
+        loading = {script.sha: script for script in scripts if script.sha not in self._loaded}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script in loading.values():
+                pipe.script_load(script.script)
+            for call, script in zip(calls, scripts, strict=True):
+                keys = [self._prefix + key for key in call.keys]
+                pipe.evalsha(script.sha, len(keys), *keys, *call.args)
+            replies: list[object] = await pipe.execute(raise_on_error=False)
+        loads = replies[: len(loading)]
+        self._loaded.update(sha for sha, reply in zip(loading, loads, strict=True) if reply == sha)
+        failed = next((reply for reply in loads if isinstance(reply, Exception)), None)
+        if failed is not None:
+            raise failed
+        return replies[len(loading) :]
+
+    def _registered(self, script: CacheScript) -> AsyncScript:
         registered = self._scripts.get(script.name)
         if registered is None:
             registered = self._scripts[script.name] = self._redis.register_script(script.lua)
         elif registered.script != script.lua:
             raise ValueError(f"two different cache scripts are named {script.name!r}")
-        result: object = await registered(keys=[self._prefix + k for k in keys], args=list(args))
-        return result
+        return registered
 
     async def hit_rate_limit(self, key: str, limit: int, window: float) -> RateDecision:
         """Sliding window on Redis server time; refused hits are not recorded, and

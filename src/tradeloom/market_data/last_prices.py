@@ -110,10 +110,20 @@ class LastPrices:
         return (await self.last_many([symbol]))[symbol]
 
     async def last_many(self, symbols: Sequence[str]) -> dict[str, PriceUpdate | None]:
-        values = await self._cache.get_many([KEY_PREFIX + symbol for symbol in symbols])
+        values = await self._cache.get_many([self.key(symbol) for symbol in symbols])
+        return self.current(zip(symbols, values, strict=True))
+
+    @staticmethod
+    def key(symbol: str) -> str:
+        """The cache key of ``symbol``'s last price, for a caller that reads it with others."""
+        return KEY_PREFIX + symbol
+
+    def current(self, values: Iterable[tuple[str, bytes | None]]) -> dict[str, PriceUpdate | None]:
+        """Decode ``(symbol, value read at key(symbol))`` pairs: None when there was no value
+        or it is older than the TTL."""
         oldest = self._clock.now() - self._ttl
         prices: dict[str, PriceUpdate | None] = {}
-        for symbol, value in zip(symbols, values, strict=True):
+        for symbol, value in values:
             price = None if value is None else _decoder.decode(value.split(b"|", 1)[1])
             prices[symbol] = price if price and price.exchange_time > oldest else None
         return prices

@@ -1,11 +1,12 @@
 """The risk engine: the one synchronous check on the order path.
 
-``check_and_reserve`` answers within three or four cache round trips: it reads the account
-(memoized: owner and opening cash never change), then together the user's limits and trading
-state, the symbol's last price and the account's exposure; runs the rules in order (the rate
-rule takes one round trip, concentration one more when the account holds other symbols); then
-checks every bound and reserves in one atomic script. The order is accepted only if all of
-that succeeded.
+``check_and_reserve`` answers in two cache round trips: one read of everything the rules look
+at (the user's limits and trading states, the symbol's last price, the account's exposure and
+the prices of what it holds: :mod:`tradeloom.risk.reads`), then, after the rules ran in order
+without I/O, one atomic script that checks every bound (the order-rate window among them) and
+reserves. A third, a read, happens only when the account holds a symbol this process has not
+seen it hold yet. The account itself is memoized (owner and opening cash never change). The
+order is accepted only if all of that succeeded.
 
 **Fail closed.** Any exception from the cache, the price source or the account source becomes
 ``RiskRejected(code="risk.unavailable")`` (logged with its cause); a price that is unknown or
@@ -23,7 +24,6 @@ receives it (outcome: ``"accepted"`` or the rejection code), e.g. for a histogra
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,8 +45,9 @@ from tradeloom.domain.time import Clock
 from tradeloom.market_data.last_prices import LastPrices
 from tradeloom.risk import errors
 from tradeloom.risk.errors import RiskRejected
-from tradeloom.risk.exposure import Bound, Exposure
+from tradeloom.risk.exposure import AnyBound, Exposure
 from tradeloom.risk.limits import LimitsStore
+from tradeloom.risk.reads import CheckReader
 from tradeloom.risk.rules import OrderCheck, RiskRule, default_rules, mark_price
 from tradeloom.risk.units import money, money_units, quantity_units
 
@@ -111,13 +112,12 @@ class RiskEngine:
         on_check: CheckObserver | None = None,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self._last_prices = last_prices
-        self._limits = limits
+        self._reader = CheckReader(cache, limits, last_prices, exposure)
         self._exposure = exposure
         self._accounts = accounts
         self._instruments = instruments
         self._clock = clock
-        self._rules = list(rules) if rules is not None else default_rules(cache, last_prices)
+        self._rules = list(rules) if rules is not None else default_rules()
         self._on_check = on_check
         self._timer = timer
         self._known_accounts: dict[str, Account] = {}
@@ -168,7 +168,7 @@ class RiskEngine:
     ) -> Reservation:
         try:
             check = await self._order_check(order, account_id, user_id, order_id)
-            bounds: list[Bound] = []
+            bounds: list[AnyBound] = []
             for rule in self._rules:
                 bounds.extend(await rule.assess(check))
             outcome = await self._exposure.reserve(
@@ -187,9 +187,9 @@ class RiskEngine:
         except Exception as exc:
             log.warning("risk.unavailable", order_id=order_id, error=repr(exc))
             raise RiskRejected("risk state is unavailable", code=errors.UNAVAILABLE) from exc
-        if outcome > 0:
-            failed = bounds[outcome - 1]
-            raise RiskRejected(failed.message, code=failed.code)
+        if outcome.status > 0:
+            failed = bounds[outcome.status - 1]
+            raise RiskRejected(failed.refusal(outcome.wait_us), code=failed.code)
         return Reservation(
             order_id=order_id,
             account_id=account_id,
@@ -200,7 +200,7 @@ class RiskEngine:
             reserved=money(check.reserve_units),
             checked_at=self._clock.now(),
             latency=self._timer() - started,
-            repeated=outcome == -1,
+            repeated=outcome.status == -1,
         )
 
     async def _order_check(
@@ -213,12 +213,8 @@ class RiskEngine:
             raise RiskRejected(f"account {account_id} is not yours", code=errors.NOT_OWNER)
         if order.symbol not in self._instruments:
             raise RiskRejected(f"unknown symbol {order.symbol}", code=errors.UNKNOWN_SYMBOL)
-        # Independent reads, sent together: one round trip of latency instead of three.
-        settings, quote, exposure = await asyncio.gather(
-            self._limits.settings_for(user_id),
-            self._last_prices.last(order.symbol),
-            self._exposure.snapshot(account_id),
-        )
+        inputs = await self._reader.read(user_id, account_id, order.symbol)
+        quote = inputs.quote
         mark = mark_price(quote)
         if quote is None or mark is None:
             raise RiskRejected(f"no current price for {order.symbol}", code=errors.NO_PRICE)
@@ -238,9 +234,10 @@ class RiskEngine:
             reserve_units=money_units(notional, round_up=True) if buying else 0,
             quote=quote,
             mark=mark,
-            limits=settings.limits,
-            state=settings.state,
-            exposure=exposure,
+            limits=inputs.settings.limits,
+            state=inputs.settings.state,
+            exposure=inputs.exposure,
+            marks=inputs.marks,
         )
 
     async def _account(self, account_id: str) -> Account:

@@ -14,20 +14,23 @@ Counters per account ``A`` (scaled integers, see :mod:`tradeloom.risk.units`):
 
 Guarantees: every change is one atomic script (:mod:`tradeloom.risk.scripts`), so at any moment
 ``reserved``, ``open``, ``buying`` and ``selling`` are exactly the sums over the reservation
-records still present. Reserve checks its bounds and reserves in the same step, so concurrent
-orders cannot jointly exceed a bound. Release and fills are idempotent (by order id, by fill id)
-and commute with each other. Reservations are conservative: a buy reserves its notional rounded
-up, a fill frees at most its own notional, and an order's remainder is freed when it completes.
+records still present. Reserve checks its bounds (the order-rate window among them) and
+reserves in the same step, so concurrent orders cannot jointly exceed a bound. Release and fills
+are idempotent (by order id, by fill id) and commute with each other; :meth:`Exposure.apply`
+runs a batch of them in order in one round trip. Reservations are conservative: a buy reserves
+its notional rounded up, a fill frees at most its own notional, and an order's remainder is
+freed when it completes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import secrets
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import IntEnum
 
-from tradeloom.cache.port import Cache
+from tradeloom.cache.port import Cache, ScriptCall
 from tradeloom.domain.accounts import check_account_id
 from tradeloom.domain.numbers import ZERO, exact
 from tradeloom.domain.orders import Side
@@ -62,11 +65,63 @@ class Bound:
     code: str
     message: str
 
-    def encode(self) -> list[str]:
-        args = [str(len(self.terms))]
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Keys of its own the bound adds to the script's (none: it reads the counters)."""
+        return ()
+
+    def encode(self, first_key: int) -> list[str]:
+        """Its tokens in the RESERVE script's bounds text (see :mod:`tradeloom.risk.scripts`);
+        ``first_key`` is the KEYS number its own :attr:`keys` will take."""
+        args = ["sum", str(len(self.terms))]
         for sign, counter in self.terms:
             args += [str(sign), str(int(counter))]
         return [*args, str(self.increment), str(self.limit)]
+
+    def refusal(self, wait_us: int) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class RateBound:
+    """At most ``limit`` orders admitted per sliding ``window`` seconds, counted in ``key``
+    (the window of ``Cache.hit_rate_limit``, on the cache's clock).
+
+    Checked in the reserving step in its place among the bounds: an order that reaches it
+    and is admitted counts in the window even if a later bound refuses it; an order refused
+    by it, by an earlier bound, or as a repeat of a held reservation is not counted.
+    """
+
+    key: str
+    limit: int
+    window: float
+    code: str
+    message: str
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.key,)
+
+    def encode(self, first_key: int) -> list[str]:
+        window_us = max(1, round(self.window * 1_000_000))
+        return ["rate", str(first_key), str(self.limit), str(window_us), secrets.token_hex(8)]
+
+    def refusal(self, wait_us: int) -> str:
+        return f"{self.message}; retry in {wait_us / 1_000_000:.3f} s"
+
+
+AnyBound = Bound | RateBound
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveOutcome:
+    """``status`` 0: reserved; -1: this order id holds a reservation already (nothing
+    changed); n > 0: the 1-based number of the first bound refused (nothing reserved).
+    ``wait_us``: for a refused :class:`RateBound`, microseconds until an order would be
+    admitted; else 0."""
+
+    status: int
+    wait_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +146,33 @@ class AccountExposure:
     positions: dict[str, Decimal] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyFill:
+    """Book one fill (see :meth:`Exposure.apply_fill`)."""
+
+    account_id: str
+    symbol: str
+    side: Side
+    quantity: Decimal
+    price: Decimal
+    order_id: str
+    fill_id: str
+    fee: Decimal = ZERO
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseOrder:
+    """Free what is left of an order's reservation. With ``account_id`` and ``symbol`` (a
+    fill event carries both) its keys are known; without them its record is read first."""
+
+    order_id: str
+    account_id: str | None = None
+    symbol: str | None = None
+
+
+ExposureChange = ApplyFill | ReleaseOrder
+
+
 def _int(value: bytes | None) -> int:
     return 0 if value is None else int(value)
 
@@ -112,38 +194,30 @@ class Exposure:
         side: Side,
         quantity_units: int,
         reserve_units: int,
-        bounds: Sequence[Bound],
-    ) -> int:
-        """Check ``bounds`` and reserve, atomically. Returns 0 when reserved, -1 when this order
-        id holds a reservation already (nothing changes), or the 1-based number of the first
-        bound that would be exceeded (nothing changes)."""
+        bounds: Sequence[AnyBound],
+    ) -> ReserveOutcome:
+        """Check ``bounds`` in order and reserve, atomically (see :class:`ReserveOutcome`)."""
         record = f"{side.value}|{quantity_units}|{reserve_units}|{account_id}|{symbol}"
-        args = [record, side.value, str(quantity_units), str(reserve_units), str(len(bounds))]
-        for bound in bounds:
-            args += bound.encode()
         keys = [
             _order_key(order_id),
             *self._account_keys(account_id, "reserved", "cash_flow", "open"),
             *self._symbol_keys(account_id, symbol),
         ]
+        spec: list[str] = []
+        for bound in bounds:
+            spec += bound.encode(len(keys) + 1)
+            keys += bound.keys
+        args = [record, side.value, str(quantity_units), str(reserve_units), " ".join(spec)]
         result = await self._cache.run_script(RESERVE, keys, args)
-        if not isinstance(result, int):
-            raise TypeError(f"the reserve script answered {result!r}")
-        return result
+        match result:
+            case [int(status), int(wait_us)]:
+                return ReserveOutcome(status, wait_us)
+        raise TypeError(f"the reserve script answered {result!r}")
 
     async def release(self, order_id: str) -> bool:
         """Free what is left of the order's reservation. True if there was one; releasing
         twice, or an order that was never reserved, changes nothing."""
-        found = await self.reservation(order_id)
-        if found is None:
-            return False
-        account, symbol = found.account_id, found.symbol
-        keys = [
-            _order_key(order_id),
-            *self._account_keys(account, "reserved", "open"),
-            *self._symbol_keys(account, symbol)[1:],
-        ]
-        return await self._cache.run_script(RELEASE, keys, []) == 1
+        return (await self.apply([ReleaseOrder(order_id)]))[0]
 
     async def apply_fill(
         self,
@@ -162,19 +236,65 @@ class Exposure:
         sell's proceeds rounded down) less ``fee``; the order's open quantity shrinks and its
         reservation by at most the fill's notional, and is released once nothing remains.
         """
-        check_account_id(account_id)
-        fill_quantity = exact(fill_quantity, field="fill quantity")
-        notional = fill_quantity * exact(price, field="fill price")
-        buying = side is Side.BUY
+        fill = ApplyFill(account_id, symbol, side, fill_quantity, price, order_id, fill_id, fee)
+        return (await self.apply([fill]))[0]
+
+    async def apply(self, changes: Sequence[ExposureChange]) -> list[bool]:
+        """Apply fills and releases in the given order, in one round trip (two when a release
+        names only its order: the records of all such releases are read first, in one read).
+
+        Each change is one atomic script and idempotent, so a batch that raises midway can
+        be applied again whole. Returns, per change, True when it changed something (a fill
+        booked, a reservation released). Arguments are checked before anything is sent.
+        """
+        unknown = [
+            c.order_id
+            for c in changes
+            if isinstance(c, ReleaseOrder) and not (c.account_id and c.symbol)
+        ]
+        records = await self._reservations(unknown)
+        calls: list[ScriptCall] = []
+        slots: list[int | None] = []
+        for change in changes:
+            call = self._call(change, records)
+            slots.append(None if call is None else len(calls))
+            if call is not None:
+                calls.append(call)
+        results = await self._cache.run_scripts(calls) if calls else []
+        return [slot is not None and results[slot] == 1 for slot in slots]
+
+    def _call(
+        self, change: ExposureChange, records: dict[str, OpenReservation]
+    ) -> ScriptCall | None:
+        if isinstance(change, ApplyFill):
+            return self._fill_call(change)
+        if change.account_id and change.symbol:
+            account, symbol = change.account_id, change.symbol
+        elif (found := records.get(change.order_id)) is not None:
+            account, symbol = found.account_id, found.symbol
+        else:
+            return None  # nothing reserved under this order id
+        keys = [
+            _order_key(change.order_id),
+            *self._account_keys(account, "reserved", "open"),
+            *self._symbol_keys(account, symbol)[1:],
+        ]
+        return ScriptCall(RELEASE, keys, ())
+
+    def _fill_call(self, fill: ApplyFill) -> ScriptCall:
+        account_id, symbol = check_account_id(fill.account_id), fill.symbol
+        fill_quantity = exact(fill.quantity, field="fill quantity")
+        notional = fill_quantity * exact(fill.price, field="fill price")
+        buying = fill.side is Side.BUY
         cash = (
             -money_units(notional, round_up=True)
             if buying
             else money_units(notional, round_up=False)
         )
-        cash -= money_units(exact(fee, field="fee"), round_up=True)
+        cash -= money_units(exact(fill.fee, field="fee"), round_up=True)
         keys = [
-            f"risk:fill:{fill_id}",
-            _order_key(order_id),
+            f"risk:fill:{fill.fill_id}",
+            _order_key(fill.order_id),
             self._symbol_keys(account_id, symbol)[0],
             *self._account_keys(account_id, "cash_flow", "reserved", "open"),
             *self._symbol_keys(account_id, symbol)[1:],
@@ -182,37 +302,51 @@ class Exposure:
         ]
         args = [
             self._fill_memory_ms,
-            side.value,
+            fill.side.value,
             str(quantity_units(fill_quantity)),
             str(cash),
             str(money_units(notional, round_up=True) if buying else 0),
             symbol,
         ]
-        return await self._cache.run_script(APPLY_FILL, keys, args) == 1
+        return ScriptCall(APPLY_FILL, keys, args)
 
     async def reservation(self, order_id: str) -> OpenReservation | None:
-        raw = await self._cache.get(_order_key(order_id))
-        if raw is None:
-            return None
-        side, remaining, reserved, account, symbol = raw.decode().split("|", 4)
-        return OpenReservation(
-            order_id, account, symbol, Side(side), quantity(int(remaining)), int(reserved)
-        )
+        return (await self._reservations([order_id])).get(order_id)
+
+    async def _reservations(self, order_ids: Sequence[str]) -> dict[str, OpenReservation]:
+        """The reservations held under ``order_ids`` (absent ones left out), in one read."""
+        if not order_ids:
+            return {}
+        unique = list(dict.fromkeys(order_ids))
+        raws = await self._cache.get_many([_order_key(order_id) for order_id in unique])
+        found: dict[str, OpenReservation] = {}
+        for order_id, raw in zip(unique, raws, strict=True):
+            if raw is not None:
+                side, remaining, reserved, account, symbol = raw.decode().split("|", 4)
+                found[order_id] = OpenReservation(
+                    order_id, account, symbol, Side(side), quantity(int(remaining)), int(reserved)
+                )
+        return found
 
     async def snapshot(self, account_id: str) -> AccountExposure:
         """The account's counters and every position it holds (two reads)."""
-        keys = self._account_keys(account_id, "cash_flow", "reserved", "open", "held")
-        cash_flow, reserved, open_orders, held = await self._cache.get_many(keys)
-        symbols = held.decode().split("\n") if held else []
-        values = await self._cache.get_many([self._symbol_keys(account_id, s)[0] for s in symbols])
-        positions = {s: quantity(_int(v)) for s, v in zip(symbols, values, strict=True) if _int(v)}
-        return AccountExposure(_int(cash_flow), _int(reserved), _int(open_orders), positions)
+        counters = await self._cache.get_many(self.counter_keys(account_id))
+        symbols = held_symbols(counters[-1])
+        values = await self._cache.get_many([self.position_key(account_id, s) for s in symbols])
+        return account_exposure(counters, zip(symbols, values, strict=True))
 
     async def symbol_counters(self, account_id: str, symbol: str) -> tuple[int, int, int]:
         """(position, buying, selling) of one symbol, in quantity units."""
         values = await self._cache.get_many(self._symbol_keys(account_id, symbol))
         position, buying, selling = (_int(value) for value in values)
         return position, buying, selling
+
+    def counter_keys(self, account_id: str) -> list[str]:
+        """The keys :func:`account_exposure` decodes: cash flow, reserved, open, held."""
+        return self._account_keys(account_id, "cash_flow", "reserved", "open", "held")
+
+    def position_key(self, account_id: str, symbol: str) -> str:
+        return self._symbol_keys(account_id, symbol)[0]
 
     @staticmethod
     def _account_keys(account_id: str, *names: str) -> list[str]:
@@ -221,6 +355,22 @@ class Exposure:
     @staticmethod
     def _symbol_keys(account_id: str, symbol: str) -> list[str]:
         return [f"risk:acct:{account_id}:{name}:{symbol}" for name in ("pos", "buying", "selling")]
+
+
+def held_symbols(raw: bytes | None) -> list[str]:
+    """The symbols an account ever held, from the value of its ``held`` key. The list only
+    ever grows (fills append to it), so a reader may remember it and read ahead."""
+    return raw.decode().split("\n") if raw else []
+
+
+def account_exposure(
+    counters: Sequence[bytes | None], positions: Iterable[tuple[str, bytes | None]]
+) -> AccountExposure:
+    """Decode the values of ``Exposure.counter_keys`` and ``(symbol, position value)`` pairs;
+    positions of 0 are left out."""
+    cash_flow, reserved, open_orders = counters[0], counters[1], counters[2]
+    held = {symbol: quantity(_int(raw)) for symbol, raw in positions if _int(raw)}
+    return AccountExposure(_int(cash_flow), _int(reserved), _int(open_orders), held)
 
 
 def _order_key(order_id: str) -> str:

@@ -7,9 +7,10 @@
   effective state is the stricter of the two: ``halted`` (the kill switch: nothing passes) over
   ``reduce_only`` (only orders that shrink a position pass) over ``active``.
 
-Everything is read on every check (one round trip), so a change applies to the next order in
-every process. An absent key means "no override" / ``active``; a cache that cannot be read
-raises, and the engine turns that into a rejection (fail closed).
+Everything is read on every check (with the rest of what a check reads, in one round trip),
+so a change applies to the next order in every process. An absent key means "no override" /
+``active``; a cache that cannot be read raises, and the engine turns that into a rejection
+(fail closed).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class RiskLimits:
 
 
 LIMIT_FIELDS = frozenset(f.name for f in fields(RiskLimits))
+_REMEMBERED = 4096  # decoded override values a LimitsStore keeps
 
 
 def _encode(overrides: dict[str, Any]) -> bytes:
@@ -114,15 +116,37 @@ class LimitsStore:
     def __init__(self, cache: Cache, defaults: RiskLimits | None = None) -> None:
         self._cache = cache
         self.defaults = defaults or RiskLimits()
+        self._decoded: dict[bytes, RiskLimits] = {}  # stored overrides -> limits (see below)
 
     async def settings_for(self, user_id: str) -> UserRiskSettings:
         """Limits and effective state in one round trip."""
-        raw_limits, user_state, platform_state = await self._cache.get_many(
-            [_limits_key(user_id), _state_key(user_id), _state_key(PLATFORM)]
-        )
-        limits = replace(self.defaults, **_decode(raw_limits))
+        return self.settings_from(*await self._cache.get_many(self.keys_for(user_id)))
+
+    @staticmethod
+    def keys_for(user_id: str) -> list[str]:
+        """The keys :meth:`settings_from` decodes, for a caller that reads them with others."""
+        return [_limits_key(user_id), _state_key(user_id), _state_key(PLATFORM)]
+
+    def settings_from(
+        self, raw_limits: bytes | None, user_state: bytes | None, platform_state: bytes | None
+    ) -> UserRiskSettings:
+        """Decode the values read at :meth:`keys_for`.
+
+        Limits are a function of the stored overrides (the defaults never change), so they are
+        remembered per stored value: a check decodes and validates a user's overrides once, not
+        every time. The memory is bounded: it starts over past ``_REMEMBERED`` values.
+        """
+        limits = self.defaults
+        if raw_limits is not None:
+            limits = self._decoded.get(raw_limits) or self._decode_limits(raw_limits)
         states = [_state(user_state), _state(platform_state)]
         return UserRiskSettings(limits, max(states, key=lambda s: s.strictness))
+
+    def _decode_limits(self, raw: bytes) -> RiskLimits:
+        if len(self._decoded) >= _REMEMBERED:
+            self._decoded.clear()
+        limits = self._decoded[raw] = replace(self.defaults, **_decode(raw))
+        return limits
 
     async def limits_for(self, user_id: str) -> RiskLimits:
         return (await self.settings_for(user_id)).limits

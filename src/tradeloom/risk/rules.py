@@ -1,11 +1,18 @@
 """Pre-trade risk rules: a ``RiskRule`` protocol and the built-in rules, in their default order.
 
 A rule looks at one :class:`OrderCheck` and either raises :class:`RiskRejected` at once (a
-rule that needs no shared state: the kill switch, the order notional, the order rate), or
-returns :class:`Bound` s that the engine checks and reserves in ONE atomic cache script together
-with every other rule's bounds (buying power, open orders, concentration, reduce-only). Rules
-run in list order and the first rejection wins; bounds are checked in the order they were
-returned, and the first one exceeded names the rejection.
+rule that needs no shared state: the kill switch, the order notional), or returns bounds that
+the engine checks and reserves in ONE atomic cache script together with every other rule's
+bounds (reduce-only, the order rate, open orders, buying power, concentration). Rules run in
+list order and the first rejection wins: a rule that raises refuses before any bound is
+checked, and bounds are checked in the order the rules returned them, the first one exceeded
+naming the rejection. Rules do no I/O of their own: the engine read everything they look at
+(:class:`OrderCheck`) in one round trip.
+
+What counts toward the order rate: every order that reaches the rate window in the reserving
+step and is admitted by it, including one that a later bound then refuses. An order refused
+before it (halted, order notional, reduce-only), by the window itself, or checked again under
+an order id that holds a reservation, is not counted.
 
 Concentration without a division by equity: the cap on a name is ``max_concentration x
 equity`` in money, turned into a quantity cap by dividing by the (positive) price. When
@@ -15,20 +22,18 @@ the order's side pass: an account with nothing left can still close positions, n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Protocol
 
-from tradeloom.cache.port import Cache
 from tradeloom.domain.accounts import Account
 from tradeloom.domain.events import PriceUpdate
 from tradeloom.domain.numbers import ZERO
 from tradeloom.domain.orders import OrderType, Side
-from tradeloom.market_data.last_prices import LastPrices
 from tradeloom.risk import errors
 from tradeloom.risk.errors import RiskRejected
-from tradeloom.risk.exposure import AccountExposure, Bound, Counter
+from tradeloom.risk.exposure import AccountExposure, AnyBound, Bound, Counter, RateBound
 from tradeloom.risk.limits import RiskLimits, TradingState
 from tradeloom.risk.units import QUANTITY_SCALE, clamp_units, money, money_units
 
@@ -52,10 +57,11 @@ class OrderCheck:
     limits: RiskLimits
     state: TradingState
     exposure: AccountExposure  # read just before the rules run; bounds re-check atomically
+    marks: Mapping[str, Decimal | None]  # every other symbol held: its mark (None: no price)
 
 
 class RiskRule(Protocol):
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         """Raise ``RiskRejected`` to refuse now; return the bounds the reservation must keep."""
 
 
@@ -71,7 +77,7 @@ class TradingStateRule:
     """``halted`` refuses everything; ``reduce_only`` lets an order through only if, with every
     open order of its side, it cannot take the position past zero."""
 
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         if check.state is TradingState.HALTED:
             raise RiskRejected("trading is halted", code=errors.HALTED)
         if check.state is TradingState.REDUCE_ONLY:
@@ -85,7 +91,7 @@ class TradingStateRule:
 
 
 class MaxOrderNotionalRule:
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         limit = check.limits.max_order_notional
         if check.notional > limit:
             raise RiskRejected(
@@ -96,28 +102,25 @@ class MaxOrderNotionalRule:
 
 
 class OrderRateRule:
-    """A sliding window per user in the cache, shared by every process; a refused order is
-    not counted, an order refused by a later rule is."""
+    """A sliding window per user in the cache, shared by every process and checked in the
+    reserving step (see the module docstring for what counts)."""
 
-    def __init__(self, cache: Cache) -> None:
-        self._cache = cache
-
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         limits = check.limits
-        decision = await self._cache.hit_rate_limit(
-            f"risk:rate:{check.user_id}", limits.order_rate, limits.order_rate_window
-        )
-        if not decision.allowed:
-            raise RiskRejected(
-                f"more than {limits.order_rate} orders in {limits.order_rate_window} s; "
-                f"retry in {decision.retry_after:.3f} s",
-                code=errors.ORDER_RATE,
+        message = f"more than {limits.order_rate} orders in {limits.order_rate_window} s"
+        return [
+            RateBound(
+                f"risk:rate:{check.user_id}",
+                limits.order_rate,
+                limits.order_rate_window,
+                errors.ORDER_RATE,
+                message,
             )
-        return ()
+        ]
 
 
 class MaxOpenOrdersRule:
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         limit = check.limits.max_open_orders
         message = f"the account has {limit} open orders, the most allowed"
         return [Bound(((1, Counter.OPEN_ORDERS),), 1, limit, errors.MAX_OPEN_ORDERS, message)]
@@ -127,7 +130,7 @@ class BuyingPowerRule:
     """Reserved buys plus this one must not exceed cash: opening cash plus the net cash of
     fills. Sells need no buying power (their exposure is bounded by concentration)."""
 
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
         if check.side is not Side.BUY:
             return ()
         opening = money_units(check.account.opening_cash, round_up=False)
@@ -143,11 +146,8 @@ class ConcentrationRule:
     mark; a long without a current price counts as 0 (never overstating equity), a short
     without one refuses the order (its cost is unknown)."""
 
-    def __init__(self, last_prices: LastPrices) -> None:
-        self._last_prices = last_prices
-
-    async def assess(self, check: OrderCheck) -> Sequence[Bound]:
-        equity = await self.equity(check)
+    async def assess(self, check: OrderCheck) -> Sequence[AnyBound]:
+        equity = self.equity(check)
         cap_money = check.limits.max_concentration * equity
         cap = ZERO if cap_money <= ZERO else cap_money / check.mark * QUANTITY_SCALE
         cap_units = clamp_units(int(cap.to_integral_value(rounding=ROUND_FLOOR)))
@@ -164,17 +164,12 @@ class ConcentrationRule:
             )
         ]
 
-    async def equity(self, check: OrderCheck) -> Decimal:
+    @staticmethod
+    def equity(check: OrderCheck) -> Decimal:
         snapshot = check.exposure
-        others = [symbol for symbol in snapshot.positions if symbol != check.symbol]
-        marks = {
-            symbol: mark_price(quote)
-            for symbol, quote in (await self._last_prices.last_many(others)).items()
-        }
-        marks[check.symbol] = check.mark
         equity = check.account.opening_cash + money(snapshot.cash_flow_units)
         for symbol, position in snapshot.positions.items():
-            mark = marks.get(symbol)
+            mark = check.mark if symbol == check.symbol else check.marks.get(symbol)
             if mark is None:
                 if position < ZERO:
                     raise RiskRejected(
@@ -199,13 +194,13 @@ def mark_price(quote: PriceUpdate | None) -> Decimal | None:
     return price if price is not None and price > ZERO else None
 
 
-def default_rules(cache: Cache, last_prices: LastPrices) -> list[RiskRule]:
+def default_rules() -> list[RiskRule]:
     """The built-in rules in their order: cheap refusals first, then the reserved bounds."""
     return [
         TradingStateRule(),
         MaxOrderNotionalRule(),
-        OrderRateRule(cache),
+        OrderRateRule(),
         MaxOpenOrdersRule(),
         BuyingPowerRule(),
-        ConcentrationRule(last_prices),
+        ConcentrationRule(),
     ]

@@ -4,9 +4,11 @@ All amounts are scaled integers in decimal text (see :mod:`tradeloom.risk.units`
 counter reads as 0. An order's reservation record is ``side|remaining|reserved|account|symbol``
 (``remaining`` in quantity units, ``reserved`` in money units).
 
-* ``RESERVE`` checks every bound against the current counters and, only if all hold, applies
-  the order's increments and writes its record, in one atomic step. So concurrent orders of one
-  account are checked one after another and can never jointly pass a bound.
+* ``RESERVE`` checks every bound in order, the order-rate window among them, and only if all
+  hold applies the order's increments and writes its record, in one atomic step. So concurrent
+  orders of one account are checked one after another and can never jointly pass a bound. A
+  window that admits the order records it at once (a later bound's refusal keeps it counted);
+  the window shares ``Cache.hit_rate_limit``'s (``hit_window`` and its Lua twin).
 * ``RELEASE`` undoes what is left of a reservation and deletes its record; a second release
   finds no record and changes nothing.
 * ``APPLY_FILL`` books a fill once per fill id (a marker key remembers every applied id, not
@@ -18,25 +20,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tradeloom.cache.port import CacheScript, ScriptStore
+from tradeloom.cache.port import SLIDING_WINDOW_LUA, CacheScript, ScriptStore
 
 # RESERVE. KEYS: 1 record, 2 reserved, 3 cash flow, 4 open orders, 5 position, 6 buying,
-# 7 selling. ARGV: 1 record text, 2 side, 3 quantity, 4 money to reserve, 5 bound count, then
-# per bound: term count, (sign, key index) per term, increment, limit.
-# Returns 0 (reserved), -1 (this order id holds a reservation already: nothing changes) or the
-# 1-based number of the first bound that would be exceeded (nothing changes).
-_RESERVE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local at = 6
-for b = 1, tonumber(ARGV[5]) do
-  local total = 0
-  for t = 1, tonumber(ARGV[at]) do
-    local current = tonumber(redis.call('GET', KEYS[tonumber(ARGV[at + 2 * t])]) or '0')
-    total = total + tonumber(ARGV[at + 2 * t - 1]) * current
+# 7 selling, then the keys of the bounds' own (a rate window). ARGV: 1 record text, 2 side,
+# 3 quantity, 4 money to reserve, 5 the bounds: one text of space-separated tokens (one
+# argument rather than dozens: each argument costs the client its encoding), per bound either
+#   'sum', term count, (sign, key index) per term, increment, limit; or
+#   'rate', window key index, limit, window in microseconds, a member unique to this hit.
+# Returns {0, 0} (reserved), {-1, 0} (this order id holds a reservation already: nothing
+# changes) or {n, wait}: the 1-based number of the first bound refused, and for a rate bound
+# the microseconds until an order would be admitted (else 0); nothing is reserved.
+_RESERVE_LUA = (
+    SLIDING_WINDOW_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {-1, 0} end
+local spec = {}
+for token in string.gmatch(ARGV[5], '%S+') do spec[#spec + 1] = token end
+local at, b = 1, 0
+while at <= #spec do
+  b = b + 1
+  if spec[at] == 'rate' then
+    local key = KEYS[tonumber(spec[at + 1])]
+    local allowed, _, wait = hit_window(key, tonumber(spec[at + 2]), tonumber(spec[at + 3]),
+      spec[at + 4])
+    if allowed == 0 then return {b, wait} end
+    at = at + 5
+  else
+    local terms = tonumber(spec[at + 1])
+    local total = 0
+    for t = 1, terms do
+      local current = tonumber(redis.call('GET', KEYS[tonumber(spec[at + 2 * t + 1])]) or '0')
+      total = total + tonumber(spec[at + 2 * t]) * current
+    end
+    at = at + 2 + 2 * terms
+    if total + tonumber(spec[at]) > tonumber(spec[at + 1]) then return {b, 0} end
+    at = at + 2
   end
-  at = at + 1 + 2 * tonumber(ARGV[at])
-  if total + tonumber(ARGV[at]) > tonumber(ARGV[at + 1]) then return b end
-  at = at + 2
 end
 redis.call('INCRBY', KEYS[2], ARGV[4])
 redis.call('INCR', KEYS[4])
@@ -46,8 +66,9 @@ else
   redis.call('INCRBY', KEYS[7], ARGV[3])
 end
 redis.call('SET', KEYS[1], ARGV[1])
-return 0
+return {0, 0}
 """
+)
 
 
 def _counter(store: ScriptStore, key: str) -> int:
@@ -55,25 +76,34 @@ def _counter(store: ScriptStore, key: str) -> int:
     return 0 if value is None else int(value)
 
 
-def _reserve(store: ScriptStore, keys: Sequence[str], args: Sequence[str]) -> int:
+def _reserve(store: ScriptStore, keys: Sequence[str], args: Sequence[str]) -> list[int]:
     if store.get(keys[0]) is not None:
-        return -1
-    at = 5
-    for number in range(1, int(args[4]) + 1):
-        terms = int(args[at])
+        return [-1, 0]
+    spec = args[4].split()
+    at, number = 0, 0
+    while at < len(spec):
+        number += 1
+        if spec[at] == "rate":
+            window = int(spec[at + 3]) / 1_000_000
+            decision = store.hit_window(keys[int(spec[at + 1]) - 1], int(spec[at + 2]), window)
+            if not decision.allowed:
+                return [number, round(decision.retry_after * 1_000_000)]
+            at += 5
+            continue
+        terms = int(spec[at + 1])
         total = sum(
-            int(args[at + 2 * t - 1]) * _counter(store, keys[int(args[at + 2 * t]) - 1])
+            int(spec[at + 2 * t]) * _counter(store, keys[int(spec[at + 2 * t + 1]) - 1])
             for t in range(1, terms + 1)
         )
-        at += 1 + 2 * terms
-        if total + int(args[at]) > int(args[at + 1]):
-            return number
+        at += 2 + 2 * terms
+        if total + int(spec[at]) > int(spec[at + 1]):
+            return [number, 0]
         at += 2
     store.incrby(keys[1], int(args[3]))
     store.incrby(keys[3], 1)
     store.incrby(keys[5] if args[1] == "buy" else keys[6], int(args[2]))
     store.set(keys[0], args[0].encode())
-    return 0
+    return [0, 0]
 
 
 RESERVE = CacheScript(name="risk_reserve", lua=_RESERVE_LUA, python=_reserve)

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.domain.orders import Side
-from tradeloom.risk.exposure import Bound, Counter, Exposure
+from tradeloom.risk.exposure import (
+    ApplyFill,
+    Bound,
+    Counter,
+    Exposure,
+    ExposureChange,
+    ReleaseOrder,
+)
 from tradeloom.risk.units import MONEY_SCALE, QUANTITY_SCALE
 
 ORDERS = [f"o{i}" for i in range(4)]
@@ -64,13 +71,25 @@ Step = Reserve | Release | Fill
 FillTerms = tuple[str, Side, int, int]  # symbol, side, quantity, price
 
 
-async def run(steps: list[Step]) -> None:
+async def run(steps: list[Step], batched: bool) -> list[object]:
+    """Apply ``steps``; with ``batched``, each run of fills and releases between two reserves
+    goes as one ``Exposure.apply`` batch. Checks the invariants after every reserve and batch
+    (or step) and returns the final state."""
     exposure = Exposure(MemoryCache())
     terms: dict[str, tuple[str, Side]] = {}  # order id -> (symbol, side) once reserved
     fills: dict[str, FillTerms] = {}
+    pending: list[ExposureChange] = []
     buying_power = ((1, Counter.RESERVED), (-1, Counter.CASH_FLOW))
+
+    async def flush() -> None:
+        if pending:
+            await exposure.apply(pending)
+            pending.clear()
+            await check(exposure, fills)
+
     for step in steps:
         if isinstance(step, Reserve):
+            await flush()
             money = step.quantity * step.price * MONEY_SCALE if step.side is Side.BUY else 0
             bound = Bound(buying_power, money, CASH_LIMIT, "bp", "bp")
             outcome = await exposure.reserve(
@@ -82,25 +101,35 @@ async def run(steps: list[Step]) -> None:
                 money,
                 [bound],
             )
-            if outcome == 0:
+            if outcome.status == 0:
                 terms[step.order_id] = (step.symbol, step.side)
         elif isinstance(step, Release):
-            await exposure.release(step.order_id)
+            if batched:
+                pending.append(ReleaseOrder(step.order_id))
+            else:
+                await exposure.release(step.order_id)
         else:
             symbol, side = terms.get(step.order_id, ("AAPL", Side.BUY))
             fill_id = f"{step.order_id}-f{step.number}"
-            applied = await exposure.apply_fill(
-                "A",
-                symbol,
-                side,
-                Decimal(step.quantity),
-                Decimal(step.price),
-                step.order_id,
-                fill_id,
-            )
-            assert applied == (fill_id not in fills), "a fill is applied exactly once"
+            quantity, price = Decimal(step.quantity), Decimal(step.price)
+            if batched:
+                pending.append(
+                    ApplyFill("A", symbol, side, quantity, price, step.order_id, fill_id)
+                )
+            else:
+                applied = await exposure.apply_fill(
+                    "A", symbol, side, quantity, price, step.order_id, fill_id
+                )
+                assert applied == (fill_id not in fills), "a fill is applied exactly once"
             fills.setdefault(fill_id, (symbol, side, step.quantity, step.price))
-        await check(exposure, fills)
+        if not batched or isinstance(step, Reserve):
+            await check(exposure, fills)
+    await flush()
+    return [
+        await exposure.snapshot("A"),
+        *[await exposure.symbol_counters("A", symbol) for symbol in SYMBOLS],
+        *[await exposure.reservation(order_id) for order_id in ORDERS],
+    ]
 
 
 async def check(exposure: Exposure, fills: dict[str, FillTerms]) -> None:
@@ -125,4 +154,6 @@ async def check(exposure: Exposure, fills: dict[str, FillTerms]) -> None:
 def test_counters_always_equal_the_sums_over_held_reservations(
     steps: list[Step],
 ) -> None:
-    asyncio.run(run(steps))
+    """One at a time and in batches: the invariants hold, and both end in the same state."""
+    one_by_one = asyncio.run(run(steps, batched=False))
+    assert asyncio.run(run(steps, batched=True)) == one_by_one

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
 
-from tests.unit.risk.world import ManualMonotonic, RiskWorld, outcomes
+from tests.unit.risk.world import ManualMonotonic, RiskWorld, outcomes, rejected
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import CacheScript
 from tradeloom.domain.orders import OrderType, Side
-from tradeloom.risk import PLATFORM, RiskRejected, TradingState
+from tradeloom.risk import PLATFORM, TradingState
 
 BUY, SELL = Side.BUY, Side.SELL
-
-
-async def rejected(code: str, attempt: Awaitable[object]) -> RiskRejected:
-    with pytest.raises(RiskRejected) as caught:
-        await attempt
-    assert caught.value.code == code, f"expected {code}, got {caught.value.code}: {caught.value}"
-    return caught.value
 
 
 async def test_an_order_within_every_limit_is_accepted_and_reserves_its_notional(
@@ -223,6 +216,36 @@ async def test_order_rate_is_a_sliding_window_per_user(
     monotonic.now += 1.0
     await world.quote("AAPL", last="100")
     await world.place("A1", "AAPL", BUY, "1", "100")
+
+
+async def test_what_counts_toward_the_order_rate(world: RiskWorld) -> None:
+    """Counted: admitted by the window, even if a later bound then refuses. Not counted:
+    refused before the window (halted, notional, reduce-only), by it, or a repeated check."""
+    await world.limits.set_limits("u1", order_rate=2, max_order_notional=Decimal(150_000))
+    await rejected("risk.max_order_notional", world.place("A1", "AAPL", BUY, "1501", "100"))
+    await world.limits.set_trading_state("u1", TradingState.HALTED)
+    await rejected("risk.halted", world.place("A1", "AAPL", BUY, "1", "100"))
+    await world.limits.set_trading_state("u1", TradingState.REDUCE_ONLY)
+    await rejected("risk.reduce_only", world.place("A1", "AAPL", BUY, "1", "100"))
+    await world.limits.set_trading_state("u1", TradingState.ACTIVE)
+    # the window admits it, buying power refuses it: it counts (1 of 2)
+    await rejected("risk.buying_power", world.place("A1", "AAPL", BUY, "1001", "100"))
+    first = await world.place("A1", "AAPL", BUY, "1", "100", order_id="o-1")  # 2 of 2
+    again = await world.place("A1", "AAPL", BUY, "1", "100", order_id="o-1")
+    assert again.repeated, "a repeated check is answered, not refused by the rate"
+    assert again.order_id == first.order_id
+    error = await rejected("risk.order_rate", world.place("A1", "AAPL", BUY, "1", "100"))
+    assert "retry in 1.000 s" in error.message, error.message
+
+
+async def test_a_bound_before_the_rate_wins_over_it(world: RiskWorld) -> None:
+    """Rules run in order: reduce-only (the trading state rule) comes before the rate."""
+    await world.limits.set_limits("u1", order_rate=1)
+    bought = await world.place("A1", "AAPL", BUY, "10", "100")  # the window is full
+    await world.fill(bought, "10", "100")
+    await world.limits.set_trading_state("u1", TradingState.REDUCE_ONLY)
+    await rejected("risk.reduce_only", world.place("A1", "AAPL", BUY, "1", "100"))
+    await rejected("risk.order_rate", world.place("A1", "AAPL", SELL, "1", "100"))
 
 
 async def test_the_first_failing_rule_names_the_rejection(world: RiskWorld) -> None:

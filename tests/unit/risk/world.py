@@ -5,11 +5,16 @@ Shared by the unit tests and the Redis integration test: ``RiskWorld`` takes any
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from tradeloom.cache.port import Cache
+import pytest
+
+from tradeloom.cache.memory import MemoryCache
+from tradeloom.cache.port import Cache, CacheScript, RateDecision, ScriptCall
 from tradeloom.domain.accounts import Account
 from tradeloom.domain.commands import PlaceOrder
 from tradeloom.domain.events import PriceUpdate
@@ -19,6 +24,7 @@ from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import ManualClock
 from tradeloom.market_data.last_prices import LastPrices
 from tradeloom.risk.engine import Reservation, RiskEngine
+from tradeloom.risk.errors import RiskRejected
 from tradeloom.risk.exposure import Exposure
 from tradeloom.risk.limits import LimitsStore, RiskLimits
 
@@ -35,6 +41,41 @@ class ManualMonotonic:
 
     def __call__(self) -> float:
         return self.now
+
+
+class CountingCache(MemoryCache):
+    """A memory cache that counts the calls that are round trips on Redis, by method name."""
+
+    def __init__(self, clock: ManualMonotonic) -> None:
+        super().__init__(clock=clock)
+        self.trips: Counter[str] = Counter()
+
+    async def get(self, key: str) -> bytes | None:
+        self.trips["get"] += 1
+        return await super().get(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        self.trips["get_many"] += 1
+        return await super().get_many(keys)
+
+    async def run_script(
+        self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
+    ) -> object:
+        self.trips[f"run_script {script.name}"] += 1
+        return await super().run_script(script, keys, args)
+
+    async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
+        self.trips["run_scripts"] += 1
+        return await super().run_scripts(calls)
+
+    async def hit_rate_limit(self, key: str, limit: int, window: float) -> RateDecision:
+        self.trips["hit_rate_limit"] += 1
+        return await super().hit_rate_limit(key, limit, window)
+
+    def taken(self) -> Counter[str]:
+        """The calls counted since the last ``taken``."""
+        taken, self.trips = self.trips, Counter()
+        return taken
 
 
 class AccountBook:
@@ -144,3 +185,11 @@ class RiskWorld:
 
 def outcomes(latencies: list[tuple[float, str]]) -> list[str]:
     return [outcome for _, outcome in latencies]
+
+
+async def rejected(code: str, attempt: Awaitable[object]) -> RiskRejected:
+    """Await ``attempt``, which must be refused with ``code``; returns the refusal."""
+    with pytest.raises(RiskRejected) as caught:
+        await attempt
+    assert caught.value.code == code, f"expected {code}, got {caught.value.code}: {caught.value}"
+    return caught.value
