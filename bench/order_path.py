@@ -1,12 +1,20 @@
 """Order-path benchmark: command handler → risk → outbox → bus → execution → paper broker → fill.
 
 Runs the write path of the platform on the PRODUCTION adapters (PostgreSQL, NATS JetStream,
-Redis) exactly as ``build_platform`` wires them, in this one process, and, in the same run,
-the database's bare insert-commit rate as the baseline.
+Redis) as ``build_platform`` wires them, split by service as a deployment would run it: THIS
+process is the API (the OMS command handler and pre-trade risk, with its outbox relay; it runs
+no consuming service), and ``--workers`` worker processes run ``--worker-services`` (market
+data and execution by default: the broker gateway with the paper broker, the execution
+engine, the OMS order-state updater and risk's exposure updater). ``--workers 0`` runs those
+services in this process too. In the same run, the database's bare insert-commit rate is the
+baseline.
 
     python bench/order_path.py                      # 1,000 orders/s offered for 15 s
     python bench/order_path.py --rate 0             # as fast as the placers can go
-    python bench/order_path.py --profile /tmp/prof  # py-spy this process over the window
+    python bench/order_path.py --workers 0          # everything in one process
+    python bench/order_path.py --profile /tmp/prof  # py-spy this process and its workers
+
+Every process runs on uvloop, as ``tradeloom serve`` does (uvicorn picks it when installed).
 
 The load: ``--accounts`` accounts (one user each, ample cash), market BUY orders of one share
 on ``--symbols`` symbols, offered open-loop at ``--rate`` orders/s by ``--placers`` asyncio
@@ -16,23 +24,23 @@ If every placer is busy the order starts late: that lateness is reported separat
 acknowledgement latency is the ``await place(...)`` alone, the brief's definition). The
 per-user order-rate and open-order limits are raised so risk refuses nothing legitimate.
 A quote pump publishes a fresh quote per symbol every ``--quote-interval`` seconds through
-the market-data publisher (bus → cache, and the paper broker's price feed), so prices stay
+the market-data publisher (bus → the worker's cache writer and paper broker), so prices stay
 fresh for risk and the paper broker always shows size to fill against.
 
 Figures:
 
 * placed/s: orders acknowledged (``place`` returned) during the offered window / window;
-* filled/s: ``order.filled`` events APPLIED to the order rows (the OMS state updater's
-  transaction committed) during the window / window; then the drain until every order is
-  filled;
+* filled/s: ``order.filled`` events received from the bus (this process consumes
+  ``order.events`` as its own group) during the window / window; then the drain until every
+  order's fill event arrived;
 * ack p50/p99/max: ``await orders.place(...)``;
 * risk check p50/p99/max: every ``RiskEngine.check_and_reserve`` (``risk_check_observer``);
-* submit→fill p50/p99/max: from ``place`` returning to the OMS state updater having committed
-  that order's ``order.filled``;
+* submit→fill event p50/p99/max: from ``place`` returning to that order's ``order.filled``
+  event arriving here from the bus;
 * BASELINE: asyncpg, ``BEGIN; INSERT one row; COMMIT`` in a loop into a scratch table for
   ``--baseline-seconds``, on one connection and on 8 concurrent connections;
-* CPU seconds per wall second of this process and of postgres, nats-server and redis-server
-  (from /proc, over the window plus drain), peak RSS of this process, the event-loop lag.
+* CPU seconds per wall second of this process, of each worker and of postgres, nats-server
+  and redis-server (from /proc, over the window plus drain), peak RSS, the event-loop lag.
 
 Everything is throwaway: a database ``tl_bench_<random>`` (created, migrated, dropped), a NATS
 stream prefix and Redis namespace ``bench<random>`` (streams deleted, keys removed). Only
@@ -46,10 +54,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
+from asyncio.subprocess import PIPE
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +70,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import redis.asyncio as aioredis
 import structlog
+import uvloop
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
@@ -80,8 +91,8 @@ from benchkit import (
     server_cpu_delta,
     top_functions,
 )
-from tradeloom.bootstrap import Platform, build_platform
-from tradeloom.config import Settings
+from tradeloom.bootstrap import Platform, build_platform, settle_heap
+from tradeloom.config import Settings, load_settings
 from tradeloom.domain.commands import PlaceOrder
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.events import Event, OrderFilled, PriceUpdate
@@ -89,6 +100,8 @@ from tradeloom.domain.ids import new_id
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.market_data.universe import default_universe
 from tradeloom.messaging.nats import delete_bus_streams
+from tradeloom.messaging.port import ConsumerOptions
+from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.storage.migrate import upgrade_database
 
 # --- CPU and memory, from /proc -------------------------------------------------------------
@@ -137,35 +150,41 @@ class Run:
     pg_sessions: Counter[str] = field(default_factory=Counter)
     pg_samples: int = 0
     profile: str | None = None
+    worker_pids: list[int] = field(default_factory=list)
+    worker_cpu: list[float] = field(default_factory=list)
+    worker_rss_mb: list[float] = field(default_factory=list)
 
 
 class FillProbe:
-    """Wraps the OMS state updater's batch handler: after its transaction committed, every
-    ``order.filled`` in the batch is visible in the orders table; stamp those orders."""
+    """Consumes ``order.events`` as its own group and stamps each order's ``order.filled``
+    when it arrives: the fill event as any consumer sees it."""
 
-    def __init__(self, platform: Platform) -> None:
+    def __init__(self) -> None:
         self.placed_at: dict[str, float] = {}
         self.filled_at: dict[str, float] = {}
         self.in_window_until = float("inf")
         self.filled_in_window = 0
         self.all_filled = asyncio.Event()
         self.expected: int | None = None
-        handle = platform.order_state.handle
 
-        async def timed(events: Sequence[Event]) -> None:
-            await handle(events)
-            now = time.perf_counter()
-            for event in events:
-                if isinstance(event.payload, OrderFilled):
-                    order_id = event.payload.order_id
-                    if order_id not in self.filled_at:
-                        self.filled_at[order_id] = now
-                        if now <= self.in_window_until:
-                            self.filled_in_window += 1
-            self.check_done()
+    async def start(self, platform: Platform) -> None:
+        await platform.bus.subscribe_batch(
+            ORDER_EVENTS.name,
+            "bench-fill-probe",
+            self.on_events,
+            ConsumerOptions(max_batch=500, max_wait=0.002),
+        )
 
-        # Instance-level hook, installed before start() subscribes ``self.handle``.
-        setattr(platform.order_state, "handle", timed)  # noqa: B010
+    async def on_events(self, events: Sequence[Event]) -> None:
+        now = time.perf_counter()
+        for event in events:
+            if isinstance(event.payload, OrderFilled):
+                order_id = event.payload.order_id
+                if order_id not in self.filled_at:
+                    self.filled_at[order_id] = now
+                    if now <= self.in_window_until:
+                        self.filled_in_window += 1
+        self.check_done()
 
     def check_done(self) -> None:
         if self.expected is not None and len(self.filled_at) >= self.expected:
@@ -271,21 +290,83 @@ def _start_profiler(args: argparse.Namespace) -> tuple[str, subprocess.Popen[byt
     path = os.path.join(args.profile, "order_path.txt")
     py_spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
     command = [py_spy, "record", "--pid", str(os.getpid()), "--rate", "100", "--nonblocking"]
+    command += ["--subprocesses"]
     command += ["--format", "raw", "--duration", str(max(1, round(args.duration)))]
     command += ["--output", path]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return path, process
 
 
+def _with_services(settings: Settings, services: str) -> Settings:
+    return Settings(**{**settings.model_dump(), "services": services})
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    """The settings as the ``TRADELOOM_*`` variables a worker process reads."""
+    values = {f"TRADELOOM_{k.upper()}": str(v) for k, v in settings.model_dump().items()}
+    return {**os.environ, **{k: v for k, v in values.items() if v != "None"}}
+
+
+WORKER_SCRIPT = os.path.abspath(__file__)
+
+
+async def _start_workers(
+    args: argparse.Namespace, settings: Settings
+) -> list[asyncio.subprocess.Process]:
+    """Launch ``--workers`` processes running the worker services; return once each said it
+    started (its consumers joined their groups)."""
+    environment = _environment(_with_services(settings, args.worker_services))
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, WORKER_SCRIPT, "--worker", env=environment, stdout=PIPE
+        )
+        for _ in range(args.workers)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        line = await asyncio.wait_for(worker.stdout.readline(), timeout=60)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"worker {worker.pid} did not start: {line!r}")
+    return workers
+
+
+async def _stop_workers(workers: Sequence[asyncio.subprocess.Process]) -> None:
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        await asyncio.wait_for(worker.wait(), timeout=30)
+
+
+async def worker() -> None:
+    """A worker process: the platform with the services ``TRADELOOM_SERVICES`` names, until
+    SIGTERM. Says ``ready`` on stdout once every consumer joined its group."""
+    settings = load_settings()
+    platform = build_platform(settings)
+    await platform.start()
+    settle_heap()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    print("ready", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await platform.close()
+
+
 async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
     run = Run()
     risk_samples: list[tuple[float, str]] = []
+    workers = await _start_workers(args, settings)
+    run.worker_pids = [w.pid for w in workers]
+    local = "none" if workers else args.worker_services
     platform = build_platform(
-        settings,
+        _with_services(settings, local),
         risk_check_observer=lambda seconds, outcome: risk_samples.append((seconds, outcome)),
     )
-    probe = FillProbe(platform)
+    probe = FillProbe()
     await platform.start()
+    await probe.start(platform)
+    settle_heap()
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[Any]] = []
     try:
@@ -356,6 +437,7 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
         redis0 = await _redis_commands(args.redis_url)
         _count_statements(platform, run)
         cpu0, servers0, machine0 = process_cpu(os.getpid()), server_cpu(), _total_cpu()
+        workers0 = [process_cpu(pid) for pid in run.worker_pids]
         profiler = _start_profiler(args)
         started = time.perf_counter()
         stop_at = started + args.duration
@@ -374,6 +456,11 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
         wall = ended - started
         cpu1, servers1, machine1 = process_cpu(os.getpid()), server_cpu(), _total_cpu()
         run.cpu = (cpu1 - cpu0) / wall
+        run.worker_cpu = [
+            (process_cpu(pid) - before) / wall
+            for pid, before in zip(run.worker_pids, workers0, strict=True)
+        ]
+        run.worker_rss_mb = [peak_rss_mb(pid) for pid in run.worker_pids]
         run.servers = {k: v / wall for k, v in server_cpu_delta(servers0, servers1).items()}
         run.machine_busy = (machine1[0] - machine0[0]) / wall
         run.rss_mb = peak_rss_mb(os.getpid())
@@ -404,6 +491,7 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await platform.close()
+        await _stop_workers(workers)
     return run
 
 
@@ -416,6 +504,11 @@ def _ms(samples: Sequence[float]) -> str:
         return "n/a"
     p50, p99 = percentile(ordered, 50) * 1000, percentile(ordered, 99) * 1000
     return f"{p50:.1f} / {p99:.1f} / {ordered[-1] * 1000:.0f} ms"
+
+
+def _others(run: Run) -> float:
+    ours = run.cpu + sum(run.worker_cpu) + sum(run.servers.values())
+    return max(0.0, run.machine_busy - ours)
 
 
 def _p99(samples: Sequence[float]) -> float:
@@ -450,7 +543,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             ", ".join(f"{k} x{v}" for k, v in run.refused.most_common()) or "none",
         ),
         (
-            "filled (applied to orders)",
+            "filled (fill events received)",
             f"{run.filled_in_window:,} in window = {filled_rate:,.0f} orders/s",
         ),
         (
@@ -461,20 +554,29 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         ("ack (await place) p50/p99/max", _ms(run.ack)),
         ("  start lateness p50/p99/max", _ms(run.late) + " (placer busy: open-loop queueing)"),
         ("risk check p50/p99/max", _ms(run.risk) + f" over {len(run.risk):,} checks"),
-        ("submit→fill applied p50/p99/max", _ms(run.to_fill)),
-        ("event-loop lag p50/p99/max", _ms(run.lag) + " (10 ms sleeps woken late)"),
+        ("submit→fill event p50/p99/max", _ms(run.to_fill)),
+        ("event-loop lag p50/p99/max", _ms(run.lag) + " (this process; 10 ms sleeps)"),
         (
             "CPU this process",
-            f"{run.cpu:.2f} s/s, peak RSS {run.rss_mb:.0f} MB (placers + whole platform)",
+            f"{run.cpu:.2f} s/s, peak RSS {run.rss_mb:.0f} MB (placers + API"
+            + (")" if run.worker_pids else f" + {args.worker_services})"),
         ),
+        *[
+            (
+                f"CPU worker {number} ({args.worker_services})",
+                f"{cpu:.2f} s/s, peak RSS {rss:.0f} MB",
+            )
+            for number, (cpu, rss) in enumerate(
+                zip(run.worker_cpu, run.worker_rss_mb, strict=True), start=1
+            )
+        ],
         (
             "CPU servers",
             ", ".join(f"{name} {cpu:.2f}" for name, cpu in run.servers.items()) + " s/s",
         ),
         (
             "CPU machine",
-            f"{run.machine_busy:.2f} s/s busy of {CORES} cores"
-            f" (others: {max(0.0, run.machine_busy - run.cpu - sum(run.servers.values())):.2f})",
+            f"{run.machine_busy:.2f} s/s busy of {CORES} cores (others: {_others(run):.2f})",
         ),
         ("orders by status", ", ".join(f"{k} {v:,}" for k, v in sorted(run.statuses.items()))),
         ("quotes published", f"{run.quotes:,} (every {args.quote_interval * 1000:.0f} ms/symbol)"),
@@ -487,7 +589,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             f" {run.redis_commands / per:.1f} redis commands (whole server)",
         ),
         (
-            "  SQL statements per order",
+            "  SQL statements per order (this process)",
             ", ".join(f"{k} {v / per:.1f}" for k, v in run.statements.most_common(8)),
         ),
         (
@@ -583,6 +685,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--quote-interval", type=float, default=0.05, help="seconds between quotes per symbol"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes; 0 = all in this process"
+    )
+    parser.add_argument(
+        "--worker-services",
+        default="market-data,execution",
+        help="services the workers run (add read-side to load the read side too)",
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-seconds", type=float, default=3.0)
     parser.add_argument("--baseline-connections", type=int, default=8)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false")
@@ -597,6 +708,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.rate < 0 or args.duration <= 0 or args.placers < 1 or args.accounts < 1:
         parser.error("--rate ≥ 0, --duration > 0, --placers ≥ 1 and --accounts ≥ 1 please")
+    if args.workers < 0:
+        parser.error("--workers ≥ 0 please")
     return args
 
 
@@ -606,4 +719,6 @@ if __name__ == "__main__":
         processors=[count_warnings],
         wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
     )
-    asyncio.run(main(parse_args()))
+    arguments = parse_args()
+    # uvloop, as ``tradeloom serve`` runs (uvicorn picks it when installed).
+    uvloop.run(worker() if arguments.worker else main(arguments))

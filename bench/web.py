@@ -1,8 +1,10 @@
 """Web-tier benchmark: order entry over HTTP and live SSE streams, through ``tradeloom serve``.
 
-Runs the web tier as production runs it: ``tradeloom serve`` (uvicorn serving
-``create_app(build_platform(settings), settle_heap_after_start=True)``, the whole platform in
-that one process) on the PRODUCTION adapters (PostgreSQL, Redis, NATS JetStream on 127.0.0.1),
+Runs the web tier as production runs it: ``tradeloom serve --services none`` (uvicorn serving
+``create_app(build_platform(settings), settle_heap_after_start=True)``: the API and the SSE
+hub, no consumer) with ``--workers`` more ``tradeloom serve`` processes running every
+consuming service (``--workers 0``: the whole platform in the one web process), on the
+PRODUCTION adapters (PostgreSQL, Redis, NATS JetStream on 127.0.0.1),
 driven over real TCP connections by load generators on THIS SAME MACHINE (2 cores shared by
 the server, PostgreSQL, Redis, NATS, the clients and whatever else runs: the "others" CPU
 column is the machine's busy time no listed process accounts for, i.e. other programs and
@@ -25,9 +27,10 @@ What runs where:
   enough to keep prices fresh for risk, every ``--quote-interval`` s during (b)), places the
   stream phase's orders and probes the server; it reads every process's CPU and memory
   from /proc;
-* **the server**: ``tradeloom --log-level WARNING serve`` in its own process, a fresh one per
-  phase, configured by ``TRADELOOM_*`` variables: per-user rate limits and risk limits raised
-  to 1,000,000 (the run measures the platform, not the limiter), the cheap argon2,
+* **the server**: ``tradeloom --log-level WARNING serve --services none`` in its own process,
+  a fresh one per phase (with its fresh workers: the "workers" CPU column), configured by
+  ``TRADELOOM_*`` variables: per-user rate limits and risk limits raised to 1,000,000 (the
+  run measures the platform, not the limiter), the cheap argon2,
   ``TRADELOOM_STREAM_QUOTES_PER_SECOND=1``; its warnings are counted from its JSON log;
 * **the baseline server**: a bare FastAPI app served by ``uvicorn.run`` with the options
   ``serve`` uses: ``POST /bare`` answering ``{"status":"ok"}``, and ``GET /bare/stream``, an
@@ -284,6 +287,7 @@ class Server:
     port: int
     process: Any  # subprocess.Popen or multiprocessing.Process
     log_path: str | None = None
+    workers: list[Server] = field(default_factory=list)  # run the consuming services
 
     @property
     def pid(self) -> int:
@@ -310,11 +314,26 @@ def server_environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def start_tradeloom(args: argparse.Namespace, name: str) -> Server:
+async def start_platform(args: argparse.Namespace, name: str) -> Server:
+    """The web server the clients talk to. With ``--workers N`` it runs no consuming
+    service (``serve --services none``: the API and the SSE hub only) and N more
+    ``tradeloom serve`` processes run every consuming service (market data, execution, the
+    read side; their HTTP ports go unused); with ``--workers 0`` one process runs it all."""
+    workers = [
+        start_tradeloom(args, f"{name}-worker{n}", "all") for n in range(1, args.workers + 1)
+    ]
+    for worker in workers:
+        await wait_ready(worker, "/readyz")
+    server = start_tradeloom(args, name, "none" if workers else "all")
+    server.workers = workers
+    return server
+
+
+def start_tradeloom(args: argparse.Namespace, name: str, services: str) -> Server:
     """``tradeloom --log-level WARNING serve`` on a free port; its log (JSON lines) to a file."""
     port = free_port()
     command = [sys.executable, "-m", "tradeloom.cli", "--log-level", "WARNING", "serve"]
-    command += ["--host", HOST, "--port", str(port)]
+    command += ["--host", HOST, "--port", str(port), "--services", services]
     with tempfile.NamedTemporaryFile(
         prefix=f"tl-bench-{name}-", suffix=".log", delete=False
     ) as log:
@@ -396,7 +415,14 @@ async def wait_ready(server: Server, path: str, within: float = 90.0) -> float:
 
 
 async def stop_server(server: Server) -> None:
-    """SIGTERM (uvicorn's graceful shutdown, the platform closes), SIGKILL after 20 s."""
+    """SIGTERM (uvicorn's graceful shutdown, the platform closes), SIGKILL after 20 s; then
+    its workers the same way."""
+    await _stop_process(server)
+    for worker in server.workers:
+        await _stop_process(worker)
+
+
+async def _stop_process(server: Server) -> None:
     loop = asyncio.get_running_loop()
     process = server.process
     if isinstance(process, subprocess.Popen):
@@ -416,7 +442,10 @@ async def stop_server(server: Server) -> None:
 
 
 def count_server_warnings(server: Server) -> None:
-    """Add the server's logged warnings and errors (JSON lines) to :data:`WARNINGS`."""
+    """Add the server's (and its workers') logged warnings and errors (JSON lines) to
+    :data:`WARNINGS`."""
+    for worker in server.workers:
+        count_server_warnings(worker)
     if server.log_path is None:
         return
     with open(server.log_path, encoding="utf-8", errors="replace") as handle:
@@ -860,6 +889,7 @@ class Probe:
     ) -> None:
         self._database_url = database_url
         self._pids = {"server": server.pid} | {c.name: c.process.pid for c in children}
+        self._workers = {w.name: w.pid for w in server.workers}
         self._group = children_name
         self.cpu: dict[str, float] = {}
         self.machine_busy = 0.0
@@ -881,6 +911,7 @@ class Probe:
     async def start(self) -> None:
         self._pg0 = await self._pg()
         self._cpu0 = {name: process_cpu(pid) for name, pid in self._pids.items()}
+        self._workers0 = {name: process_cpu(pid) for name, pid in self._workers.items()}
         self._servers0, self._machine0 = server_cpu(), machine_cpu()
         self._started = time.perf_counter()
 
@@ -893,6 +924,9 @@ class Probe:
             k: v - self._pg0[k] - (1 if k == "sessions opened" else 0) for k, v in pg.items()
         }
         self.cpu = {"server": cpu.pop("server") / wall}
+        if self._workers:
+            used = sum(process_cpu(pid) - self._workers0[n] for n, pid in self._workers.items())
+            self.cpu["workers"] = used / wall
         if cpu:
             self.cpu[self._group] = sum(cpu.values()) / wall
         self.cpu |= {name: seconds / wall for name, seconds in servers.items()}
@@ -956,7 +990,7 @@ async def order_entry(
         finally:
             await stop_server(bare)
     names = [f"trader{n:04d}" for n in range(args.order_users)]
-    server = start_tradeloom(args, "orders")
+    server = await start_platform(args, "orders")
     try:
         say(f"orders: server pid {server.pid} up in {await wait_ready(server, '/readyz'):.1f} s")
         logins = await log_in(server.port, names)
@@ -1422,7 +1456,7 @@ async def bare_streams(args: argparse.Namespace, profiles: dict[str, str]) -> St
 async def streams_phase(args: argparse.Namespace, profiles: dict[str, str]) -> StreamRun:
     """Streams on one fresh ``tradeloom serve``, level by level (see the module docstring)."""
     names = [f"viewer{n:05d}" for n in range(args.stream_users)]
-    server = start_tradeloom(args, "streams")
+    server = await start_platform(args, "streams")
     run = StreamRun("streams", users=len(names))
     try:
         say(f"streams: server pid {server.pid} up in {await wait_ready(server, '/readyz'):.1f} s")
@@ -1802,6 +1836,9 @@ def parse_args() -> argparse.Namespace:
     stream.add_argument("--bare-hold", type=float, default=5.0, help="s, bare baseline")
     stream.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")
     stream.add_argument("--stream-order-rate", type=float, default=20.0, help="orders/s")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes running the consumers; 0: the server"
+    )
     parser.add_argument("--quote-interval", type=float, default=0.25, help="s between quotes")
     parser.add_argument("--profile", metavar="DIR", help="py-spy the server into DIR")
     parser.add_argument("--profile-top", type=int, default=20, help="functions shown")

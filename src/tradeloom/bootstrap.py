@@ -21,11 +21,12 @@ from tradeloom.broker.paper import PaperBroker
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
-from tradeloom.config import Settings
+from tradeloom.config import Service, Settings
 from tradeloom.domain.market import Instrument
 from tradeloom.domain.time import Clock, SystemClock
 from tradeloom.execution.engine import ExecutionEngine
 from tradeloom.execution.reports import ReportRecorder
+from tradeloom.market_data.consumer import PriceConsumer
 from tradeloom.market_data.observers import LatencyProbe
 from tradeloom.market_data.service import MarketData
 from tradeloom.market_data.universe import default_universe, load_universe
@@ -228,11 +229,13 @@ def build_platform(
     latency_probe: LatencyProbe | None = None,
     risk_check_observer: CheckObserver | None = None,
 ) -> Platform:
-    """Wire one process's platform. ``close_idle_bars=False`` is for replays of recorded
-    data, whose bars must close by their own trades rather than by the wall clock;
-    ``latency_probe`` receives every price's feed-to-cache latency and
-    ``risk_check_observer`` every risk check's ``(seconds, outcome)``, after the metrics
-    histogram has (benchmarks)."""
+    """Wire one process's platform: the API's commands and queries always, and the consuming
+    services ``settings.services`` names (every one by default; see :class:`Service`).
+
+    ``close_idle_bars=False`` is for replays of recorded data, whose bars must close by their
+    own trades rather than by the wall clock; ``latency_probe`` receives every price's
+    feed-to-cache latency and ``risk_check_observer`` every risk check's
+    ``(seconds, outcome)``, after the metrics histogram has (benchmarks)."""
     clock = clock or SystemClock()
     database = Database(settings.database_url)
     bus = build_bus(settings)
@@ -247,6 +250,8 @@ def build_platform(
         latency=settings.paper_latency,
         slippage_ticks=settings.paper_slippage_ticks,
     )
+    services = settings.service_set
+    broker_feed = BrokerPriceFeed(broker)
     market_data = MarketData(
         bus=bus,
         cache=cache,
@@ -257,7 +262,10 @@ def build_platform(
         notify_outbox=relay.notify,
         close_idle_bars=close_idle_bars,
         latency_probe=latency_probe,
-        extra_observers=[BrokerPriceFeed(broker)],
+        extra_observers=[broker_feed]
+        if {Service.MARKET_DATA, Service.EXECUTION} <= services
+        else [],
+        consume=Service.MARKET_DATA in services,
     )
     accounts = AccountRepository(database, clock)
     exposure = Exposure(cache)
@@ -278,7 +286,7 @@ def build_platform(
     recorder = ReportRecorder(database, outbox, clock, notify=relay.notify)
     gateway = BrokerGateway(
         broker,
-        recorder.record,
+        recorder.record_many,
         breaker=CircuitBreaker(clock=clock, name="broker"),
         clock=clock,
         timeout=settings.broker_timeout,
@@ -320,17 +328,29 @@ def build_platform(
     )
     # Every consumer joins before the relay starts publishing what a previous run left in
     # the outbox, so no group misses the backlog.
-    platform.components = [
+    components = [
         Component("cache", cache.start, cache.close),
         Component("bus", bus.start, bus.close),
-        Component("broker gateway", gateway.start, gateway.stop),
-        Component("market data", market_data.start, market_data.stop),
-        Component("order state", order_state.start, order_state.stop),
-        Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
-        Component("execution", execution.start, execution.stop),
-        Component("order projection", order_projection.start, order_projection.stop),
-        Component("positions", positions.start, positions.stop),
-        Component("notifications", notifier.start, notifier.stop),
-        Component("outbox relay", relay.start, relay.close),
     ]
+    if Service.EXECUTION in services:
+        components.append(Component("broker gateway", gateway.start, gateway.stop))
+        if Service.MARKET_DATA not in services:
+            # The paper broker still needs prices: its own group on the price topic.
+            feed = PriceConsumer(bus, [broker_feed], metrics, group="broker-prices")
+            components.append(Component("broker prices", feed.start, feed.stop))
+    components.append(Component("market data", market_data.start, market_data.stop))
+    if Service.EXECUTION in services:
+        components += [
+            Component("order state", order_state.start, order_state.stop),
+            Component("risk exposure", lambda: exposure_updates.start(bus), exposure_updates.stop),
+            Component("execution", execution.start, execution.stop),
+        ]
+    if Service.READ_SIDE in services:
+        components += [
+            Component("order projection", order_projection.start, order_projection.stop),
+            Component("positions", positions.start, positions.stop),
+            Component("notifications", notifier.start, notifier.stop),
+        ]
+    components.append(Component("outbox relay", relay.start, relay.close))
+    platform.components = components
     return platform

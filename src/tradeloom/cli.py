@@ -70,6 +70,13 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    services: Annotated[
+        str | None,
+        typer.Option(
+            help="consuming services to run here: all (default), none, or a comma-separated "
+            "list of market-data, execution, read-side; run the rest in other processes"
+        ),
+    ] = None,
 ) -> None:
     """Run the platform and its web app in this process."""
     from tradeloom.bootstrap import build_platform
@@ -77,6 +84,12 @@ def serve(
     from tradeloom.web.server import serve as serve_app
 
     settings = settings_of(ctx)
+    if services is not None:
+        try:
+            settings = load_settings(**{**settings.model_dump(), "services": services})
+        except ConfigError as exc:
+            typer.echo(f"tradeloom: {exc}", err=True)
+            raise typer.Exit(2) from None
     application = create_app(build_platform(settings), settle_heap_after_start=True)
     serve_app(application, host or settings.http_host, port or settings.http_port)
 

@@ -7,15 +7,52 @@ A bad value stops start-up with one line naming the variable and what was expect
 from __future__ import annotations
 
 from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "TRADELOOM_"
 
 _DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+
+
+class Service(StrEnum):
+    """A consuming service a process may run; every process also serves the API (commands and
+    queries need no consumer) and relays its own outbox. Split them across processes to use
+    more than one core: each group is a consumer group on the bus, so several processes
+    running one service share its work.
+
+    * ``market-data``: ``market.price`` into the last-price cache, candles and the fan-out;
+    * ``execution``: the broker gateway and paper broker (with its own price feed), the
+      execution engine, and what keeps the command side current from order events (the OMS's
+      order rows, risk's exposures);
+    * ``read-side``: the order read model, positions and P&L, notifications.
+    """
+
+    MARKET_DATA = "market-data"
+    EXECUTION = "execution"
+    READ_SIDE = "read-side"
+
+
+ALL_SERVICES = frozenset(Service)
+
+
+def parse_services(value: str) -> frozenset[Service]:
+    """``"all"``, ``"none"`` or a comma-separated list of :class:`Service` names."""
+    text = value.strip().lower()
+    if text == "all":
+        return ALL_SERVICES
+    if text == "none":
+        return frozenset()
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in {s.value for s in Service}]
+    if unknown or not names:
+        expected = ", ".join(s.value for s in Service)
+        raise ValueError(f"expected all, none or a comma-separated list of: {expected}")
+    return frozenset(Service(name) for name in names)
 
 
 class ConfigError(Exception):
@@ -78,6 +115,11 @@ class Settings(BaseSettings):
         default=2.0, gt=0, le=50, description="SSE quotes per symbol per second, at most"
     )
     stream_heartbeat: float = Field(default=15.0, gt=0, description="SSE heartbeat, seconds")
+    services: str = Field(
+        default="all",
+        description="consuming services this process runs: all, none, or a list of "
+        "market-data, execution, read-side",
+    )
     http_host: str = Field(default="127.0.0.1", description="address the web app listens on")
     http_port: int = Field(default=8000, ge=1, le=65535, description="port the web app uses")
 
@@ -112,6 +154,18 @@ class Settings(BaseSettings):
             raise ValueError("expected a folder path")
         return value
 
+    @field_validator("services")
+    @classmethod
+    def _services(cls, value: str, info: ValidationInfo) -> str:
+        services = parse_services(value)
+        if services != ALL_SERVICES and info.data.get("bus_url") == "memory://":
+            raise ValueError(
+                "running only some services here means the rest run in other processes, "
+                "which needs a shared bus (TRADELOOM_BUS_URL=nats://...): the in-process "
+                "memory:// bus does not cross processes"
+            )
+        return ",".join(sorted(services)) or "none"
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -119,6 +173,10 @@ class Settings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
         return level
+
+    @property
+    def service_set(self) -> frozenset[Service]:
+        return parse_services(self.services)
 
     @property
     def archive_path(self) -> Path:

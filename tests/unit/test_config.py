@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tradeloom.config import ConfigError, load_settings
+from tradeloom.config import ConfigError, Service, load_settings
 
 
 def test_the_defaults_are_the_embedded_platform(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,3 +53,24 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
     assert message.startswith(f"{variable}={value!r} is invalid")
     assert expected in message
     assert "\n" not in message
+
+
+def test_a_process_runs_every_service_unless_told_otherwise() -> None:
+    assert load_settings().service_set == frozenset(Service)
+    nats = "nats://127.0.0.1:4222"
+    assert load_settings(bus_url=nats, services="none").service_set == frozenset()
+    assert load_settings(bus_url=nats, services=" execution, read-side ").service_set == {
+        Service.EXECUTION,
+        Service.READ_SIDE,
+    }
+
+
+@pytest.mark.parametrize("value", ["bogus", "execution,bogus", ","])
+def test_an_unknown_service_is_named_with_the_choices(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"TRADELOOM_SERVICES=.*market-data, execution"):
+        load_settings(bus_url="nats://127.0.0.1:4222", services=value)
+
+
+def test_splitting_services_on_the_in_process_bus_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"TRADELOOM_SERVICES='none'.*shared bus"):
+        load_settings(services="none")

@@ -41,7 +41,9 @@ class MarketData:
         price_ttl: float = PRICE_TTL,
         extra_observers: Sequence[PriceObserver] = (),
         latency_probe: LatencyProbe | None = None,
+        consume: bool = True,
     ) -> None:
+        self._consume = consume
         self.last_prices = LastPrices(cache, clock, ttl=price_ttl)
         self.candles = CandleQueries(database)
         self.recorder = CandleRecorder(
@@ -62,11 +64,15 @@ class MarketData:
         self.publisher = PricePublisher(bus, metrics, clock)
 
     async def start(self) -> None:
-        await self.recorder.start()
-        await self.consumer.start()
+        """Start the publisher, and the consumer side unless built with ``consume=False``
+        (a process that only reads last prices and candles, or only publishes)."""
+        if self._consume:
+            await self.recorder.start()
+            await self.consumer.start()
         await self.publisher.start()
 
     async def stop(self) -> None:
         await self.publisher.stop()
-        await self.consumer.stop()
-        await self.recorder.stop()
+        if self._consume:
+            await self.consumer.stop()
+            await self.recorder.stop()
