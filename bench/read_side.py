@@ -20,6 +20,11 @@ Two phases:
    generator builds it, just before publishing) to the commit of its position row, as the
    projection measures it for ``tradeloom_position_update_lag_seconds``.
 
+Besides fills/s and lag it reports what a fill costs, which stays comparable when other work
+shares the machine: each process's CPU per fill while draining, and each projection's
+transactions (one per batch) with the round trips each took (statements plus BEGIN and
+COMMIT, counted on the projection's own connections; the relay has its own).
+
 In the same run the baseline: PostgreSQL's bare single-row ``BEGIN; INSERT; COMMIT`` rate on
 one connection and on 8. Everything, the load generator included, runs on this machine.
 
@@ -43,6 +48,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import structlog
+from sqlalchemy import event
 
 from benchkit import (
     CORES,
@@ -193,6 +199,29 @@ class RecordingHistogram:
         return self
 
 
+@dataclass
+class RoundTrips:
+    """What a projection's database connections sent: statements, and the BEGIN and COMMIT
+    the driver sends apart (each one round trip)."""
+
+    statements: int = 0
+    begins: int = 0
+    commits: int = 0
+
+    def count(self, database: Database) -> None:
+        engine = database.engine.sync_engine
+        # Sync seam: engine events run inside the driver's greenlet, synchronously.
+        event.listen(engine, "before_cursor_execute", lambda *_: self._add("statements"))
+        event.listen(engine, "begin", lambda *_: self._add("begins"))
+        event.listen(engine, "commit", lambda *_: self._add("commits"))
+
+    def _add(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return (self.statements, self.begins, self.commits)
+
+
 async def _project(pipe: Connection, kind: str, settings: Settings) -> None:
     """Run one projection, started on "start", reporting what it applied on "stats"."""
     loop = asyncio.get_running_loop()
@@ -202,17 +231,23 @@ async def _project(pipe: Connection, kind: str, settings: Settings) -> None:
     metrics.position_update_lag_seconds = lag  # type: ignore[assignment]
     bus = build_bus(settings)
     database = Database(settings.database_url)
-    relay = OutboxRelay(database, bus, clock=clock)
+    trips = RoundTrips()
+    trips.count(database)  # the projection's own: the relay has a database of its own
+    relay_database: Database | None = None  # the positions process runs the outbox relay
+    relay: OutboxRelay | None = None
     projection: OrderProjection | PositionProjection
     group = f"bench-{kind}"  # each projection is its own consumer group: both get every event
     if kind == "orders":
         projection = OrderProjection(bus, database, clock, metrics=metrics, group=group)
     else:
+        relay_database = Database(settings.database_url)
+        relay = OutboxRelay(relay_database, bus, clock=clock)
         projection = PositionProjection(
             bus, database, Outbox(clock), clock, metrics=metrics, notify=relay.notify, group=group
         )
     await bus.start()
-    await relay.start()
+    if relay is not None:
+        await relay.start()
     settle_heap()
     pipe.send("ready")
 
@@ -230,11 +265,14 @@ async def _project(pipe: Connection, kind: str, settings: Settings) -> None:
             lag.samples.clear()
             pipe.send("ok")
         else:  # "stats"
-            pipe.send({"applied": applied(), "lag": list(lag.samples)})
+            pipe.send({"applied": applied(), "lag": list(lag.samples), "trips": trips.snapshot()})
     await projection.stop()
-    await relay.close()
+    if relay is not None:
+        await relay.close()
     await bus.close()
     await database.dispose()
+    if relay_database is not None:
+        await relay_database.dispose()
     pipe.send("stopped")
 
 
@@ -269,6 +307,7 @@ class Run:
     done_s: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
     servers: dict[str, float] = field(default_factory=dict)
+    trips: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     offered: int = 0
     lag_window: float = 0.0
     position_lag: list[float] = field(default_factory=list)
@@ -291,6 +330,7 @@ async def drain(
     run.publish_s = await generator.ask(("backlog", args.fills))
     print(f"published a backlog of {args.fills:,} orders in {run.publish_s:.1f} s; draining")
     children = (views, positions)
+    trips_before = {c.name: (await c.ask("stats"))["trips"] for c in children}
     cpu_before = {c.name: c.cpu() for c in children}
     servers_before = server_cpu()
     started = time.perf_counter()
@@ -309,6 +349,12 @@ async def drain(
     run.drained = await wait_until(all_applied, args.drain) is not None
     run.drain_s = time.perf_counter() - started
     run.cpu = {c.name: (c.cpu() - cpu_before[c.name]) / run.drain_s for c in children}
+    for child in children:
+        after = (await child.ask("stats"))["trips"]
+        statements, begins, commits = (
+            a - b for a, b in zip(after, trips_before[child.name], strict=True)
+        )
+        run.trips[child.name] = (statements, begins, commits)
     run.servers = {
         name: cpu / run.drain_s
         for name, cpu in server_cpu_delta(servers_before, server_cpu()).items()
@@ -359,6 +405,15 @@ async def read_side(args: argparse.Namespace, settings: Settings, run: Run) -> N
             await loop.run_in_executor(None, child.process.join, 15)
 
 
+def _per_batch(trips: dict[str, tuple[int, int, int]]) -> list[str]:
+    """Each projection's transactions (one a batch) and round trips per transaction."""
+    described = []
+    for name, (statements, begins, commits) in trips.items():
+        per = (statements + begins + commits) / commits if commits else float("nan")
+        described.append(f"{name} {commits:,} x {per:.1f} round trips")
+    return described
+
+
 def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
     rate = run.backlog / run.drain_s if run.drain_s else float("nan")
     lag_ms = [sample * 1000 for sample in run.position_lag]
@@ -385,6 +440,11 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             ", ".join(f"{k} {v:.2f}" for k, v in (run.cpu | run.servers).items())
             + f" (of {CORES} cores)",
         ),
+        (
+            "CPU per fill while draining",
+            ", ".join(f"{k} {v / rate * 1e6:,.0f} us" for k, v in (run.cpu | run.servers).items()),
+        ),
+        ("transactions while draining", ", ".join(_per_batch(run.trips))),
         (
             "lag phase",
             f"{run.offered:,} fills offered in {run.lag_window:.1f} s = "

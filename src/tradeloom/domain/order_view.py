@@ -15,6 +15,13 @@ fold is a pure function of that set:
 * there is no view until the set holds the order's ``OrderSubmitted``.
 
 So delivering the set in any order, in any batches, with any duplicates, yields the same view.
+
+Refolding the whole set for every new event reads the order's history back each time. Most
+events come after everything already folded (an acceptance after its submission, a fill after
+its acceptance), and then the stored view plus those events is enough:
+:func:`resume_fold` continues from the view when that gives exactly what :func:`fold_order`
+would, and says so when it cannot (an event out of order, a state the view does not keep), so
+the caller refolds the whole set.
 """
 
 from __future__ import annotations
@@ -118,7 +125,7 @@ def fold_order(events: Iterable[Event]) -> OrderFold:
         return OrderFold(None, tuple(ordered), tuple(waiting))
     first = ordered[0]
     try:
-        state = _Folding(first)
+        state = _Folding.start(first)
     except DomainError as exc:
         refused = [EventOutcome(e.id, False, f"the submission is invalid: {exc}") for e in ordered]
         return OrderFold(None, tuple(ordered), tuple(refused))
@@ -127,15 +134,73 @@ def fold_order(events: Iterable[Event]) -> OrderFold:
     return OrderFold(state.view(len(ordered)), tuple(ordered), tuple(outcomes))
 
 
+_PENDING_REQUEST = frozenset({OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE})
+
+
+def resume_fold(
+    view: OrderView, latest: datetime | None, events: Iterable[Event]
+) -> OrderFold | None:
+    """``view`` after ``events``: what :func:`fold_order` gives for the events ``view`` was
+    folded from plus ``events``, or None when the view alone cannot tell (refold then).
+
+    ``latest`` is the latest ``occurred_at`` among the events ``view`` was folded from, the
+    submission aside (None when there is only the submission). The view alone tells when:
+
+    * every one of ``events`` sorts after all of those: none is a submission, and each
+      occurred strictly after ``latest`` (at the same instant the event ids decide, and an
+      earlier refused event might sort after a new one);
+    * the view holds the whole state of the state machine: no cancel or replace is pending
+      (the status the order returns to is not in the view), and no fill comes to an order
+      with fills already (the ids of applied fills are not in the view, and a fill id
+      repeated under another event id must be refused as the full fold refuses it).
+
+    The fold's ``events`` and ``outcomes`` are those of ``events`` only.
+    """
+    ordered = canonical_order(events)
+    if view.status in _PENDING_REQUEST:
+        return None
+    has_fills = view.filled_quantity != 0
+    for event in ordered:
+        payload = event.payload
+        if isinstance(payload, OrderSubmitted):
+            return None
+        if latest is not None and event.occurred_at <= latest:
+            return None
+        if has_fills and isinstance(payload, (OrderPartiallyFilled, OrderFilled)):
+            return None
+    state = _Folding.resume(view)
+    outcomes = tuple(state.apply(event) for event in ordered)
+    return OrderFold(state.view(view.event_count + len(ordered)), tuple(ordered), outcomes)
+
+
 class _Folding:
     """The order being folded plus the moments the state machine does not keep."""
 
-    def __init__(self, submitted: Event) -> None:
+    def __init__(
+        self,
+        order: Order,
+        *,
+        updated_at: datetime,
+        last_event_id: str,
+        accepted_at: datetime | None = None,
+        last_fill_at: datetime | None = None,
+        closed_at: datetime | None = None,
+    ) -> None:
+        self.order = order
+        self.updated_at = updated_at
+        self.last_event_id = last_event_id
+        self.accepted_at = accepted_at
+        self.last_fill_at = last_fill_at
+        self.closed_at = closed_at
+
+    @classmethod
+    def start(cls, submitted: Event) -> _Folding:
+        """A fold that has applied the order's submission."""
         terms = submitted.payload
         assert isinstance(terms, OrderSubmitted)
         if submitted.account_id is None:
             raise DomainError("order.submitted has no account", code="invalid_order")
-        self.order = Order(
+        order = Order(
             order_id=terms.order_id,
             account_id=submitted.account_id,
             client_order_id=terms.client_order_id,
@@ -149,11 +214,38 @@ class _Folding:
             limit_price=terms.limit_price,
             stop_price=terms.stop_price,
         )
-        self.accepted_at: datetime | None = None
-        self.last_fill_at: datetime | None = None
-        self.closed_at: datetime | None = None
-        self.updated_at = submitted.occurred_at
-        self.last_event_id = submitted.id
+        return cls(order, updated_at=submitted.occurred_at, last_event_id=submitted.id)
+
+    @classmethod
+    def resume(cls, view: OrderView) -> _Folding:
+        """The fold that made ``view``, as far as the view keeps it: exact for the views
+        :func:`resume_fold` accepts (no request pending, so no status to return to)."""
+        order = Order(
+            order_id=view.order_id,
+            account_id=view.account_id,
+            client_order_id=view.client_order_id,
+            symbol=view.symbol,
+            side=view.side,
+            order_type=view.order_type,
+            quantity=view.quantity,
+            time_in_force=view.time_in_force,
+            created_at=view.submitted_at,
+            correlation_id=view.correlation_id,
+            limit_price=view.limit_price,
+            stop_price=view.stop_price,
+            status=view.status,
+            filled_quantity=view.filled_quantity,
+            average_fill_price=view.average_fill_price,
+            reason=view.reason,
+        )
+        return cls(
+            order,
+            updated_at=view.updated_at,
+            last_event_id=view.last_event_id,
+            accepted_at=view.accepted_at,
+            last_fill_at=view.last_fill_at,
+            closed_at=view.closed_at,
+        )
 
     def apply(self, event: Event) -> EventOutcome:
         try:

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import (
     ROUND_HALF_EVEN,
@@ -179,7 +179,13 @@ def apply_fill(
     """The position after one fill, by the average-cost method (see the module docstring)."""
     quantity = _positive(quantity, "fill quantity")
     price = _positive(price, "fill price")
-    fee = exact(fee, field="fee")
+    return _after(position, side, quantity, price, exact(fee, field="fee"))
+
+
+def _after(
+    position: Position, side: Side, quantity: Decimal, price: Decimal, fee: Decimal
+) -> Position:
+    """:func:`apply_fill` of terms already checked (a :class:`Fill`'s are, when it is made)."""
     with localcontext(_EXACT):
         delta = signed_quantity(side, quantity)
         held, basis, realized = position.quantity, position.cost_basis, position.realized_pnl
@@ -197,12 +203,8 @@ def apply_fill(
                 held, basis = ZERO, ZERO
             elif quantity > open_quantity:  # crossed zero: the rest opens at the fill price
                 basis = held * price
-        return replace(
-            position,
-            quantity=held,
-            cost_basis=basis,
-            realized_pnl=realized - fee,
-            fees=position.fees + fee,
+        return Position(
+            position.account_id, position.symbol, held, basis, realized - fee, position.fees + fee
         )
 
 
@@ -211,7 +213,11 @@ def cash_delta(side: Side, quantity: Decimal, price: Decimal, fee: Decimal = ZER
     receives ``quantity * price - fee``."""
     quantity = _positive(quantity, "fill quantity")
     price = _positive(price, "fill price")
-    fee = exact(fee, field="fee")
+    return _cash_moved(side, quantity, price, exact(fee, field="fee"))
+
+
+def _cash_moved(side: Side, quantity: Decimal, price: Decimal, fee: Decimal) -> Decimal:
+    """:func:`cash_delta` of terms already checked."""
     with localcontext(_EXACT):
         notional = quantity * price
         return -(notional + fee) if side is Side.BUY else notional - fee
@@ -262,7 +268,7 @@ class Fill:
 
     @property
     def cash_delta(self) -> Decimal:
-        return cash_delta(self.side, self.quantity, self.price, self.fee)
+        return _cash_moved(self.side, self.quantity, self.price, self.fee)
 
     @property
     def sort_key(self) -> tuple[datetime, str]:
@@ -316,7 +322,7 @@ def fold_position(
     for fill in canonical_order(fills):
         if (fill.account_id, fill.symbol) != (account_id, symbol):
             raise ValueError(f"fill {fill.fill_id} is not of {account_id}/{symbol}")
-        position = apply_fill(position, fill.side, fill.quantity, fill.price, fill.fee)
+        position = _after(position, fill.side, fill.quantity, fill.price, fill.fee)
     return position
 
 

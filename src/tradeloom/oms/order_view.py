@@ -3,8 +3,11 @@
 rebuild share.
 
 The fold itself is pure and lives in :mod:`tradeloom.domain.order_view`; this module only
-moves events and views in and out of the database, in few statements per batch (one insert of
-history rows, one select of the touched orders' histories, one upsert of their views).
+moves events and views in and out of the database, in few statements per batch: one that
+records the history rows and reads back, for each order that gained events, its stored view
+and a summary of the events recorded before (:func:`record_history`; on PostgreSQL one
+statement, the insert in a CTE), one upsert of the views, and only for the orders whose view
+cannot simply be continued, one select of their whole histories (:func:`load_histories`).
 
 Concurrency: on PostgreSQL two transactions may touch one order at once (its commands and its
 reports are consumed from two topics). :func:`lock_orders` takes a transaction-level advisory
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, delete, select, text
+from sqlalchemy import String, any_, bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event, encode_event
@@ -77,17 +81,26 @@ def _dialect_insert(conn: AsyncConnection, table: Any) -> Any:
     return dialect.insert(table)
 
 
-# PostgreSQL: one statement text whatever the batch size (rows as arrays), so each is
-# prepared once per connection; a multi-row VALUES list would change the text with every
-# size and be prepared again and again (measured on the positions projection: 10 % of its time).
-_RECORD_HISTORY_PG = text(
-    "INSERT INTO order_history (event_id, order_id, account_id, event_type, occurred_at,"
-    " correlation_id, event) SELECT * FROM unnest(CAST(:event_id AS varchar[]),"
-    " CAST(:order_id AS varchar[]), CAST(:account_id AS varchar[]),"
-    " CAST(:event_type AS varchar[]), CAST(:occurred_at AS timestamptz[]),"
-    " CAST(:correlation_id AS varchar[]), CAST(:event AS bytea[]))"
-    " ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
-)
+@dataclass(frozen=True, slots=True)
+class StoredOrder:
+    """What the read model held for an order before this batch: its view (None without
+    one), how many of its events were recorded, and the latest ``occurred_at`` among them,
+    submissions aside (None when there are none but submissions)."""
+
+    view: OrderView | None
+    event_count: int
+    latest: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What :func:`record_history` did: the ids of the events it recorded (the others were
+    recorded already), and for each order that gained events, what was stored before."""
+
+    new_ids: set[str]
+    stored: dict[str, StoredOrder]
+
+
 _HISTORY_COLUMNS = (
     "event_id",
     "order_id",
@@ -97,22 +110,82 @@ _HISTORY_COLUMNS = (
     "correlation_id",
     "event",
 )
+_SUBMITTED = "order.submitted"
 
 
-async def record_history(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[str]:
-    """Insert the history rows not recorded yet (by event id); the ids that were new."""
+def _record_history_pg() -> Any:
+    """The history rows as arrays, inserted in a CTE; the main query reads, for each order
+    that gained events, its view and the summary of its history. Every part of one statement
+    sees the same snapshot, so the summary counts only the events recorded before (the CTE's
+    rows are invisible to it). One statement text whatever the batch size: prepared once per
+    connection (a multi-row VALUES list would be prepared again for every size)."""
+    view_columns = ", ".join(f"v.{c.name}" for c in order_views.columns if c.name != "order_id")
+    return text(
+        "WITH new AS (INSERT INTO order_history (event_id, order_id, account_id, event_type,"
+        " occurred_at, correlation_id, event) SELECT * FROM unnest(CAST(:event_id AS varchar[]),"
+        " CAST(:order_id AS varchar[]), CAST(:account_id AS varchar[]),"
+        " CAST(:event_type AS varchar[]), CAST(:occurred_at AS timestamptz[]),"
+        " CAST(:correlation_id AS varchar[]), CAST(:event AS bytea[]))"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id, order_id),"
+        " gained AS (SELECT order_id, array_agg(event_id) AS new_ids FROM new GROUP BY order_id)"
+        " SELECT g.new_ids, s.prior_count, s.prior_latest, v.order_id IS NOT NULL AS has_view,"
+        f" g.order_id, {view_columns}"
+        " FROM gained AS g CROSS JOIN LATERAL (SELECT count(*) AS prior_count,"
+        f" max(h.occurred_at) FILTER (WHERE h.event_type <> '{_SUBMITTED}') AS prior_latest"
+        " FROM order_history AS h WHERE h.order_id = g.order_id) AS s"
+        " LEFT JOIN order_views AS v ON v.order_id = g.order_id"
+    )
+
+
+_RECORD_HISTORY_PG = _record_history_pg()
+
+
+async def record_history(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> Recorded:
+    """Insert the history rows not recorded yet (by event id); report which were new and
+    what each order that gained events had stored before. Call it with the orders locked
+    (:func:`lock_orders`), so nothing else records events of them meanwhile."""
     if not rows:
-        return set()
+        return Recorded(set(), {})
     if conn.dialect.name == "postgresql":
         arrays = {name: [row[name] for row in rows] for name in _HISTORY_COLUMNS}
-        return set((await conn.execute(_RECORD_HISTORY_PG, arrays)).scalars())
+        recorded = Recorded(set(), {})
+        for row in await conn.execute(_RECORD_HISTORY_PG, arrays):
+            new_ids, prior_count, prior_latest, has_view, order_id = row[:5]
+            recorded.new_ids.update(new_ids)
+            view = _view_from_values(row[4:]) if has_view else None
+            recorded.stored[order_id] = StoredOrder(view, prior_count, prior_latest)
+        return recorded
+    order_ids = {row["order_id"] for row in rows}
+    summaries = await _summaries(conn, order_ids)
+    views = await load_views(conn, order_ids)
     statement = (
-        _dialect_insert(conn, order_history)
+        sqlite.insert(order_history)
         .on_conflict_do_nothing(index_elements=["event_id"])
         .returning(order_history.c.event_id)
     )
-    result = await conn.execute(statement, list(rows))
-    return set(result.scalars())
+    new_ids = set((await conn.execute(statement, list(rows))).scalars())
+    gained = {row["order_id"] for row in rows if row["event_id"] in new_ids}
+    return Recorded(
+        new_ids,
+        {
+            order_id: StoredOrder(views.get(order_id), *summaries.get(order_id, (0, None)))
+            for order_id in gained
+        },
+    )
+
+
+async def _summaries(
+    conn: AsyncConnection, order_ids: Collection[str]
+) -> dict[str, tuple[int, datetime | None]]:
+    """Each order's count of recorded events and latest ``occurred_at`` (submissions aside);
+    an order without events is absent."""
+    latest = func.max(order_history.c.occurred_at).filter(order_history.c.event_type != _SUBMITTED)
+    query = (
+        select(order_history.c.order_id, func.count(), latest)
+        .where(order_history.c.order_id.in_(list(order_ids)))
+        .group_by(order_history.c.order_id)
+    )
+    return {order_id: (count, at) for order_id, count, at in await conn.execute(query)}
 
 
 def _order_id_in(conn: AsyncConnection, column: Any, order_ids: Collection[str]) -> Any:
@@ -137,43 +210,80 @@ async def load_histories(
     return histories
 
 
+_VIEW_COLUMNS = tuple(column.name for column in order_views.columns)
+_SIDES = {member.value: member for member in Side}
+_ORDER_TYPES = {member.value: member for member in OrderType}
+_TIMES_IN_FORCE = {member.value: member for member in TimeInForce}
+_STATUSES = {member.value: member for member in OrderStatus}
+
+
+def _view_values(view: OrderView) -> tuple[Any, ...]:
+    """The view's column values, in the table's column order (:data:`_VIEW_COLUMNS`)."""
+    return (
+        view.order_id,
+        view.account_id,
+        view.client_order_id,
+        view.symbol,
+        view.side.value,
+        view.order_type.value,
+        view.time_in_force.value,
+        view.quantity,
+        view.filled_quantity,
+        view.remaining_quantity,
+        view.average_fill_price,
+        view.limit_price,
+        view.stop_price,
+        view.status.value,
+        view.is_open,
+        view.reason,
+        view.correlation_id,
+        view.submitted_at,
+        view.accepted_at,
+        view.last_fill_at,
+        view.closed_at,
+        view.updated_at,
+        view.event_count,
+        view.last_event_id,
+    )
+
+
 def view_row(view: OrderView) -> dict[str, Any]:
-    return {
-        "order_id": view.order_id,
-        "account_id": view.account_id,
-        "client_order_id": view.client_order_id,
-        "symbol": view.symbol,
-        "side": view.side.value,
-        "order_type": view.order_type.value,
-        "time_in_force": view.time_in_force.value,
-        "quantity": view.quantity,
-        "filled_quantity": view.filled_quantity,
-        "remaining_quantity": view.remaining_quantity,
-        "average_fill_price": view.average_fill_price,
-        "limit_price": view.limit_price,
-        "stop_price": view.stop_price,
-        "status": view.status.value,
-        "is_open": view.is_open,
-        "reason": view.reason,
-        "correlation_id": view.correlation_id,
-        "submitted_at": view.submitted_at,
-        "accepted_at": view.accepted_at,
-        "last_fill_at": view.last_fill_at,
-        "closed_at": view.closed_at,
-        "updated_at": view.updated_at,
-        "event_count": view.event_count,
-        "last_event_id": view.last_event_id,
-    }
+    return dict(zip(_VIEW_COLUMNS, _view_values(view), strict=True))
 
 
-def view_from_row(row: RowMapping) -> OrderView:
-    values = {column.name: row[column.name] for column in order_views.columns}
-    values["side"] = Side(values["side"])
-    values["order_type"] = OrderType(values["order_type"])
-    values["time_in_force"] = TimeInForce(values["time_in_force"])
-    values["status"] = OrderStatus(values["status"])
-    values["is_open"] = bool(values["is_open"])
-    return OrderView(**values)
+def view_from_row(row: Mapping[Any, Any]) -> OrderView:
+    return _view_from_values([row[name] for name in _VIEW_COLUMNS])
+
+
+def _view_from_values(values: Sequence[Any]) -> OrderView:
+    """The view of column values in the table's column order (enum members by dict look-up:
+    calling the enum class costs several times more, once per row of every batch)."""
+    return OrderView(
+        values[0],
+        values[1],
+        values[2],
+        values[3],
+        _SIDES[values[4]],
+        _ORDER_TYPES[values[5]],
+        _TIMES_IN_FORCE[values[6]],
+        values[7],
+        values[8],
+        values[9],
+        values[10],
+        values[11],
+        values[12],
+        _STATUSES[values[13]],
+        bool(values[14]),
+        values[15],
+        values[16],
+        values[17],
+        values[18],
+        values[19],
+        values[20],
+        values[21],
+        values[22],
+        values[23],
+    )
 
 
 async def load_views(conn: AsyncConnection, order_ids: Collection[str]) -> dict[str, OrderView]:
@@ -208,13 +318,14 @@ _UPSERT_VIEWS_PG = _upsert_views_pg()
 
 async def upsert_views(conn: AsyncConnection, views: Iterable[OrderView]) -> None:
     """Insert or overwrite each view's row, in one statement."""
-    rows = [view_row(view) for view in views]
-    if not rows:
+    values = [_view_values(view) for view in views]
+    if not values:
         return
     if conn.dialect.name == "postgresql":
-        arrays = {name: [row[name] for row in rows] for name in rows[0]}
+        arrays = dict(zip(_VIEW_COLUMNS, map(list, zip(*values, strict=True)), strict=True))
         await conn.execute(_UPSERT_VIEWS_PG, arrays)
         return
+    rows = [dict(zip(_VIEW_COLUMNS, row, strict=True)) for row in values]
     statement = _dialect_insert(conn, order_views)
     updated = {
         column.name: statement.excluded[column.name]

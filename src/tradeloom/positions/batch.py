@@ -8,9 +8,10 @@ What is guaranteed, whatever order and however often fills are delivered:
 * **Canonical order.** Each position equals the fold of its distinct fills in
   ``(filled_at, fill_id)`` order (see :mod:`tradeloom.domain.positions`). When every new fill
   of a position sorts after its last applied fill, the new fills are folded onto the stored
-  row (the fast path); otherwise, and when no row exists yet, the position is refolded from
-  all its stored fills (the slow path: a late, older fill).
-* **Cash** is a sum, so it simply moves by the new fills' cash deltas. A fill of an account
+  row (the fast path); a position without a row is folded from flat; otherwise the position
+  is refolded from all its stored fills (the slow path: a late, older fill).
+* **Cash** is a sum, so it simply moves by the new fills' cash deltas (on PostgreSQL the
+  database adds them, exactly, and returns the cash after). A fill of an account
   that does not exist is kept (a broker report is never dropped) and its position updated,
   but there is no cash to move: it is logged as an error.
 """
@@ -28,8 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.events import Event
+from tradeloom.domain.numbers import ZERO
 from tradeloom.domain.positions import (
     Fill,
+    Position,
     canonical_order,
     cash_after,
     fill_from_event,
@@ -39,13 +42,11 @@ from tradeloom.positions.repository import (
     PositionKey,
     PositionRow,
     ReceivedFill,
-    insert_fills,
-    load_cash,
     load_fills,
     load_position_fills,
     lock_positions_of,
-    save_cash,
-    save_positions,
+    record_fills,
+    save_positions_and_cash,
 )
 
 log = structlog.get_logger("tradeloom.positions")
@@ -85,14 +86,25 @@ async def apply_fill_events(
     """Apply the fill events among ``events`` (others are skipped); see the module docstring."""
     outcome = BatchOutcome()
     candidates = _first_of_each_fill(events, outcome)
-    inserted = await insert_fills(conn, [c.received for c in candidates], now)
-    new = [c for c in candidates if c.received.fill.fill_id in inserted]
-    known = [c for c in candidates if c.received.fill.fill_id not in inserted]
-    await _classify_known(conn, known, outcome)
+    recorded = await record_fills(conn, [c.received for c in candidates], now)
+    new = [c for c in candidates if c.received.fill.fill_id in recorded.inserted]
+    known = [c for c in candidates if c.received.fill.fill_id not in recorded.inserted]
+    stored = recorded.positions
+    if known:
+        await _classify_known(conn, known, outcome)
+        # A twin that stored some of these fills may have created positions this batch's
+        # first statement could not see yet (see record_fills): read the absent ones again.
+        absent = {(c.received.fill.account_id, c.received.fill.symbol) for c in new} - set(stored)
+        stored = {**stored, **await lock_positions_of(conn, absent)}
     outcome.applied.extend(c.event for c in new)
     if new:
-        rows = await _advance_positions(conn, new, now)
-        cash = await _move_cash(conn, [c.received.fill for c in new])
+        fills = [c.received.fill for c in new]
+        rows = await _advance_positions(conn, fills, stored, now)
+        cash = await save_positions_and_cash(
+            conn, [row for row, _ in rows.values()], stored.keys(), _cash_deltas(fills)
+        )
+        for account_id in sorted({fill.account_id for fill in fills} - set(cash)):
+            log.error("positions.fill_of_unknown_account", account_id=account_id)
         outcome.changes.extend(_changes(new, rows, cash))
     return outcome
 
@@ -142,60 +154,51 @@ def _same_or_conflict(kept: Fill, fill: Fill, event: Event, outcome: BatchOutcom
 
 
 async def _advance_positions(
-    conn: AsyncConnection, new: list[_Candidate], now: datetime
-) -> dict[PositionKey, tuple[PositionRow, Fill]]:
-    """Fold the new fills into their positions; each position's row and newest fill."""
-    by_key: dict[PositionKey, list[Fill]] = defaultdict(list)
-    for candidate in new:
-        fill = candidate.received.fill
-        by_key[(fill.account_id, fill.symbol)].append(fill)
-    stored = await lock_positions_of(conn, by_key.keys())
-    advanced = {}
-    for key in sorted(by_key):
-        advanced[key] = await _advance(conn, key, stored.get(key), by_key[key], now)
-    await save_positions(conn, (row for row, _ in advanced.values()), stored.keys())
-    return advanced
-
-
-async def _advance(
     conn: AsyncConnection,
-    key: PositionKey,
-    current: PositionRow | None,
     new: list[Fill],
+    stored: dict[PositionKey, PositionRow],
     now: datetime,
+) -> dict[PositionKey, tuple[PositionRow, Fill]]:
+    """Fold the new fills (already stored in ``position_fills``) into their positions; each
+    position's row and newest fill. A position whose new fills all come after its last one
+    is folded on from its row; one without a row is folded from flat (a position's row and
+    fills are written in one transaction, so no row means no earlier fills); any other (a
+    late fill: the slow path) is refolded from all its stored fills, read in one statement."""
+    by_key: dict[PositionKey, list[Fill]] = defaultdict(list)
+    for fill in new:
+        by_key[(fill.account_id, fill.symbol)].append(fill)
+    advanced: dict[PositionKey, tuple[PositionRow, Fill]] = {}
+    late: list[PositionKey] = []
+    for key in sorted(by_key):
+        ordered = canonical_order(by_key[key])
+        current = stored.get(key)
+        if current is None:
+            advanced[key] = _row(key, ordered, fold_position(*key, ordered), len(ordered), now)
+        elif current.last_key < ordered[0].sort_key:
+            position = fold_position(*key, ordered, start=current.position)
+            advanced[key] = _row(key, ordered, position, current.fill_count + len(ordered), now)
+        else:
+            late.append(key)
+    for key, fills in (await load_position_fills(conn, late)).items():
+        ordered = canonical_order(fills)
+        advanced[key] = _row(key, ordered, fold_position(*key, ordered), len(ordered), now)
+    return dict(sorted(advanced.items()))
+
+
+def _row(
+    key: PositionKey, ordered: list[Fill], position: Position, count: int, now: datetime
 ) -> tuple[PositionRow, Fill]:
-    """The position after ``new`` (already stored in ``position_fills``): folded on from
-    ``current`` when every new fill comes after its last one; folded from flat when there is
-    no row yet (a position's row and fills are written in one transaction, so no row means no
-    earlier fills); else refolded from all its stored fills (a late fill: the slow path)."""
-    ordered = canonical_order(new)
-    if current is None:
-        position = fold_position(*key, ordered)
-        count = len(ordered)
-    elif current.last_key < ordered[0].sort_key:
-        position = fold_position(*key, ordered, start=current.position)
-        count = current.fill_count + len(ordered)
-    else:
-        ordered = canonical_order(await load_position_fills(conn, key))
-        position = fold_position(*key, ordered)
-        count = len(ordered)
     last = ordered[-1]
     return PositionRow(position, count, last.filled_at, last.fill_id, now), last
 
 
-async def _move_cash(conn: AsyncConnection, new: list[Fill]) -> dict[str, Decimal]:
-    """Add the new fills' cash deltas to their accounts; the cash after, by account."""
+def _cash_deltas(new: list[Fill]) -> dict[str, Decimal]:
+    """How much each account's cash moves: the sum of its new fills' cash deltas (a sum, so
+    the order does not matter)."""
     by_account: dict[str, list[Fill]] = defaultdict(list)
     for fill in new:
         by_account[fill.account_id].append(fill)
-    cash = await load_cash(conn, by_account, for_update=True)
-    for account_id in sorted(by_account):
-        if account_id not in cash:
-            log.error("positions.fill_of_unknown_account", account_id=account_id)
-            continue
-        cash[account_id] = cash_after(cash[account_id], by_account[account_id])
-    await save_cash(conn, cash)
-    return cash
+    return {account_id: cash_after(ZERO, fills) for account_id, fills in by_account.items()}
 
 
 def _changes(

@@ -38,6 +38,12 @@ from tradeloom.positions.batch import BatchOutcome, PositionChange, apply_fill_e
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
 
+MAX_BATCH = 500
+"""Events per batch at most. Each batch costs a transaction and a few statements whatever its
+size, so a backlog drains cheaper in bigger ones (measured on this projection with
+``bench/projection_cost.py``, 200 -> 500: CPU per fill 81 -> 69 us here and 53 -> 39 us in
+PostgreSQL); a steady trickle still goes in small batches, as soon as they come."""
+
 
 def position_updated(change: PositionChange, cash: Decimal) -> PositionUpdated:
     """The payload announcing ``change``: the position after its newest fill in canonical
@@ -71,7 +77,7 @@ class PositionProjection:
         metrics: Metrics | None = None,
         notify: Callable[[], None] | None = None,
         group: str = "positions",
-        max_batch: int = 200,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._bus = bus
         self._database = database

@@ -1,10 +1,13 @@
 """The positions tables: one row per (account, symbol), the fills applied, accounts' cash.
 
 Every function works inside the caller's connection (and so its transaction): the projection
-writes fills, positions and cash in one transaction per batch. Locking reads
-(``for_update``) take rows in (account, symbol) order, positions before accounts, so two
-transactions that overlap (a redelivery to a second consumer) queue instead of deadlocking.
-``position_fills`` is keyed by fill id: inserting a fill twice keeps the first.
+writes fills, positions and cash in one transaction per batch, in two statements on
+PostgreSQL: :func:`record_fills` locks the batch's positions and inserts its fills,
+:func:`save_positions_and_cash` upserts the positions and moves the cash. Rows are locked in
+one order by every writer: positions in (account, symbol) order, then the fills in fill-id
+order, then accounts in id order, so two transactions that overlap (a redelivery to a second
+consumer) queue instead of deadlocking. ``position_fills`` is keyed by fill id: inserting a
+fill twice keeps the first.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
-from tradeloom.domain.positions import Fill, Position
+from tradeloom.domain.positions import Fill, Position, exact_sum
 from tradeloom.storage.schema import accounts, position_fills, positions
 
 PositionKey = tuple[str, str]
@@ -93,33 +96,70 @@ def _fill_values(received: ReceivedFill, applied_at: datetime) -> dict[str, Any]
 # PostgreSQL: one statement text whatever the batch size, with the rows as arrays, so the
 # statement is prepared once per connection rather than once per batch size (a multi-row
 # VALUES list changes the text with every size; measured: 10 % of the projection's time was
-# preparing statements).
-_INSERT_FILLS_PG = text(
-    "INSERT INTO position_fills (fill_id, account_id, symbol, order_id, event_id, side,"
-    " quantity, price, fee, filled_at, applied_at)"
+# preparing statements). The insert's rows wait for the count over ``locked``, so every
+# position is locked (in key order) before any fill is inserted (in fill-id order).
+_RECORD_FILLS_PG = text(
+    "WITH locked AS (SELECT p.* FROM positions AS p"
+    " JOIN unnest(CAST(:key_account AS varchar[]), CAST(:key_symbol AS varchar[]))"
+    " AS k(account_id, symbol) ON p.account_id = k.account_id AND p.symbol = k.symbol"
+    " ORDER BY p.account_id, p.symbol FOR UPDATE OF p),"
+    " new AS (INSERT INTO position_fills (fill_id, account_id, symbol, order_id, event_id,"
+    " side, quantity, price, fee, filled_at, applied_at)"
     " SELECT f.*, CAST(:applied_at AS timestamptz) FROM unnest("
     "CAST(:fill_id AS varchar[]), CAST(:account_id AS varchar[]), CAST(:symbol AS varchar[]),"
     " CAST(:order_id AS varchar[]), CAST(:event_id AS varchar[]), CAST(:side AS varchar[]),"
     " CAST(:quantity AS numeric[]), CAST(:price AS numeric[]), CAST(:fee AS numeric[]),"
-    " CAST(:filled_at AS timestamptz[])) AS f"
-    " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id"
+    " CAST(:filled_at AS timestamptz[])) AS f WHERE (SELECT count(*) FROM locked) >= 0"
+    " ON CONFLICT (fill_id) DO NOTHING RETURNING fill_id)"
+    f" SELECT NULL AS fill_id, {', '.join(f'l.{c.name}' for c in positions.c)} FROM locked AS l"
+    f" UNION ALL SELECT n.fill_id, {', '.join('NULL' for _ in positions.c)} FROM new AS n"
 )
 
 
-async def insert_fills(
+@dataclass(frozen=True, slots=True)
+class RecordedFills:
+    """What :func:`record_fills` did: the ids of the fills it inserted (the others were
+    stored already), and the stored positions of the batch, locked."""
+
+    inserted: set[str]
+    positions: dict[PositionKey, PositionRow]
+
+
+async def record_fills(
     conn: AsyncConnection, received: Sequence[ReceivedFill], applied_at: datetime
-) -> set[str]:
-    """Insert fills of distinct ids unless already stored; return the ids inserted. A racing
-    twin on PostgreSQL is waited for, then skipped (``ON CONFLICT DO NOTHING``)."""
+) -> RecordedFills:
+    """Lock the stored positions of ``received``'s (account, symbol) pairs, then insert the
+    fills (of distinct ids) not stored yet. A racing twin on PostgreSQL is waited for, then
+    skipped (``ON CONFLICT DO NOTHING``).
+
+    On PostgreSQL both happen in one statement, so its snapshot is taken before any wait: a
+    locked row is read as last committed, but a position another transaction created after
+    the statement began is not seen. That transaction would have stored some of these fills
+    too (the bus hands an account's fills to one consumer at a time, so only a redelivered
+    batch overlaps), so when some fills were stored already, read the positions found absent
+    again (:func:`lock_positions_of`) before folding from flat."""
     if not received:
-        return set()
+        return RecordedFills(set(), {})
+    keys = sorted({(r.fill.account_id, r.fill.symbol) for r in received})
     if conn.dialect.name == "postgresql":
         # By fill id: two overlapping batches insert in one order and never deadlock.
         ordered = sorted(received, key=lambda r: r.fill.fill_id)
         rows = [_fill_values(r, applied_at) for r in ordered]
         columns = {name: [row[name] for row in rows] for name in _ARRAY_COLUMNS}
-        result = await conn.execute(_INSERT_FILLS_PG, {**columns, "applied_at": applied_at})
-        return set(result.scalars())
+        params = {
+            **columns,
+            "applied_at": applied_at,
+            "key_account": [key[0] for key in keys],
+            "key_symbol": [key[1] for key in keys],
+        }
+        recorded = RecordedFills(set(), {})
+        for row in await conn.execute(_RECORD_FILLS_PG, params):
+            if row.fill_id is not None:
+                recorded.inserted.add(row.fill_id)
+            else:
+                stored = position_row(row)
+                recorded.positions[stored.key] = stored
+        return recorded
     inserted: set[str] = set()
     for start in range(0, len(received), _INSERT_CHUNK):
         rows = [_fill_values(r, applied_at) for r in received[start : start + _INSERT_CHUNK]]
@@ -130,7 +170,7 @@ async def insert_fills(
             .returning(position_fills.c.fill_id)
         )
         inserted.update((await conn.execute(statement)).scalars())
-    return inserted
+    return RecordedFills(inserted, await lock_positions_of(conn, keys))
 
 
 _ARRAY_COLUMNS = (
@@ -152,17 +192,39 @@ async def load_fills(conn: AsyncConnection, fill_ids: Iterable[str]) -> dict[str
     wanted = sorted(set(fill_ids))
     if not wanted:
         return {}
-    rows = await conn.execute(select(position_fills).where(position_fills.c.fill_id.in_(wanted)))
-    return {fill.fill_id: fill for fill in map(_fill, rows)}
+    if conn.dialect.name == "postgresql":  # one statement text for any number of fills
+        ids = bindparam("fill_ids", wanted, type_=ARRAY(String()))
+        query = select(position_fills).where(position_fills.c.fill_id == any_(ids))
+    else:
+        query = select(position_fills).where(position_fills.c.fill_id.in_(wanted))
+    return {fill.fill_id: fill for fill in map(_fill, await conn.execute(query))}
 
 
-async def load_position_fills(conn: AsyncConnection, key: PositionKey) -> list[Fill]:
-    """Every stored fill of one position (in no particular order: the caller sorts)."""
-    account_id, symbol = key
-    query = select(position_fills).where(
-        position_fills.c.account_id == account_id, position_fills.c.symbol == symbol
-    )
-    return [_fill(row) for row in await conn.execute(query)]
+async def load_position_fills(
+    conn: AsyncConnection, keys: Collection[PositionKey]
+) -> dict[PositionKey, list[Fill]]:
+    """Every stored fill of each position (in no particular order: the caller sorts)."""
+    wanted = sorted(set(keys))
+    fills: dict[PositionKey, list[Fill]] = {key: [] for key in wanted}
+    if not wanted:
+        return fills
+    if conn.dialect.name == "postgresql":
+        params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
+        rows = await conn.execute(_FILLS_OF_KEYS_PG, params)
+    else:
+        key = tuple_(position_fills.c.account_id, position_fills.c.symbol)
+        rows = await conn.execute(select(position_fills).where(key.in_(wanted)))
+    for fill in map(_fill, rows):
+        fills[(fill.account_id, fill.symbol)].append(fill)
+    return fills
+
+
+_FILLS_OF_KEYS_PG = text(
+    f"SELECT {', '.join(f'f.{column.name}' for column in position_fills.c)}"
+    " FROM position_fills AS f JOIN unnest(CAST(:accounts AS varchar[]),"
+    " CAST(:symbols AS varchar[])) AS k(account_id, symbol)"
+    " ON f.account_id = k.account_id AND f.symbol = k.symbol"
+).columns(*position_fills.c)
 
 
 def position_row(row: Any) -> PositionRow:
@@ -267,36 +329,73 @@ _UPDATE_POSITION = (
 )
 
 
-# PostgreSQL: every row of a batch in one upsert of one text (executemany sends a message per
-# row); rows are one per key, so no row is touched twice.
-_SAVE_POSITIONS_PG = text(
-    "INSERT INTO positions (account_id, symbol, quantity, cost_basis, realized_pnl, fees,"
-    " fill_count, last_filled_at, last_fill_id, updated_at) SELECT * FROM unnest("
-    "CAST(:account_id AS varchar[]), CAST(:symbol AS varchar[]), CAST(:quantity AS numeric[]),"
-    " CAST(:cost_basis AS numeric[]), CAST(:realized_pnl AS numeric[]),"
-    " CAST(:fees AS numeric[]), CAST(:fill_count AS integer[]),"
-    " CAST(:last_filled_at AS timestamptz[]), CAST(:last_fill_id AS varchar[]),"
-    " CAST(:updated_at AS timestamptz[]))"
+# PostgreSQL: the positions and the cash of a batch in one statement of one text (executemany
+# would send a message per row). Positions are upserted first (the account locks wait for the
+# count over ``saved``), then accounts are locked in id order and their cash moved by the
+# batch's deltas: a sum, so it is added in the database, exactly (numeric arithmetic does not
+# round), and read back.
+_SAVE_POSITIONS_AND_CASH_PG = text(
+    "WITH saved AS (INSERT INTO positions (account_id, symbol, quantity, cost_basis,"
+    " realized_pnl, fees, fill_count, last_filled_at, last_fill_id, updated_at)"
+    " SELECT * FROM unnest(CAST(:account_id AS varchar[]), CAST(:symbol AS varchar[]),"
+    " CAST(:quantity AS numeric[]), CAST(:cost_basis AS numeric[]),"
+    " CAST(:realized_pnl AS numeric[]), CAST(:fees AS numeric[]),"
+    " CAST(:fill_count AS integer[]), CAST(:last_filled_at AS timestamptz[]),"
+    " CAST(:last_fill_id AS varchar[]), CAST(:updated_at AS timestamptz[]))"
     " ON CONFLICT (account_id, symbol) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _POSITION_STATE)
-)
-_SAVE_CASH_PG = text(
-    "UPDATE accounts SET cash = v.cash FROM unnest(CAST(:account_id AS varchar[]),"
-    " CAST(:cash AS numeric[])) AS v(account_id, cash) WHERE accounts.account_id = v.account_id"
+    + " RETURNING 1),"
+    " locked AS (SELECT a.account_id FROM accounts AS a"
+    " WHERE a.account_id = ANY(CAST(:cash_account AS varchar[]))"
+    " AND (SELECT count(*) FROM saved) >= 0 ORDER BY a.account_id FOR UPDATE OF a)"
+    " UPDATE accounts SET cash = accounts.cash + d.delta FROM locked AS l"
+    " JOIN unnest(CAST(:cash_account AS varchar[]), CAST(:cash_delta AS numeric[]))"
+    " AS d(account_id, delta) ON d.account_id = l.account_id"
+    " WHERE accounts.account_id = l.account_id RETURNING accounts.account_id, accounts.cash"
 )
 
 
-async def save_positions(
+async def save_positions_and_cash(
+    conn: AsyncConnection,
+    rows: Sequence[PositionRow],
+    existing: Collection[PositionKey],
+    cash_deltas: Mapping[str, Decimal],
+) -> dict[str, Decimal]:
+    """Write ``rows`` (an update of those in ``existing``, an insert of the rest) and move
+    each account's cash by its delta; return the cash after, of each account that exists
+    (one statement on PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        values = [_position_values(row) for row in rows]
+        arrays = {name: [v[name] for v in values] for name in _POSITION_STATE}
+        accounts_moved = sorted(cash_deltas)
+        params = {
+            **arrays,
+            "account_id": [row.key[0] for row in rows],
+            "symbol": [row.key[1] for row in rows],
+            "cash_account": accounts_moved,
+            "cash_delta": [cash_deltas[account_id] for account_id in accounts_moved],
+        }
+        result = await conn.execute(_SAVE_POSITIONS_AND_CASH_PG, params)
+        return {account_id: cash for account_id, cash in result.all()}
+    await _save_positions_sqlite(conn, rows, existing)
+    cash = await _cash_of(conn, cash_deltas)
+    after = {
+        account_id: exact_sum([cash_deltas[account_id]], now) for account_id, now in cash.items()
+    }
+    if after:
+        await conn.execute(
+            _UPDATE_CASH,
+            [
+                {"key_account_id": account_id, "cash": amount}
+                for account_id, amount in after.items()
+            ],
+        )
+    return after
+
+
+async def _save_positions_sqlite(
     conn: AsyncConnection, rows: Iterable[PositionRow], existing: Collection[PositionKey]
 ) -> None:
-    """Write ``rows``: an update of those in ``existing``, an insert of the rest (on
-    PostgreSQL one upsert for all of them)."""
-    if conn.dialect.name == "postgresql":
-        keyed = [{"account_id": r.key[0], "symbol": r.key[1], **_position_values(r)} for r in rows]
-        if keyed:
-            arrays = {name: [v[name] for v in keyed] for name in keyed[0]}
-            await conn.execute(_SAVE_POSITIONS_PG, arrays)
-        return
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     for row in rows:
@@ -312,24 +411,12 @@ async def save_positions(
         await conn.execute(insert(positions), inserts)
 
 
-async def load_cash(
-    conn: AsyncConnection, account_ids: Iterable[str], *, for_update: bool = False
-) -> dict[str, Decimal]:
-    """The cash of each existing account among ``account_ids``; locked when ``for_update``."""
-    wanted = sorted(set(account_ids))
-    if not wanted:
-        return {}
-    if conn.dialect.name == "postgresql":  # one statement text for any number of accounts
-        matches = accounts.c.account_id == any_(bindparam("ids", wanted, type_=ARRAY(String())))
-    else:
-        matches = accounts.c.account_id.in_(wanted)
-    query = (
-        select(accounts.c.account_id, accounts.c.cash)
-        .where(matches)
-        .order_by(accounts.c.account_id)
+async def _cash_of(conn: AsyncConnection, account_ids: Iterable[str]) -> dict[str, Decimal]:
+    """The cash of each existing account among ``account_ids`` (SQLite: one writer, so
+    nothing to lock)."""
+    query = select(accounts.c.account_id, accounts.c.cash).where(
+        accounts.c.account_id.in_(sorted(set(account_ids)))
     )
-    if for_update:
-        query = query.with_for_update()
     return {account_id: cash for account_id, cash in (await conn.execute(query)).all()}
 
 
@@ -338,14 +425,3 @@ _UPDATE_CASH = (
     .where(accounts.c.account_id == bindparam("key_account_id"))
     .values(cash=bindparam("cash"))
 )
-
-
-async def save_cash(conn: AsyncConnection, cash: Mapping[str, Decimal]) -> None:
-    """Set each account's cash, in one batched update (one statement on PostgreSQL)."""
-    if cash and conn.dialect.name == "postgresql":
-        await conn.execute(_SAVE_CASH_PG, {"account_id": list(cash), "cash": list(cash.values())})
-    elif cash:
-        await conn.execute(
-            _UPDATE_CASH,
-            [{"key_account_id": account_id, "cash": amount} for account_id, amount in cash.items()],
-        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import msgspec
@@ -19,9 +19,9 @@ from tests.unit.oms.order_events import (
     rejected,
     with_a_refused_fill,
 )
-from tradeloom.domain.events import OrderPartiallyFilled
+from tradeloom.domain.events import Event, OrderPartiallyFilled, OrderSubmitted
 from tradeloom.domain.ids import new_id
-from tradeloom.domain.order_view import OrderView, fold_order
+from tradeloom.domain.order_view import OrderView, fold_order, resume_fold
 from tradeloom.domain.orders import OrderStatus
 
 ACCOUNT = "acc-1"
@@ -167,3 +167,107 @@ def test_any_permutation_with_duplicates_folds_to_the_in_order_view(
     story, order = delivery
     shuffled = [story.events[i] for i in order]
     assert fold_order(shuffled).view == view_of(story)
+
+
+# -- continuing a stored view ----------------------------------------------------------------
+
+
+def latest_of(events: list[Event]) -> datetime | None:
+    """What the read model keeps beside a view: the latest time among its events, the
+    submission aside."""
+    times = [e.occurred_at for e in events if not isinstance(e.payload, OrderSubmitted)]
+    return max(times, default=None)
+
+
+def view_of_events(events: list[Event]) -> OrderView:
+    view = fold_order(events).view
+    assert view is not None
+    return view
+
+
+def resumed(folded: list[Event], new: list[Event]) -> OrderView | None:
+    fold = resume_fold(view_of_events(folded), latest_of(folded), new)
+    return None if fold is None else fold.view
+
+
+def test_an_acceptance_and_a_fill_continue_the_submitted_view() -> None:
+    story = filled_in_two_parts(ACCOUNT)
+    submitted, accepted, first, last = story.events
+    assert resumed([submitted], [first, accepted]) == fold_order(story.events[:3]).view
+    fold = resume_fold(view_of_events([submitted, accepted]), None, [last, first])
+    assert fold is not None
+    assert fold.view == view_of(story)
+    assert [o.event_id for o in fold.outcomes] == [first.id, last.id]  # the new ones, in order
+
+
+def test_a_view_is_not_continued_when_the_view_alone_cannot_tell() -> None:
+    story = OrderStory(ACCOUNT)
+    submitted, accepted = story.submitted(quantity="10"), story.accepted()
+    first = story.fill("4", "10")
+    cancel = story.cancel_requested()
+    second = story.fill("6", "10")
+    # A fill to an order with fills: the applied fill ids are not in the view.
+    assert resumed([submitted, accepted, first], [second]) is None
+    # A pending cancel: the status it returns to is not in the view.
+    assert resumed([submitted, accepted, cancel], [story.canceled()]) is None
+    # An event not after everything folded, and a submission, are out of order.
+    assert resumed([submitted, first], [accepted]) is None
+    assert resume_fold(view_of_events([submitted]), None, [submitted]) is None
+
+
+def test_an_earlier_refused_event_stops_a_new_one_from_being_continued() -> None:
+    """A refusal is kept: a cancel rejection with no cancel pending changes nothing, but once
+    the cancel request that came before it arrives, the full fold applies both. The view
+    (last changed by the submission) cannot show that: the latest recorded time can."""
+    story = OrderStory(ACCOUNT)
+    submitted, requested = story.submitted(), story.cancel_requested()
+    refused = story.cancel_rejected("too late")
+    folded = fold_order([submitted, refused])
+    assert folded.view is not None
+    assert folded.view.updated_at == submitted.occurred_at
+    assert [o.event_id for o in folded.refused] == [refused.id]
+    assert resume_fold(folded.view, latest_of([submitted, refused]), [requested]) is None
+    assert fold_order(story.events).refused == ()  # the full fold applies both
+
+
+@st.composite
+def recorded_then_new(draw: st.DrawFn) -> tuple[OrderStory, list[Event], list[Event]]:
+    """A story whose events are recorded in two parts: some set holding the submission
+    (folded into the stored view), then the rest, in any order."""
+    story: OrderStory = draw(st.sampled_from(STORIES))(ACCOUNT)
+    submitted, *others = story.events
+    first = draw(st.lists(st.sampled_from(others), unique_by=lambda e: e.id)) if others else []
+    rest = [e for e in others if e not in first]
+    return story, [submitted, *first], draw(st.permutations(rest))
+
+
+@settings(max_examples=400, deadline=None)
+@given(recorded_then_new())
+def test_a_continued_view_is_the_full_fold_whenever_it_is_given(
+    parts: tuple[OrderStory, list[Event], list[Event]],
+) -> None:
+    story, folded, new = parts
+    continued = resumed(folded, new)
+    assert continued is None or continued == view_of(story)
+
+
+def test_every_story_told_in_order_is_continued_event_by_event_where_it_can_be() -> None:
+    """In order, an event is declined only when it is a fill after a fill or comes while a
+    request is pending; every other one is continued, to the full fold each time."""
+    declined: dict[str, list[str]] = {}
+    for make in STORIES:
+        story = make(ACCOUNT)
+        declined[make.__name__] = []
+        for k in range(1, len(story.events)):
+            view = resumed(story.events[:k], story.events[k : k + 1])
+            if view is None:
+                declined[make.__name__].append(story.events[k].type)
+            else:
+                assert view == fold_order(story.events[: k + 1]).view
+    assert declined == {
+        "filled_in_two_parts": ["order.filled"],
+        "canceled_after_a_partial_fill": ["order.canceled"],
+        "amended_then_replaced": ["order.replaced"],
+        "rejected": [],
+        "with_a_refused_fill": ["order.cancel_rejected", "order.partially_filled"],
+    }

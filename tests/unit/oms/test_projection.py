@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import Callable
 
 import pytest
@@ -22,10 +23,13 @@ from tests.unit.oms.order_events import (
     topic_of,
     with_a_refused_fill,
 )
+from tests.unit.positions.world import record_history
+from tests.unit.recorded_sql import recorded_statements
 from tradeloom.domain.events import Event
 from tradeloom.domain.order_view import OrderView, fold_order
 from tradeloom.domain.orders import OrderStatus
 from tradeloom.messaging.memory import MemoryBus
+from tradeloom.oms.order_view import view_from_row, view_row
 from tradeloom.oms.projection import OrderProjection
 from tradeloom.storage.schema import order_history
 
@@ -47,6 +51,15 @@ async def history_rows(model: ReadModel, order_id: str) -> int:
 def sample(model: ReadModel, name: str, **labels: str) -> float:
     value = model.metrics.registry.get_sample_value(name, {"group": "oms-projection", **labels})
     return value or 0.0
+
+
+@pytest.mark.parametrize("make", STORIES, ids=lambda make: make.__name__)
+def test_a_view_written_as_a_row_reads_back_as_the_same_view(make: Story) -> None:
+    view = folded(make("acc-1"))
+    row = view_row(view)
+    assert row["order_id"] == view.order_id
+    assert row["last_event_id"] == view.last_event_id
+    assert view_from_row(row) == view
 
 
 @pytest.mark.parametrize("make", STORIES, ids=lambda make: make.__name__)
@@ -182,4 +195,49 @@ async def test_any_shuffled_duplicated_batching_yields_the_in_order_view(
     story = make(model.account)  # a fresh order per example
     for batch in batches_of(story.events, seed):
         await model.projection.handle(batch)
+    assert await model.queries.get(model.owner, story.order_id) == folded(story)
+
+
+# -- continuing views instead of refolding ---------------------------------------------------
+
+
+async def test_a_batch_that_continues_its_orders_reads_no_history_back(model: ReadModel) -> None:
+    """The usual flow (a submission, then its reports after it) continues each stored view:
+    no history is read back, and on PostgreSQL a batch is three statements (lock the
+    orders; record the events and read what each order had; upsert the views)."""
+    stories = [filled_in_two_parts(model.account) for _ in range(3)]
+    await model.projection.handle([story.events[0] for story in stories])
+    with recorded_statements(model.database) as sent:
+        await model.projection.handle([e for story in stories for e in story.events[1:]])
+    assert not [s for s in sent if re.search(r"order_history\.event\b", s)], sent
+    if model.database.dialect == "postgresql":
+        assert len(sent) == 3, sent
+    for story in stories:
+        assert await model.queries.get(model.owner, story.order_id) == folded(story)
+
+
+async def test_an_event_before_an_earlier_refused_one_refolds_the_order(
+    model: ReadModel,
+) -> None:
+    """A cancel rejection with no cancel pending is refused and kept; when the cancel request
+    that came before it arrives, the whole history is folded again, and both apply."""
+    story = OrderStory(model.account)
+    submitted, requested = story.submitted(), story.cancel_requested()
+    refused = story.cancel_rejected("too late to cancel")
+    await model.projection.handle([submitted, refused])
+    await model.projection.handle([requested])
+    view = await model.queries.get(model.owner, story.order_id)
+    assert view == folded(story)
+    assert view is not None
+    assert view.reason == "too late to cancel"
+
+
+async def test_a_view_that_misses_a_recorded_event_is_refolded(model: ReadModel) -> None:
+    """An event in the history that the stored view does not count (written by other means
+    than this projection) is folded in with the next event of the order."""
+    story = filled_in_two_parts(model.account)
+    submitted, accepted, first, last = story.events
+    await model.projection.handle([submitted])
+    await record_history(model.database, [accepted])
+    await model.projection.handle([first, last])
     assert await model.queries.get(model.owner, story.order_id) == folded(story)

@@ -3,6 +3,7 @@ idempotency by fill id, the canonical order for late fills, cash, and what it an
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -20,7 +21,10 @@ from tests.unit.positions.world import (
     stored_position,
     stored_positions,
 )
+from tests.unit.recorded_sql import recorded_statements
 from tradeloom.domain.events import Event, OrderAccepted, PositionUpdated, new_event
+from tradeloom.domain.numbers import ZERO
+from tradeloom.domain.positions import cash_after, fill_from_event, fold_position
 from tradeloom.domain.time import ManualClock
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.topics import ORDER_EVENTS
@@ -185,6 +189,82 @@ async def test_a_fill_id_with_other_terms_is_refused_and_counted(
         "tradeloom_events_projected_total", {"group": "positions-conflict", "outcome": "conflict"}
     )
     assert sample == 2
+
+
+async def test_late_fills_of_several_positions_are_refolded_together(
+    database: Database, clock: ManualClock
+) -> None:
+    account = await open_account(database, "alice")
+    first = [fill_event(account, s, "buy", "10", "10", filled_at=at(2)) for s in ("A", "B")]
+    late = [fill_event(account, s, "sell", "4", "12", filled_at=at(1)) for s in ("A", "B")]
+    p = projection(database, clock)
+    await p.handle(first)
+    await p.handle(late)
+    for symbol in ("A", "B"):  # canonical: sell 4 @ 12 (short), then buy 10 @ 10
+        row = await stored_position(database, account, symbol)
+        assert numbers(row) == (D(6), D(10), D(8)), symbol
+        assert row.fill_count == 2
+
+
+def expected_of(events: Sequence[Event]) -> tuple[dict[str, tuple[D, ...]], D]:
+    """Each symbol's (quantity, cost basis, realized P&L) and the cash moved: the domain's
+    fold of the distinct fills."""
+    fills = list({f.fill_id: f for f in map(fill_from_event, events)}.values())
+    by_symbol: dict[str, tuple[D, ...]] = {}
+    for symbol in {f.symbol for f in fills}:
+        mine = [f for f in fills if f.symbol == symbol]
+        p = fold_position(mine[0].account_id, symbol, mine)
+        by_symbol[symbol] = (p.quantity, p.cost_basis, p.realized_pnl)
+    return by_symbol, cash_after(ZERO, fills)
+
+
+async def test_overlapping_batches_committed_at_once_leave_the_fold_of_their_fills(
+    database: Database, clock: ManualClock
+) -> None:
+    """A redelivered batch overlapping one in flight (a second consumer took it over): both
+    commit at once, each position new to one of them. Whichever goes second must fold onto
+    what the first created, not start from flat."""
+    for _ in range(5):
+        account = await open_account(database, "alice")
+        early = [
+            fill_event(account, s, "buy", "10", "10", filled_at=at(1)) for s in ("A", "B", "C")
+        ]
+        later = [
+            fill_event(account, s, "sell", "4", "12", filled_at=at(2)) for s in ("A", "B", "C")
+        ]
+        first, second = early[:2], [early[1], early[2], *later]
+        p = projection(database, clock)
+        await asyncio.gather(p.handle(first), p.handle(second))
+        by_symbol, moved = expected_of([*first, *second])
+        stored = await stored_positions(database, account)
+        assert {
+            key[1]: (r.position.quantity, r.position.cost_basis, r.position.realized_pnl)
+            for key, r in stored.items()
+        } == by_symbol
+        assert {key[1]: r.fill_count for key, r in stored.items()} == {"A": 2, "B": 2, "C": 2}
+        assert await stored_cash(database, account) == D(100000) + moved
+
+
+async def test_a_batch_writes_fills_positions_and_cash_in_two_statements(
+    database: Database, clock: ManualClock
+) -> None:
+    """On PostgreSQL: one statement locks the positions and records the fills, one upserts
+    the positions and moves the cash (the outbox's statements aside)."""
+    account = await open_account(database, "alice")
+    p = projection(database, clock)
+    await p.handle([fill_event(account, "AAPL", "buy", "10", "10", filled_at=at(0))])
+    with recorded_statements(database) as sent:
+        await p.handle(
+            [
+                fill_event(account, "AAPL", "sell", "4", "12", filled_at=at(1)),
+                fill_event(account, "MSFT", "buy", "1", "50", filled_at=at(1)),
+            ]
+        )
+    ours = [s for s in sent if "position" in s or "accounts" in s]
+    if database.dialect == "postgresql":
+        assert len(ours) == 2, ours
+    assert numbers(await stored_position(database, account, "AAPL")) == (D(6), D(10), D(8))
+    assert await stored_cash(database, account) == D(100000) - 100 + 48 - 50
 
 
 # -- cash, announcements, metrics --------------------------------------------------------------
