@@ -50,12 +50,17 @@ WARNINGS: Counter[str] = Counter()
 # --- logging --------------------------------------------------------------------------------
 
 
+FIRST_ERRORS: dict[str, str] = {}  # the first error text of each logged error event
+
+
 def count_warnings(_logger: Any, level: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
     """Count warnings and errors by event name instead of printing them over the table.
 
     A structlog processor: adds one to :data:`WARNINGS` and drops the event.
     """
     WARNINGS[f"{level} {event.get('event')}"] += 1
+    if level in ("error", "critical") and "error" in event:
+        FIRST_ERRORS.setdefault(str(event.get("event")), str(event["error"])[:300])
     raise structlog.DropEvent
 
 

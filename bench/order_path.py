@@ -77,6 +77,7 @@ from sqlalchemy import text
 from benchkit import (
     CLOCK_TICKS,
     CORES,
+    FIRST_ERRORS,
     WARNINGS,
     Baseline,
     admin_execute,
@@ -244,12 +245,16 @@ async def _pg_xacts(url: str) -> dict[str, int]:
     conn = await asyncpg.connect(url)
     try:
         row = await conn.fetchrow(
-            "SELECT xact_commit, xact_rollback FROM pg_stat_database"
+            "SELECT xact_commit, xact_rollback, sessions FROM pg_stat_database"
             " WHERE datname = current_database()"
         )
     finally:
         await conn.close()
-    return {"commit": int(row["xact_commit"]), "rollback": int(row["xact_rollback"])}
+    return {
+        "commit": int(row["xact_commit"]),
+        "rollback": int(row["xact_rollback"]),
+        "sessions": int(row["sessions"]) - 1,  # less this one
+    }
 
 
 async def _redis_commands(url: str) -> int:
@@ -526,7 +531,8 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         (
             "load",
             f"{offered} offered for {args.duration:g} s by {args.placers} placers; "
-            f"{args.accounts} accounts, {args.symbols} symbols, market BUY 1 share",
+            f"{args.accounts} accounts, {args.symbols} symbols, market BUY 1 share; "
+            f"{args.workers} worker(s), {args.partitions} bus partitions",
         ),
         (
             "offered (started)",
@@ -586,6 +592,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             f"{run.pg_xacts.get('commit', 0) / per:.1f} pg commits, "
             f"{run.pg_xacts.get('rollback', 0) / per:.1f} pg rollbacks (incl. pre-pings and"
             f" read-only blocks), {run.checkouts / per:.1f} pool checkouts,"
+            f" {run.pg_xacts.get('sessions', 0):,} pg sessions opened in all,"
             f" {run.redis_commands / per:.1f} redis commands (whole server)",
         ),
         (
@@ -617,6 +624,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         ]
     if WARNINGS:
         rows.append(("log warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common())))
+        rows += [(f"  first {name}", error) for name, error in FIRST_ERRORS.items()]
     checks = [
         (f"≥1,000 orders/s placed ({placed_rate:,.0f})", placed_rate >= 1000),
         (f"≥1,000 orders/s filled ({filled_rate:,.0f})", filled_rate >= 1000),
@@ -658,6 +666,7 @@ async def main(args: argparse.Namespace) -> None:
             namespace=namespace,
             risk_order_rate=1_000_000,
             risk_max_open_orders=1_000_000,
+            bus_partitions=args.partitions,
         )
         run = await order_path(args, settings)
     finally:
@@ -693,6 +702,7 @@ def parse_args() -> argparse.Namespace:
         default="market-data,execution",
         help="services the workers run (add read-side to load the read side too)",
     )
+    parser.add_argument("--partitions", type=int, default=8, help="bus partitions per topic")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--baseline-seconds", type=float, default=3.0)
     parser.add_argument("--baseline-connections", type=int, default=8)

@@ -275,6 +275,28 @@ async def test_batch_handler_gets_batches(bus_factory: BusFactory) -> None:
     assert all(seqs == sorted(seqs) for seqs in per_key.values()), per_key
 
 
+async def test_a_handled_batch_is_settled_whole(bus_factory: BusFactory) -> None:
+    """Every event of a handled batch is acknowledged (on NATS by one cumulative ack of its
+    last event): past the ack deadline, another member of the group gets none again."""
+    first = await bus_factory.new()
+    got = Recorder()
+    events = [order_event("acc1", i) for i in range(30)]
+    await first.publish_many(TOPIC, [(event, "acc1") for event in events])
+    options = ConsumerOptions(retry=FAST_RETRY, ack_wait=1.0, max_batch=10, max_wait=0.05)
+    await first.subscribe_batch(TOPIC, "settled", got.batch, options)
+    await eventually(lambda: len(got.events) == 30)
+    await bus_factory.kill(first)  # vanishes without releasing anything
+
+    later = await bus_factory.new()
+    again = Recorder()
+    await later.subscribe_batch(TOPIC, "settled", again.batch, options)
+    marker = order_event("acc1", 30)
+    await later.publish(TOPIC, marker, "acc1")
+    await eventually(lambda: len(again.events) >= 1, within=15)
+    await asyncio.sleep(1.5)  # past ack_wait: anything unacked would be back by now
+    assert again.ids() == [marker.id]
+
+
 async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(bus_factory: BusFactory) -> None:
     bus = await bus_factory.new()
     letters = Recorder()

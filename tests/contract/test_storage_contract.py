@@ -278,14 +278,15 @@ async def test_the_relay_publishes_right_after_notify(
         await eventually(published, f"event {expected} is published and marked")
 
 
-async def test_a_relay_that_found_the_lock_taken_tries_again_soon(
+async def test_a_relay_waits_for_the_lock_another_holds_then_publishes(
     db: Database, bus: RecordingBus, relays: Callable[..., OutboxRelay]
 ) -> None:
     """Another process's relay holds the lock (its pass may have read its batch before our
-    row committed): our relay retries shortly rather than at its next poll."""
+    row committed): our relay makes its pass as soon as the lock is free, not at its next
+    poll."""
     if db.dialect != "postgresql":
         pytest.skip("one relay per database file on SQLite: there is no relay lock")
-    relay = relays(poll_interval=600.0)  # only a retry can publish within the deadline
+    relay = relays(poll_interval=600.0)  # only the waiting pass can publish in time
     async with db.connect() as holder:
         await holder.execute(select(func.pg_advisory_lock(RELAY_LOCK_ID)))
         await holder.commit()

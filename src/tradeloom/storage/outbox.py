@@ -22,9 +22,10 @@ one key because:
   rows after taking any other row locks, and PostgreSQL's deadlock detector turns a
   conflicting order into an error the caller can retry.
 * across processes only one relay publishes at a time: a pass holds a session-level advisory
-  lock (``pg_try_advisory_lock``); a relay that cannot get it tries again ``contended_retry``
-  seconds later (the holder's pass may have read its batch before this process's rows
-  committed, so waiting for the next notify or poll could leave them for ``poll_interval``).
+  lock (``pg_advisory_lock``). A relay that finds it taken WAITS for it (in PostgreSQL, no
+  CPU spent) and then makes its pass: the holder may have read its last batch before this
+  process's rows committed, so skipping the pass could leave them for ``poll_interval``, and
+  retrying on a timer would spin while another process publishes continuously.
   On SQLite run one relay per database file (the embedded deployment).
 """
 
@@ -156,7 +157,6 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         retry_backoff: float = 0.1,
         max_backoff: float = 5.0,
-        contended_retry: float = 0.005,
         clock: Clock | None = None,
     ) -> None:
         if batch_size < 1:
@@ -167,8 +167,6 @@ class OutboxRelay:
         self._poll_interval = poll_interval
         self._retry_backoff = retry_backoff
         self._max_backoff = max_backoff
-        self._contended_retry = contended_retry
-        self._contended = False  # the last pass found another relay holding the lock
         self._clock = clock or SystemClock()
         self._wakeup = asyncio.Event()
         self._one_pass_at_a_time = asyncio.Lock()
@@ -204,14 +202,11 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish everything unpublished, batch by batch; return how many were published.
 
-        Returns 0 without publishing when another relay holds the PostgreSQL relay lock.
-        Raises whatever the bus raised, after marking the batches it did acknowledge.
+        Waits while another relay holds the PostgreSQL relay lock. Raises whatever the bus
+        raised, after marking the batches it did acknowledge.
         """
         published = 0
-        async with self._one_pass_at_a_time, self._relay_lock() as held:
-            self._contended = not held
-            if not held:
-                return 0
+        async with self._one_pass_at_a_time, self._relay_lock():
             while True:
                 count = await self._publish_batch()
                 published += count
@@ -252,9 +247,8 @@ class OutboxRelay:
                     await asyncio.wait_for(self._stop.wait(), timeout=delay)
                 continue
             failures = 0
-            pause = self._contended_retry if self._contended else self._poll_interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=pause)
+                await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
     async def _publish_batch(self) -> int:
         batch = await self._read_batch()
@@ -290,24 +284,23 @@ class OutboxRelay:
             )
 
     @contextlib.asynccontextmanager
-    async def _relay_lock(self) -> AsyncIterator[bool]:
-        """Hold PostgreSQL's relay lock for one pass; yields whether it was obtained."""
+    async def _relay_lock(self) -> AsyncIterator[None]:
+        """Hold PostgreSQL's relay lock for one pass, waiting for it while another relay
+        makes its pass."""
         if self._database.dialect != "postgresql":
-            yield True
+            yield
             return
         async with self._database.connect() as conn:
-            held = bool(await conn.scalar(select(func.pg_try_advisory_lock(RELAY_LOCK_ID))))
-            await conn.commit()
-            if not held:
-                yield False
-                return
             try:
-                yield True
+                await conn.execute(select(func.pg_advisory_lock(RELAY_LOCK_ID)))
+                await conn.commit()
+                yield
             except BaseException:
-                # A session lock outlives rollback; closing the connection is the sure release.
+                # A session lock outlives rollback, and one granted just as the wait was
+                # cancelled would be held unseen: closing the connection is the sure release.
                 await conn.invalidate()
                 raise
-            await conn.scalar(select(func.pg_advisory_unlock(RELAY_LOCK_ID)))
+            await conn.execute(select(func.pg_advisory_unlock(RELAY_LOCK_ID)))
             await conn.commit()
 
 
