@@ -335,7 +335,8 @@ def build_platform(
     if Service.EXECUTION in services:
         components.append(Component("broker gateway", gateway.start, gateway.stop))
         if Service.MARKET_DATA not in services:
-            # The paper broker still needs prices: its own group on the price topic.
+            # The paper broker still needs prices: its own group on the price topic (one
+            # group, so ONE execution process per paper venue: see config.Service).
             feed = PriceConsumer(bus, [broker_feed], metrics, group="broker-prices")
             components.append(Component("broker prices", feed.start, feed.stop))
     components.append(Component("market data", market_data.start, market_data.stop))

@@ -28,7 +28,9 @@ class Service(StrEnum):
     * ``market-data``: ``market.price`` into the last-price cache, candles and the fan-out;
     * ``execution``: the broker gateway and paper broker (with its own price feed), the
       execution engine, and what keeps the command side current from order events (the OMS's
-      order rows, risk's exposures);
+      order rows, risk's exposures). The paper broker is one simulated venue per process and
+      its price feed one consumer group: run ONE execution process with it (a second would
+      take half the price partitions, and each venue would see half the symbols);
     * ``read-side``: the order read model, positions and P&L, notifications.
     """
 
@@ -158,12 +160,28 @@ class Settings(BaseSettings):
     @classmethod
     def _services(cls, value: str, info: ValidationInfo) -> str:
         services = parse_services(value)
-        if services != ALL_SERVICES and info.data.get("bus_url") == "memory://":
-            raise ValueError(
-                "running only some services here means the rest run in other processes, "
-                "which needs a shared bus (TRADELOOM_BUS_URL=nats://...): the in-process "
-                "memory:// bus does not cross processes"
-            )
+        if services != ALL_SERVICES:
+            # The other services run in other processes: everything they share must be
+            # shared for real (risk's reservations and prices live in the cache; on SQLite
+            # every process would run an outbox relay of its own on one file).
+            embedded = [
+                name
+                for name, is_embedded in (
+                    ("TRADELOOM_BUS_URL=nats://...", info.data.get("bus_url") == "memory://"),
+                    ("TRADELOOM_CACHE_URL=redis://...", info.data.get("cache_url") == "memory://"),
+                    (
+                        "TRADELOOM_DATABASE_URL=postgresql://...",
+                        str(info.data.get("database_url", "")).startswith("sqlite"),
+                    ),
+                )
+                if is_embedded
+            ]
+            if embedded:
+                raise ValueError(
+                    "running only some services here means the rest run in other processes, "
+                    f"which needs shared servers: set {', '.join(embedded)} (the embedded "
+                    "defaults do not cross processes)"
+                )
         return ",".join(sorted(services)) or "none"
 
     @field_validator("log_level")

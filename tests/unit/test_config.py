@@ -55,11 +55,17 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
     assert "\n" not in message
 
 
+SHARED = {
+    "database_url": "postgresql://postgres@127.0.0.1:5432/test",
+    "bus_url": "nats://127.0.0.1:4222",
+    "cache_url": "redis://127.0.0.1:6379/0",
+}
+
+
 def test_a_process_runs_every_service_unless_told_otherwise() -> None:
     assert load_settings().service_set == frozenset(Service)
-    nats = "nats://127.0.0.1:4222"
-    assert load_settings(bus_url=nats, services="none").service_set == frozenset()
-    assert load_settings(bus_url=nats, services=" execution, read-side ").service_set == {
+    assert load_settings(**SHARED, services="none").service_set == frozenset()
+    assert load_settings(**SHARED, services=" execution, read-side ").service_set == {
         Service.EXECUTION,
         Service.READ_SIDE,
     }
@@ -68,9 +74,19 @@ def test_a_process_runs_every_service_unless_told_otherwise() -> None:
 @pytest.mark.parametrize("value", ["bogus", "execution,bogus", ","])
 def test_an_unknown_service_is_named_with_the_choices(value: str) -> None:
     with pytest.raises(ConfigError, match=r"TRADELOOM_SERVICES=.*market-data, execution"):
-        load_settings(bus_url="nats://127.0.0.1:4222", services=value)
+        load_settings(**SHARED, services=value)
 
 
-def test_splitting_services_on_the_in_process_bus_is_refused() -> None:
-    with pytest.raises(ConfigError, match=r"TRADELOOM_SERVICES='none'.*shared bus"):
-        load_settings(services="none")
+@pytest.mark.parametrize(
+    ("embedded", "named"),
+    [
+        ({"bus_url": "memory://"}, "TRADELOOM_BUS_URL"),
+        ({"cache_url": "memory://"}, "TRADELOOM_CACHE_URL"),
+        ({"database_url": "sqlite:///var/x.db"}, "TRADELOOM_DATABASE_URL"),
+    ],
+)
+def test_splitting_services_over_an_embedded_backend_is_refused(
+    embedded: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"TRADELOOM_SERVICES='none'.*set {named}="):
+        load_settings(**{**SHARED, **embedded}, services="none")

@@ -107,6 +107,7 @@ class ExecutionEngine:
         self._subscription: Subscription | None = None
         self.sent = 0
         self.skipped = 0
+        self.send_errors = 0  # the gateway failed in an unexpected way (a bug): see the log
 
     async def start(self) -> None:
         # A short linger: a command waits at most VIEW_MAX_WAIT for others to share its
@@ -134,8 +135,11 @@ class ExecutionEngine:
 
     async def handle_batch(self, events: Sequence[Event]) -> None:
         """Claim the batch's orders, send its commands in order, await the answers, and park
-        what the broker could not take. Raises (so the bus redelivers the commands one by one)
-        only if the claim failed, before anything was sent, or the gateway failed unexpectedly."""
+        what the broker could not take. Raises (so the bus redelivers the commands) only if the
+        claim failed, before anything was sent: once commands went out, a redelivery would send
+        cancels and amends again and re-claim orders that were parked, so an unexpected gateway
+        failure is logged and counted (``send_errors``), its command left like a timed-out one
+        (sent, outcome unknown, to be reconciled)."""
         claimed = await self._claim(events)
         commands = [
             _Command(event, request)
@@ -144,21 +148,21 @@ class ExecutionEngine:
         ]
         outcomes = await self._send(commands)
         unsent: list[_Unsent] = []
-        unexpected: list[BaseException] = []
         for command, outcome in zip(commands, outcomes, strict=True):
             if isinstance(outcome, BrokerUnavailable):
                 unsent.append((command, outcome))
             elif outcome is None or isinstance(outcome, BrokerTimeout):
                 self._sent(command.request, outcome)
             else:
-                unexpected.append(outcome)
+                self.send_errors += 1
                 log.error(
-                    "execution.send_failed", order_id=command.request.order_id, error=repr(outcome)
+                    "execution.send_failed",
+                    order_id=command.request.order_id,
+                    request=type(command.request).__name__,
+                    error=repr(outcome),
                 )
         if unsent:
             await self._park(unsent)
-        if unexpected:
-            raise unexpected[0]
 
     async def _claim(self, events: Sequence[Event]) -> set[str]:
         """Commit the rows that say these orders went to the broker, in one transaction;

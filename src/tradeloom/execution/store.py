@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, delete, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
-from tradeloom.storage.database import insert_if_absent
+from tradeloom.storage.database import among, insert_if_absent
 from tradeloom.storage.schema import broker_orders, broker_reports
 
 
@@ -83,7 +82,8 @@ async def claim_orders(
 async def forget_orders(conn: AsyncConnection, order_ids: Collection[str]) -> None:
     """Delete the claims of orders that never reached the broker."""
     if order_ids:
-        await conn.execute(delete(broker_orders).where(_order_id_in(conn, order_ids)))
+        unsent = among(conn, broker_orders.c.order_id, order_ids, name="order_ids")
+        await conn.execute(delete(broker_orders).where(unsent))
 
 
 async def load_sent_orders(
@@ -99,7 +99,7 @@ async def load_sent_orders(
         broker_orders.c.side,
         broker_orders.c.correlation_id,
         broker_orders.c.causation_id,
-    ).where(_order_id_in(conn, order_ids))
+    ).where(among(conn, broker_orders.c.order_id, order_ids, name="order_ids"))
     return {
         order_id: SentOrder(order_id, account, symbol, Side(side), correlation, causation)
         for order_id, account, symbol, side, correlation, causation in await conn.execute(query)
@@ -141,15 +141,6 @@ async def set_broker_order_ids(conn: AsyncConnection, ids: Mapping[str, str]) ->
             .where(broker_orders.c.order_id == order_id)
             .values(broker_order_id=broker_order_id)
         )
-
-
-def _order_id_in(conn: AsyncConnection, order_ids: Collection[str]) -> ColumnElement[bool]:
-    """``broker_orders.order_id IN order_ids``; on PostgreSQL ``= ANY(array)``, one text for
-    any count."""
-    column = broker_orders.c.order_id
-    if conn.dialect.name == "postgresql":
-        return column == any_(bindparam("order_ids", list(order_ids), type_=ARRAY(String())))
-    return column.in_(list(order_ids))
 
 
 def claim_row(

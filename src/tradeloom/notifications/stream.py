@@ -99,6 +99,7 @@ class UserStream:
         self._inbox: list[bytes] = []
         self._arrived = Wakeup()
         self._ready: list[StreamItem] = []
+        self._taken = 0  # items of _ready handed out (read by index: popping the front is O(n))
         self._held: dict[int, Notification] = {}
         self._gap_since: float | None = None  # loop time the current gap was first seen
         self._next = 1
@@ -142,11 +143,15 @@ class UserStream:
         return self
 
     async def __anext__(self) -> StreamItem:
-        while not self._ready:
+        while self._taken >= len(self._ready):
             if self._closed or self.overflowed:
                 raise StopAsyncIteration
+            self._ready.clear()
+            self._taken = 0
             await self._take_arrivals()
-        return self._ready.pop(0)
+        item = self._ready[self._taken]
+        self._taken += 1
+        return item
 
     def _receive(self, channel: str, raw: bytes) -> None:
         # Seam: the cache's fan-out calls this on the event loop; it must never block.

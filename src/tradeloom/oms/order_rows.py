@@ -29,13 +29,13 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, String, any_, bindparam, insert, select, text, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
+from tradeloom.storage.database import among
 from tradeloom.storage.schema import order_fills, orders, processed_events
 
 OrderFill = tuple[str, str]
@@ -108,15 +108,6 @@ def _is_postgres(conn: AsyncConnection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _among(
-    conn: AsyncConnection, column: Column[Any], values: Sequence[str]
-) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``= ANY(array)``, one text for any count."""
-    if _is_postgres(conn):
-        return column == any_(bindparam("ids", list(values), type_=ARRAY(String())))
-    return column.in_(list(values))
-
-
 _RECORD_PROCESSED_PG = text(
     "INSERT INTO processed_events (consumer, event_id, processed_at)"
     " SELECT CAST(:consumer AS varchar), e.event_id, CAST(:processed_at AS timestamptz)"
@@ -156,7 +147,7 @@ async def load_orders_for_update(
         return {}
     query = (
         select(orders)
-        .where(_among(conn, orders.c.order_id, wanted))
+        .where(among(conn, orders.c.order_id, wanted, name="ids"))
         .order_by(orders.c.order_id)
         .with_for_update()
     )
@@ -165,7 +156,7 @@ async def load_orders_for_update(
         return {}
     found = [row.order_id for row in rows]
     fills_query = select(order_fills.c.order_id, order_fills.c.fill_id).where(
-        _among(conn, order_fills.c.order_id, found)
+        among(conn, order_fills.c.order_id, found, name="ids")
     )
     fill_ids: dict[str, set[str]] = {order_id: set() for order_id in found}
     for order_id, fill_id in await conn.execute(fills_query):

@@ -24,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, delete, func, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event, encode_event
 from tradeloom.domain.order_view import OrderView
 from tradeloom.domain.orders import OrderStatus, OrderType, Side, TimeInForce
+from tradeloom.storage.database import among
 from tradeloom.storage.schema import order_history, order_views
 
 # Advisory locks of order views: (class, order) in PostgreSQL's two-key space, apart from the
@@ -188,13 +188,6 @@ async def _summaries(
     return {order_id: (count, at) for order_id, count, at in await conn.execute(query)}
 
 
-def _order_id_in(conn: AsyncConnection, column: Any, order_ids: Collection[str]) -> Any:
-    """``column IN order_ids``; on PostgreSQL as ``= ANY(array)``, one text for any count."""
-    if conn.dialect.name == "postgresql":
-        return column == any_(bindparam("order_ids", list(order_ids), type_=ARRAY(String())))
-    return column.in_(list(order_ids))
-
-
 async def load_histories(
     conn: AsyncConnection, order_ids: Collection[str]
 ) -> dict[str, list[Event]]:
@@ -203,7 +196,7 @@ async def load_histories(
     if not order_ids:
         return histories
     query = select(order_history.c.order_id, order_history.c.event).where(
-        _order_id_in(conn, order_history.c.order_id, order_ids)
+        among(conn, order_history.c.order_id, order_ids, name="order_ids")
     )
     for order_id, data in await conn.execute(query):
         histories[order_id].append(decode_event(data))

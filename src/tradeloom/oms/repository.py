@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import insert, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,6 +19,7 @@ from tradeloom.domain.errors import DomainError
 from tradeloom.domain.orders import Order
 from tradeloom.domain.time import require_utc
 from tradeloom.oms.order_rows import order_from_row, order_state_values
+from tradeloom.storage.database import INSERT_CHUNK
 from tradeloom.storage.schema import order_fills, orders
 
 
@@ -53,7 +54,6 @@ _INSERT_ORDERS_PG = text(
     " correlation_id, created_at, n) ORDER BY o.n"
     " ON CONFLICT (account_id, client_order_id) DO NOTHING RETURNING order_id"
 )
-_INSERT_CHUNK = 500  # rows per SQLite INSERT: far below its limit on bound parameters
 
 
 def _new_row(order: Order) -> dict[str, object]:
@@ -90,8 +90,8 @@ async def insert_orders(conn: AsyncConnection, new_orders: Sequence[Order]) -> s
         arrays = {name: [row[name] for row in rows] for name in rows[0]}
         return set((await conn.execute(_INSERT_ORDERS_PG, arrays)).scalars())
     inserted: set[str] = set()
-    for start in range(0, len(new_orders), _INSERT_CHUNK):
-        chunk = new_orders[start : start + _INSERT_CHUNK]
+    for start in range(0, len(new_orders), INSERT_CHUNK):
+        chunk = new_orders[start : start + INSERT_CHUNK]
         statement = (
             sqlite.insert(orders)
             .values([{**_new_row(order), "updated_at": order.created_at} for order in chunk])
@@ -127,17 +127,11 @@ async def find_by_client_order_id(
     return None if order_id is None else await load_order(conn, order_id)
 
 
-async def save_order(
-    conn: AsyncConnection, order: Order, at: datetime, *, new_fill_id: str | None = None
-) -> None:
-    """Write the order's current state as of ``at``; with ``new_fill_id``, record that fill
-    as applied (its primary key refuses the same fill twice)."""
+async def save_order(conn: AsyncConnection, order: Order, at: datetime) -> None:
+    """Write the order's current state as of ``at`` (a cancel or amend request; fills are
+    applied in batches by :mod:`tradeloom.oms.order_rows`)."""
     await conn.execute(
         update(orders)
         .where(orders.c.order_id == order.order_id)
         .values(**order_state_values(order), updated_at=at)
     )
-    if new_fill_id is not None:
-        await conn.execute(
-            insert(order_fills), {"order_id": order.order_id, "fill_id": new_fill_id}
-        )

@@ -25,12 +25,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
 from tradeloom.domain.positions import Fill, Position, exact_sum
+from tradeloom.storage.database import INSERT_CHUNK
 from tradeloom.storage.schema import accounts, position_fills, positions
 
 PositionKey = tuple[str, str]
 """(account id, symbol)."""
-
-_INSERT_CHUNK = 500  # rows per INSERT: far below either dialect's limit on bound parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +160,8 @@ async def record_fills(
                 recorded.positions[stored.key] = stored
         return recorded
     inserted: set[str] = set()
-    for start in range(0, len(received), _INSERT_CHUNK):
-        rows = [_fill_values(r, applied_at) for r in received[start : start + _INSERT_CHUNK]]
+    for start in range(0, len(received), INSERT_CHUNK):
+        rows = [_fill_values(r, applied_at) for r in received[start : start + INSERT_CHUNK]]
         statement = (
             sqlite.insert(position_fills)
             .values(rows)

@@ -12,7 +12,9 @@ naming the rejection. Rules do no I/O of their own: the engine read everything t
 What counts toward the order rate: every order that reaches the rate window in the reserving
 step and is admitted by it, including one that a later bound then refuses. An order refused
 before it (halted, order notional, reduce-only), by the window itself, or checked again under
-an order id that holds a reservation, is not counted.
+an order id that holds a reservation, is not counted. A retry of an order already placed (the
+same client order id) does count: the OMS recognises it only after risk, to keep the lookup
+off every new order's path, so a storm of retries spends the user's own rate.
 
 Concentration without a division by equity: the cap on a name is ``max_concentration x
 equity`` in money, turned into a quantity cap by dividing by the (positive) price. When

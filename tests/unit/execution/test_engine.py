@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from tests.helpers import eventually
-from tradeloom.broker.adapter import ReportCallback
+from tradeloom.broker.adapter import BrokerUnavailable, ReportCallback
 from tradeloom.broker.gateway import BrokerGateway
 from tradeloom.broker.reports import (
     AmendRequest,
@@ -305,3 +305,57 @@ async def test_the_engine_consumes_the_bus_in_batches(desk: Desk) -> None:
     await desk.bus.publish_many(ORDER_COMMANDS.name, [(c, desk.account) for c in commands])
     await eventually(lambda: len(desk.broker.requests) == 3, 5.0, message="sent")
     assert desk.sent() == [("SubmitOrder", "o1"), ("CancelRequest", "o1"), ("SubmitOrder", "o2")]
+
+
+class _FlakyGateway:
+    """A gateway stand-in: ``o1`` finds the broker unavailable, ``o2`` hits a bug."""
+
+    circuit_closed = True
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def submit(self, request: SubmitOrder) -> None:
+        if request.order_id == "o1":
+            raise BrokerUnavailable("down")
+        if request.order_id == "o2":
+            raise RuntimeError("a bug in the adapter")
+        self.sent.append(request.order_id)
+
+
+async def test_an_unexpected_failure_does_not_resend_a_parked_order(database: Database) -> None:
+    """One order parked (rejected) and another failing unexpectedly in one batch: the batch is
+    not raised back to the bus, whose one-by-one redelivery would re-claim the parked order
+    and send it after its rejection was published."""
+    gateway = _FlakyGateway()
+    engine = ExecutionEngine(
+        MemoryBus(),
+        database,
+        Outbox(),
+        gateway,
+        ManualClock(NOW),  # type: ignore[arg-type]
+    )
+    await engine.handle_batch([_submitted_event("o1"), _submitted_event("o2")])
+    assert engine.send_errors == 1
+    async with database.connect() as conn:
+        payloads = (await conn.execute(select(outbox.c.payload))).scalars().all()
+    assert sorted(decode_event(p).type for p in payloads) == ["dead_letter", "order.rejected"]
+    assert gateway.sent == []
+
+
+def _submitted_event(order_id: str) -> Event:
+    return new_event(
+        OrderSubmitted(
+            order_id=order_id,
+            client_order_id=f"c-{order_id}",
+            symbol="AAPL",
+            side=Side.BUY,
+            order_type=OrderType.LIMIT,
+            quantity=Decimal(1),
+            time_in_force=TimeInForce.GTC,
+            limit_price=Decimal("10"),
+        ),
+        occurred_at=NOW,
+        correlation_id=f"corr-{order_id}",
+        account_id="acc-1",
+    )
