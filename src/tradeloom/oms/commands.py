@@ -151,7 +151,7 @@ class OrderCommands:
             )
             order = self._new_order(command)
             await self._risk.check_and_reserve(order, command.user_id)
-            submitted = self._event(order, _submitted(order), command.correlation_id)
+            submitted = self._event(order, submitted_payload(order), command.correlation_id)
             await self._placements.write(order, submitted)
             placed = True
             return _receipt(order, command.correlation_id, created=True)
@@ -304,7 +304,8 @@ def _refuse_added_exposure(order: Order, command: AmendOrder) -> None:
         )
 
 
-def _submitted(order: Order) -> OrderSubmitted:
+def submitted_payload(order: Order) -> OrderSubmitted:
+    """The ``order.submitted`` payload that announces a new order."""
     return OrderSubmitted(
         order_id=order.order_id,
         client_order_id=order.client_order_id,

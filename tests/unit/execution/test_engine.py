@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from tests.helpers import eventually
 from tradeloom.broker.adapter import BrokerUnavailable, ReportCallback
@@ -40,6 +40,7 @@ from tradeloom.domain.events import (
     decode_event,
     new_event,
 )
+from tradeloom.domain.ids import new_id
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import ManualClock
 from tradeloom.execution.engine import ExecutionEngine
@@ -308,17 +309,19 @@ async def test_the_engine_consumes_the_bus_in_batches(desk: Desk) -> None:
 
 
 class _FlakyGateway:
-    """A gateway stand-in: ``o1`` finds the broker unavailable, ``o2`` hits a bug."""
+    """A gateway stand-in: the first order finds the broker unavailable, the second hits a
+    bug, any other is sent."""
 
     circuit_closed = True
 
-    def __init__(self) -> None:
+    def __init__(self, unavailable: str, broken: str) -> None:
+        self.unavailable, self.broken = unavailable, broken
         self.sent: list[str] = []
 
     async def submit(self, request: SubmitOrder) -> None:
-        if request.order_id == "o1":
+        if request.order_id == self.unavailable:
             raise BrokerUnavailable("down")
-        if request.order_id == "o2":
+        if request.order_id == self.broken:
             raise RuntimeError("a bug in the adapter")
         self.sent.append(request.order_id)
 
@@ -327,19 +330,23 @@ async def test_an_unexpected_failure_does_not_resend_a_parked_order(database: Da
     """One order parked (rejected) and another failing unexpectedly in one batch: the batch is
     not raised back to the bus, whose one-by-one redelivery would re-claim the parked order
     and send it after its rejection was published."""
-    gateway = _FlakyGateway()
+    parked, broken = new_id(), new_id()
+    gateway = _FlakyGateway(parked, broken)
     engine = ExecutionEngine(
         MemoryBus(),
         database,
         Outbox(),
-        gateway,
-        ManualClock(NOW),  # type: ignore[arg-type]
+        gateway,  # type: ignore[arg-type]
+        ManualClock(NOW),
     )
-    await engine.handle_batch([_submitted_event("o1"), _submitted_event("o2")])
+    await engine.handle_batch([_submitted_event(parked), _submitted_event(broken)])
     assert engine.send_errors == 1
     async with database.connect() as conn:
         payloads = (await conn.execute(select(outbox.c.payload))).scalars().all()
-    assert sorted(decode_event(p).type for p in payloads) == ["dead_letter", "order.rejected"]
+    ours = [e for e in map(decode_event, payloads) if e.correlation_id == f"corr-{parked}"]
+    async with database.transaction() as conn:  # leave no unpublished rows to other tests
+        await conn.execute(delete(outbox).where(outbox.c.event_id.in_([e.id for e in ours])))
+    assert sorted(e.type for e in ours) == ["dead_letter", "order.rejected"]
     assert gateway.sent == []
 
 

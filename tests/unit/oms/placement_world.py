@@ -30,7 +30,7 @@ from tradeloom.domain.market import Instrument
 from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
 from tradeloom.domain.time import ManualClock
 from tradeloom.messaging.topics import ORDER_COMMANDS
-from tradeloom.oms.commands import OrderCommands, OrderReceipt
+from tradeloom.oms.commands import OrderCommands, OrderReceipt, submitted_payload
 from tradeloom.oms.placement import PlacementWriter
 from tradeloom.oms.repository import DuplicateClientOrderId
 from tradeloom.risk import RiskRejected
@@ -182,16 +182,7 @@ class Desk:
 
 def submitted(order: Order) -> Event:
     return new_event(
-        OrderSubmitted(
-            order_id=order.order_id,
-            client_order_id=order.client_order_id,
-            symbol=order.symbol,
-            side=order.side,
-            order_type=order.order_type,
-            quantity=order.quantity,
-            time_in_force=order.time_in_force,
-            limit_price=order.limit_price,
-        ),
+        submitted_payload(order),
         occurred_at=order.created_at,
         correlation_id=order.correlation_id,
         account_id=order.account_id,

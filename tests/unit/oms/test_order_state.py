@@ -17,7 +17,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, select
 from structlog.testing import capture_logs
 
 from tests.helpers import eventually_equals
@@ -36,8 +36,7 @@ from tradeloom.domain.orders import Order, OrderStatus
 from tradeloom.domain.time import ManualClock
 from tradeloom.messaging.memory import MemoryBus
 from tradeloom.messaging.topics import ORDER_EVENTS
-from tradeloom.oms.order_rows import order_state_values
-from tradeloom.oms.repository import load_order, save_order
+from tradeloom.oms.repository import insert_orders, load_order, save_order
 from tradeloom.oms.state import OrderStateUpdater
 from tradeloom.storage.database import Database
 from tradeloom.storage.schema import order_fills, orders, processed_events
@@ -69,21 +68,8 @@ class World:
             correlation_id=story.correlation_id,
             limit_price=submitted.limit_price,
         )
-        row = {
-            "order_id": order.order_id,
-            "account_id": order.account_id,
-            "client_order_id": order.client_order_id,
-            "symbol": order.symbol,
-            "side": order.side.value,
-            "order_type": order.order_type.value,
-            "time_in_force": order.time_in_force.value,
-            "correlation_id": order.correlation_id,
-            "created_at": order.created_at,
-            "updated_at": order.created_at,
-            **order_state_values(order),
-        }
         async with self.database.transaction() as conn:
-            await conn.execute(insert(orders), row)
+            assert await insert_orders(conn, [order]) == {order.order_id}
 
     async def placed(self, make: Story = filled_in_two_parts) -> OrderStory:
         story = make(self.account)
