@@ -276,8 +276,8 @@ async def test_batch_handler_gets_batches(bus_factory: BusFactory) -> None:
 
 
 async def test_a_handled_batch_is_settled_whole(bus_factory: BusFactory) -> None:
-    """Every event of a handled batch is acknowledged (on NATS by one cumulative ack of its
-    last event): past the ack deadline, another member of the group gets none again."""
+    """Every event of a handled batch is acknowledged: past the ack deadline, another member
+    of the group gets none again."""
     first = await bus_factory.new()
     got = Recorder()
     events = [order_event("acc1", i) for i in range(30)]
@@ -295,6 +295,37 @@ async def test_a_handled_batch_is_settled_whole(bus_factory: BusFactory) -> None
     await eventually(lambda: len(again.events) >= 1, within=15)
     await asyncio.sleep(1.5)  # past ack_wait: anything unacked would be back by now
     assert again.ids() == [marker.id]
+
+
+async def test_a_dead_members_batch_is_not_settled_by_later_events(
+    bus_factory: BusFactory,
+) -> None:
+    """A member dies holding a batch it never finished; later events of the same partition
+    go to another member and are acknowledged there. The dead member's events must still
+    come back (a cumulative ack of the later events would settle them unhandled: lost)."""
+    doomed, survivor = await bus_factory.new(), await bus_factory.new()
+    stuck: list[Event] = []
+    never = asyncio.Event()
+
+    async def hang(events: Sequence[Event]) -> None:
+        stuck.extend(events)
+        await never.wait()
+
+    # The ack deadline outlasts the partition lease (1 s here; in production the 30 s ack
+    # deadline outlasts the 5 s lease), so the survivor takes the partition while the first
+    # event is still out with the dead member.
+    options = ConsumerOptions(retry=FAST_RETRY, ack_wait=4.0, max_batch=10, max_wait=0.01)
+    await doomed.subscribe_batch(TOPIC, "workers", hang, options)
+    first = order_event("acc1", 1)
+    await doomed.publish(TOPIC, first, "acc1")
+    await eventually(lambda: len(stuck) == 1)
+    rescued = Recorder()
+    await survivor.subscribe_batch(TOPIC, "workers", rescued.batch, options)
+    await bus_factory.kill(doomed)
+    later = order_event("acc1", 2)
+    await survivor.publish(TOPIC, later, "acc1")
+
+    await eventually(lambda: {first.id, later.id} <= set(rescued.ids()), within=15)
 
 
 async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(bus_factory: BusFactory) -> None:

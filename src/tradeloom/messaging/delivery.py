@@ -3,8 +3,7 @@
 Both adapters deliver through :class:`DeliveryRunner`, so the port's failure semantics live in
 one place and cannot drift between the in-memory bus and NATS:
 
-* An event is acknowledged only after its handler returned (or after it was dead-lettered);
-  a batch of a cumulative-ack consumer by acking its last event.
+* An event is acknowledged only after its handler returned (or after it was dead-lettered).
 * A handler that raises is retried in place after ``RetryPolicy.backoff(attempt)``; later
   events of the same partition wait meanwhile, which is what keeps per-key order (the retried
   event is still the oldest unacknowledged one). While it waits, the pending deliveries are
@@ -49,9 +48,7 @@ class Delivery:
     """One delivered event: its bytes, how often it was delivered before, how to settle it.
 
     ``ack`` tells the broker the event is done; ``keep_alive`` tells it the consumer is still
-    working on it (resets the ack deadline). ``acks_earlier``: acking this event also acks
-    every earlier event of its partition (a cumulative-ack consumer), so a handled batch
-    of one partition is settled by acking its last event.
+    working on it (resets the ack deadline).
     """
 
     data: bytes
@@ -59,7 +56,6 @@ class Delivery:
     prior_attempts: int
     ack: Settle
     keep_alive: Settle
-    acks_earlier: bool = False
 
 
 @dataclass(slots=True)
@@ -126,11 +122,8 @@ class DeliveryRunner:
             )
             await self.run_each(deliveries, _single(handler))
             return
-        if deliveries[-1].acks_earlier:  # a batch is one partition's, in order
-            await deliveries[-1].ack()
-        else:
-            for delivery in deliveries:
-                await delivery.ack()
+        for delivery in deliveries:
+            await delivery.ack()
         self._stats.handled += len(deliveries)
 
     async def _run_one(

@@ -298,7 +298,7 @@ class NatsBus:
         name = _topic(topic_name).name
         stream = stream_name(self._prefix, name)
         durables = [_token(f"{group}_{p}") for p in range(self._partitions)]
-        policies = await asyncio.gather(
+        await asyncio.gather(
             *(
                 self._ensure_consumer(
                     stream, consumer_config(durable, self._partition_subject(name, p), options)
@@ -306,7 +306,6 @@ class NatsBus:
                 for p, durable in enumerate(durables)
             )
         )
-        acks_all = [policy is api.AckPolicy.ALL for policy in policies]
         kv = self._kv
         assert kv is not None
 
@@ -326,7 +325,6 @@ class NatsBus:
             js=js,
             stream=stream,
             durables=durables,
-            acks_all=acks_all,
             options=options,
             poll_interval=self._poll_interval,
             run=run,
@@ -387,31 +385,19 @@ class NatsBus:
             _log.warning("bus.lease_bucket_exists", bucket=bucket, error=repr(exc))
             return await js.key_value(bucket)
 
-    async def _ensure_consumer(
-        self, stream: str, config: api.ConsumerConfig
-    ) -> api.AckPolicy | None:
-        """Create the durable consumer unless it exists; return the ack policy it HAS (one
-        created by an earlier version may ack explicitly, and the ack policy of a consumer
-        cannot change: the workers must ack the way the server expects)."""
+    async def _ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
         js = self._jetstream()
         try:
-            return _ack_policy((await js.add_consumer(stream, config)).config.ack_policy)
+            await js.add_consumer(stream, config)
         except (BadRequestError, ServerError) as exc:
-            # It exists with another configuration (options changed, or an ack policy, which
-            # the server refuses to update with a 500): keep it, say so.
+            # It exists with another configuration (options changed; an ack policy the server
+            # refuses to update answers 500): keep it, say so.
             _log.warning("bus.consumer_kept", consumer=config.durable_name, error=repr(exc))
-            assert config.durable_name is not None
-            info = await js.consumer_info(stream, config.durable_name)
-            return _ack_policy(info.config.ack_policy)
 
     def _jetstream(self) -> JetStreamContext:
         if self._js is None or self._nc is None or self._nc.is_closed:
             raise ConnectionError("the NATS bus is not started, or already closed")
         return self._js
-
-
-def _ack_policy(value: object) -> api.AckPolicy | None:
-    return None if value is None else api.AckPolicy(value)
 
 
 def _topic(name: str) -> Topic:

@@ -1,17 +1,9 @@
 """One group member on NATS JetStream: durable pull consumers per partition, fetched under lease.
 
 For every partition ``p`` of a topic, group ``g`` has one durable pull consumer ``g_p`` that
-filters the partition's subject and allows ``max_batch`` unacknowledged events
-(``max_ack_pending``): the server itself never hands out a later event of a partition while
-``max_batch`` earlier ones are unacked. A partition is handled strictly in order, so its
-consumer acks cumulatively (``AckPolicy.ALL``): a handled batch is settled by acking its last
-event, one ack message instead of one per event. (A consumer an earlier version created with
-explicit acks keeps them: the policy of a durable cannot change, and the worker acks the way
-its consumer expects.)
-
-A fetch waits up to ``poll_interval`` for one event, then asks for the rest of a batch, which
-comes at once when the partition holds it and otherwise lingers up to ``max_wait`` (10 ms at
-least) for one more arrival. The member fetches only partitions it holds a
+filters the partition's subject, acks explicitly and allows ``max_batch`` unacknowledged
+events (``max_ack_pending``): the server itself never hands out a later event of a partition
+while ``max_batch`` earlier ones are unacked. The member fetches only partitions it holds a
 lease on (:mod:`tradeloom.messaging.nats_lease`), one worker task per partition, so partitions
 proceed in parallel while each is handled strictly in order.
 
@@ -39,10 +31,6 @@ from tradeloom.messaging.port import ConsumerOptions
 
 _log = structlog.get_logger(__name__)
 
-# The shortest linger for the rest of a batch: a pull request that expires sooner than the
-# server answers returns nothing but its timeout.
-_MIN_LINGER = 0.01
-
 KEY_HEADER = "Tl-Key"
 RunDeliveries = Callable[[list[Delivery]], Awaitable[None]]
 
@@ -50,7 +38,7 @@ RunDeliveries = Callable[[list[Delivery]], Awaitable[None]]
 def consumer_config(durable: str, subject: str, options: ConsumerOptions) -> api.ConsumerConfig:
     return api.ConsumerConfig(
         durable_name=durable,
-        ack_policy=api.AckPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=options.ack_wait,
         max_deliver=-1,
@@ -68,7 +56,6 @@ class PartitionWorker:
         js: JetStreamContext,
         stream: str,
         durable: str,
-        acks_all: bool,
         options: ConsumerOptions,
         poll_interval: float,
         run: RunDeliveries,
@@ -76,7 +63,6 @@ class PartitionWorker:
         self._js = js
         self._stream = stream
         self._durable = durable
-        self._acks_all = acks_all  # the consumer's ack policy is ALL (cumulative)
         self._options = options
         self._poll_interval = poll_interval
         self._run = run
@@ -116,7 +102,7 @@ class PartitionWorker:
                 if not messages:  # a fetch may answer with status messages only
                     continue
                 try:
-                    await self._run([_delivery(m, self._acks_all) for m in messages])
+                    await self._run([_delivery(message) for message in messages])
                 except Exception as exc:
                     # Nothing more was acked; the server redelivers after ack_wait, in order.
                     _log.error("bus.delivery_failed", consumer=self._durable, error=repr(exc))
@@ -127,16 +113,12 @@ class PartitionWorker:
                 _log.info("bus.unsubscribe_failed", consumer=self._durable, error=repr(exc))
 
     async def _fetch(self, pull: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Wait up to ``poll_interval`` for one event, then up to ``max_wait`` (at least
-        ``_MIN_LINGER``) for the rest of a batch. Measured: asking for the whole batch in the
-        first call instead cost the read side ~20 % more CPU per event (nats-py's batch pull
-        path), so the first event comes through the lighter single-message fetch."""
+        """Wait up to ``poll_interval`` for one event, then up to ``max_wait`` to fill a batch."""
         messages: list[Msg] = await pull.fetch(1, timeout=self._poll_interval)
         if self._options.max_batch > 1:
             try:
                 more = await pull.fetch(
-                    self._options.max_batch - 1,
-                    timeout=max(self._options.max_wait, _MIN_LINGER),
+                    self._options.max_batch - 1, timeout=max(self._options.max_wait, 0.01)
                 )
                 messages.extend(more)
             except TimeoutError:
@@ -144,7 +126,7 @@ class PartitionWorker:
         return messages
 
 
-def _delivery(message: Msg, acks_earlier: bool) -> Delivery:
+def _delivery(message: Msg) -> Delivery:
     headers = message.headers or {}
     return Delivery(
         data=message.data,
@@ -152,7 +134,6 @@ def _delivery(message: Msg, acks_earlier: bool) -> Delivery:
         prior_attempts=message.metadata.num_delivered - 1,
         ack=message.ack,
         keep_alive=message.in_progress,
-        acks_earlier=acks_earlier,
     )
 
 
@@ -165,7 +146,6 @@ class GroupMember:
         js: JetStreamContext,
         stream: str,
         durables: list[str],
-        acks_all: list[bool],
         options: ConsumerOptions,
         poll_interval: float,
         run: RunDeliveries,
@@ -174,7 +154,6 @@ class GroupMember:
         self._js = js
         self._stream = stream
         self._durables = durables
-        self._acks_all = acks_all
         self._options = options
         self._poll_interval = poll_interval
         self._run = run
@@ -201,7 +180,6 @@ class GroupMember:
             js=self._js,
             stream=self._stream,
             durable=self._durables[partition],
-            acks_all=self._acks_all[partition],
             options=self._options,
             poll_interval=self._poll_interval,
             run=self._run,

@@ -112,7 +112,6 @@ async def test_an_aborted_worker_ends_even_if_it_swallows_its_cancellation() -> 
         js=SimpleNamespace(pull_subscribe_bind=bind),  # type: ignore[arg-type]
         stream="S",
         durable="g_0",
-        acks_all=True,
         options=ConsumerOptions(),
         poll_interval=0.01,
         run=run,
