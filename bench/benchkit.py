@@ -30,8 +30,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
+import redis.asyncio as aioredis
 import structlog
 
+from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.partitioning import partition_of
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -322,3 +324,45 @@ def top_functions(
             for frame in set(frames):
                 inclusive[frame] += samples
     return own, inclusive, max(total, 1)
+
+
+def print_rows(rows: Sequence[tuple[str, object]], indent: str = "  ") -> None:
+    """A report's ``(name, value)`` rows as two aligned columns."""
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{indent}{name:<{width}}  {value}")
+
+
+def print_top_functions(
+    title: str,
+    path: str,
+    top: int,
+    skip: tuple[str, ...] = ("process ",),
+    idle: tuple[str, ...] = (),
+) -> None:
+    """The ``top`` functions of a py-spy raw file by own time, with their inclusive time."""
+    print(f"  py-spy {title} ({path}), top functions by own time / inclusive time:")
+    own, inclusive, total = top_functions(path, skip=skip, idle=idle)
+    for function, samples in own.most_common(top):
+        print(f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl  {function}")
+
+
+async def drop_bench_run(
+    *,
+    nats_url: str,
+    stream_prefix: str,
+    redis_url: str,
+    key_prefix: str,
+    admin_url: str,
+    database: str,
+) -> None:
+    """Remove what a run made: its NATS streams, its Redis keys, its throwaway database."""
+    await delete_bus_streams(nats_url, stream_prefix)
+    cache = aioredis.from_url(redis_url)
+    try:
+        keys = [key async for key in cache.scan_iter(match=f"{key_prefix}:*", count=1000)]
+        for start in range(0, len(keys), 1000):
+            await cache.delete(*keys[start : start + 1000])
+    finally:
+        await cache.aclose()
+    await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')

@@ -61,7 +61,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import nats
-import redis.asyncio as aioredis
 import structlog
 from nats.js import api
 
@@ -70,16 +69,18 @@ from benchkit import (
     WARNINGS,
     admin_execute,
     count_warnings,
+    drop_bench_run,
     fetch_and_ack,
     local_url,
     loop_lag,
     peak_rss_mb,
     percentile,
+    print_rows,
+    print_top_functions,
     process_cpu,
     publish_raw,
     server_cpu,
     server_cpu_delta,
-    top_functions,
 )
 from tradeloom.bootstrap import build_bus, build_platform, settle_heap
 from tradeloom.config import Settings
@@ -93,7 +94,6 @@ from tradeloom.market_data.feeds.json_ws import JsonWsFeed, JsonWsServer
 from tradeloom.market_data.publisher import PricePublisher
 from tradeloom.market_data.simulator import SimulationSettings, Simulator, Tick
 from tradeloom.market_data.universe import default_universe
-from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.migrate import upgrade_database
 
@@ -563,17 +563,9 @@ def report(args: argparse.Namespace, e2e: EndToEnd, base: Baseline | None) -> No
     target = sustained >= 20_000 and p99 <= 50
     rows.append(("targets ≥20,000/s, p99 ≤50 ms", "MET" if target else "not met"))
     print("$ python " + " ".join(sys.argv))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    print_rows(rows)
     for name, path in e2e.profiles.items():
-        print(f"  py-spy {name} ({path}), top functions by own time / inclusive time:")
-        own, inclusive, total = top_functions(path)
-        for function, samples in own.most_common(args.profile_top):
-            print(
-                f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
-                f"  {function}"
-            )
+        print_top_functions(name, path, args.profile_top)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -599,13 +591,14 @@ async def main(args: argparse.Namespace) -> None:
             count = min(max(e2e.consumed, 10_000), args.baseline_max)
             base = await baseline(args, prefix, count)
     finally:
-        await delete_bus_streams(args.nats_url, prefix)
-        cache = aioredis.from_url(args.redis_url)
-        keys = [key async for key in cache.scan_iter(match=f"{namespace}:*", count=1000)]
-        if keys:
-            await cache.delete(*keys)
-        await cache.aclose()
-        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_bench_run(
+            nats_url=args.nats_url,
+            stream_prefix=prefix,
+            redis_url=args.redis_url,
+            key_prefix=namespace,
+            admin_url=admin_url,
+            database=database,
+        )
     report(args, e2e, base)
 
 

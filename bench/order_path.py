@@ -83,14 +83,16 @@ from benchkit import (
     admin_execute,
     baseline,
     count_warnings,
+    drop_bench_run,
     local_url,
     loop_lag,
     peak_rss_mb,
     percentile,
+    print_rows,
+    print_top_functions,
     process_cpu,
     server_cpu,
     server_cpu_delta,
-    top_functions,
 )
 from tradeloom.bootstrap import Platform, build_platform, settle_heap
 from tradeloom.config import Settings, load_settings
@@ -100,7 +102,6 @@ from tradeloom.domain.events import Event, OrderFilled, PriceUpdate
 from tradeloom.domain.ids import new_id
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.market_data.universe import default_universe
-from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.messaging.port import ConsumerOptions
 from tradeloom.messaging.topics import ORDER_EVENTS
 from tradeloom.storage.migrate import upgrade_database
@@ -633,17 +634,11 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
     ]
     rows += [(f"target {name}", "MET" if ok else "NOT MET") for name, ok in checks]
     print("$ python " + " ".join(sys.argv))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    print_rows(rows)
     if run.profile:
-        print(f"  py-spy ({run.profile}), top functions by own time / inclusive time:")
-        own, inclusive, total = top_functions(run.profile, skip=("process ", "thread "))
-        for function, samples in own.most_common(args.profile_top):
-            print(
-                f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
-                f"  {function}"
-            )
+        print_top_functions(
+            "API and workers", run.profile, args.profile_top, skip=("process ", "thread ")
+        )
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -670,13 +665,14 @@ async def main(args: argparse.Namespace) -> None:
         )
         run = await order_path(args, settings)
     finally:
-        await delete_bus_streams(args.nats_url, namespace.upper())
-        cache = aioredis.from_url(args.redis_url)
-        keys = [key async for key in cache.scan_iter(match=f"{namespace}:*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await cache.delete(*keys[start : start + 1000])
-        await cache.aclose()
-        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_bench_run(
+            nats_url=args.nats_url,
+            stream_prefix=namespace.upper(),
+            redis_url=args.redis_url,
+            key_prefix=namespace,
+            admin_url=admin_url,
+            database=database,
+        )
     report(args, run, base)
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import asyncpg  # type: ignore[import-untyped]
 
-from benchkit import admin_execute, local_url, process_cpu
+from benchkit import admin_execute, local_url, print_rows, process_cpu
 from read_side import Market, RoundTrips
 from tradeloom.accounts.repository import AccountRepository
 from tradeloom.bootstrap import settle_heap
@@ -133,9 +133,7 @@ def report(args: argparse.Namespace, cost: Cost) -> None:
             f" ({statements / cost.batches:.1f} statements + BEGIN + COMMIT)",
         ),
     ]
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows, indent="")
 
 
 async def main(args: argparse.Namespace) -> None:

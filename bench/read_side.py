@@ -59,6 +59,7 @@ from benchkit import (
     count_warnings,
     local_url,
     percentile,
+    print_rows,
     process_cpu,
     server_cpu,
     server_cpu_delta,
@@ -467,9 +468,7 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
         ]
     if WARNINGS:
         rows.append(("warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common(5))))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+    print_rows(rows, indent="")
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -120,7 +120,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import redis.asyncio as aioredis
 import structlog
 
 from benchkit import (
@@ -128,16 +127,18 @@ from benchkit import (
     WARNINGS,
     admin_execute,
     count_warnings,
+    drop_bench_run,
     free_port,
     local_url,
     machine_cpu,
     peak_rss_mb,
     percentile,
+    print_rows,
+    print_top_functions,
     process_cpu,
     rss_mb,
     server_cpu,
     server_cpu_delta,
-    top_functions,
 )
 from tradeloom.accounts.repository import AccountRepository
 from tradeloom.bootstrap import build_bus, build_passwords
@@ -147,7 +148,6 @@ from tradeloom.domain.market import Instrument
 from tradeloom.domain.time import SystemClock
 from tradeloom.market_data.publisher import PricePublisher
 from tradeloom.market_data.universe import default_universe
-from tradeloom.messaging.nats import delete_bus_streams
 from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import upgrade_database
@@ -1727,17 +1727,15 @@ def report(
         rows.append(("log warnings", ", ".join(f"{k} x{v}" for k, v in WARNINGS.most_common())))
     rows += [(f"target {name}", "MET" if ok else "NOT MET") for name, ok in checks]
     print("$ python " + " ".join(sys.argv))
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"  {name:<{width}}  {value}")
+    print_rows(rows)
     for name, path in profiles.items():
-        print(f"  py-spy server during {name} ({path}), top functions by own time / inclusive:")
-        own, inclusive, total = top_functions(path, skip=("process ", "thread "), idle=IDLE)
-        for function, samples in own.most_common(args.profile_top):
-            print(
-                f"    {samples / total:6.1%} own {inclusive[function] / total:6.1%} incl"
-                f"  {function}"
-            )
+        print_top_functions(
+            f"server during {name}",
+            path,
+            args.profile_top,
+            skip=("process ", "thread "),
+            idle=IDLE,
+        )
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -1787,13 +1785,14 @@ async def main(args: argparse.Namespace) -> None:
             streams.append(await streams_phase(args, profiles))
     finally:
         await pump.stop()
-        await delete_bus_streams(args.nats_url, args.namespace.upper())
-        cache = aioredis.from_url(args.redis_url)
-        keys = [key async for key in cache.scan_iter(match=f"{args.namespace}:*", count=1000)]
-        for start in range(0, len(keys), 1000):
-            await cache.delete(*keys[start : start + 1000])
-        await cache.aclose()
-        await admin_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await drop_bench_run(
+            nats_url=args.nats_url,
+            stream_prefix=args.namespace.upper(),
+            redis_url=args.redis_url,
+            key_prefix=args.namespace,
+            admin_url=admin_url,
+            database=database,
+        )
     say(f"done; {pump.sent:,} quotes published")
     report(args, bare, reads, orders, streams, profiles)
 
