@@ -304,7 +304,8 @@ _POSITION_STATE = (
 )
 
 
-def _position_values(row: PositionRow) -> dict[str, Any]:
+def position_values(row: PositionRow) -> dict[str, Any]:
+    """The stored columns of one position row (what is written, and what verify compares)."""
     p = row.position
     return {
         "quantity": p.quantity,
@@ -364,7 +365,7 @@ async def save_positions_and_cash(
     each account's cash by its delta; return the cash after, of each account that exists
     (one statement on PostgreSQL)."""
     if conn.dialect.name == "postgresql":
-        values = [_position_values(row) for row in rows]
+        values = [position_values(row) for row in rows]
         arrays = {name: [v[name] for v in values] for name in _POSITION_STATE}
         accounts_moved = sorted(cash_deltas)
         params = {
@@ -398,7 +399,7 @@ async def _save_positions_sqlite(
     updates: list[dict[str, Any]] = []
     inserts: list[dict[str, Any]] = []
     for row in rows:
-        values = _position_values(row)
+        values = position_values(row)
         account_id, symbol = row.key
         if row.key in existing:
             updates.append({"key_account_id": account_id, "key_symbol": symbol, **values})

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event
 from tradeloom.domain.positions import ConflictingFill, PositionBook, exact_sum, fill_from_event
-from tradeloom.positions.repository import PositionRow, load_positions
+from tradeloom.positions.repository import PositionRow, load_positions, position_values
 from tradeloom.storage.database import Database
 from tradeloom.storage.schema import accounts, order_history, positions
 
@@ -183,16 +183,10 @@ def _recomputed_row(book: PositionBook, account_id: str, symbol: str) -> dict[st
 
 
 def _stored_row(row: PositionRow) -> dict[str, object]:
-    p = row.position
-    return {
-        "quantity": p.quantity,
-        "cost_basis": p.cost_basis,
-        "realized_pnl": p.realized_pnl,
-        "fees": p.fees,
-        "fill_count": row.fill_count,
-        "last_filled_at": row.last_filled_at,
-        "last_fill_id": row.last_fill_id,
-    }
+    """The row's stored values but its write time, which a recomputation cannot know."""
+    values = position_values(row)
+    del values["updated_at"]
+    return values
 
 
 def _position_differences(
