@@ -4,10 +4,8 @@ tables."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 
@@ -19,23 +17,6 @@ from tradeloom.observability.metrics import Metrics
 from tradeloom.oms.projection import OrderProjection
 from tradeloom.oms.queries import OrderQueries
 from tradeloom.storage.database import Database
-from tradeloom.storage.migrate import upgrade_database
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/orders.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-async def database(database_url: str) -> AsyncIterator[Database]:
-    await upgrade_database(database_url)
-    db = Database(database_url)
-    yield db
-    await db.dispose()
 
 
 @pytest.fixture

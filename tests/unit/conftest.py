@@ -1,5 +1,7 @@
-"""Execution's tests run on SQLite and on PostgreSQL (whose batch statements differ); one
-database per session on PostgreSQL, so every test names its orders and accounts uniquely."""
+"""The migrated database of the tests that must hold on both dialects: a SQLite file per test
+and the session's shared PostgreSQL database (every test names its own accounts and orders:
+never assume empty tables). Packages with a database of their own (users, web) override
+them in their conftest."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from tradeloom.storage.migrate import upgrade_database
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/execution.db"
+        return f"sqlite:///{tmp_path}/tradeloom.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
 
@@ -23,6 +25,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
     await upgrade_database(database_url)
-    db = Database(database_url, pool_size=4)
+    db = Database(database_url)
     yield db
     await db.dispose()
