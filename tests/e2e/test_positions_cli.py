@@ -13,7 +13,7 @@ from sqlalchemy import update
 from typer.testing import CliRunner, Result
 
 from tests.unit.positions.world import START, fill_event, open_account, record_history
-from tradeloom.cli_positions import positions_app
+from tradeloom.cli.positions import positions_app
 from tradeloom.config import load_settings
 from tradeloom.domain.time import ManualClock
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tradeloom.cli_demo import DEMO_PASSWORD, DEMO_USERS, ensure_demo_users
+from tradeloom.cli.demo import DEMO_PASSWORD, DEMO_USERS, ensure_demo_users
 from tradeloom.users.model import Role
 from tradeloom.web.auth import WebServices
 from tradeloom.web.dashboard import STATIC_DIR, install_dashboard

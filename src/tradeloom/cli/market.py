@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tradeloom.bootstrap import Platform, build_platform, open_database
-from tradeloom.cli_common import settings_of
+from tradeloom.cli.common import settings_of
 from tradeloom.config import Settings
 from tradeloom.domain.market import Candle, Interval
 from tradeloom.domain.time import SystemClock

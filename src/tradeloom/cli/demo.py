@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tradeloom.bootstrap import Platform, build_platform
-from tradeloom.cli_common import settings_of
+from tradeloom.cli.common import settings_of
 from tradeloom.market_data.loopback import SimulatedExchange
 from tradeloom.market_data.simulator import SimulationSettings
 from tradeloom.users.model import DuplicateUser, Role

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from tradeloom.accounts.repository import AccountRepository
 from tradeloom.bootstrap import build_cache
-from tradeloom.cli_common import fail, settings_of, with_database
+from tradeloom.cli.common import fail, settings_of, with_database
 from tradeloom.config import Settings
 from tradeloom.domain.time import SystemClock
 from tradeloom.market_data.last_prices import LastPrices

@@ -13,12 +13,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import typer
 
-from tradeloom.cli_admin import accounts_app, users_app
-from tradeloom.cli_common import settings_of
-from tradeloom.cli_demo import demo
-from tradeloom.cli_market import market_app
-from tradeloom.cli_orders import orders_app
-from tradeloom.cli_positions import positions_app
+from tradeloom.cli.admin import accounts_app, users_app
+from tradeloom.cli.common import settings_of
+from tradeloom.cli.demo import demo
+from tradeloom.cli.market import market_app
+from tradeloom.cli.orders import orders_app
+from tradeloom.cli.positions import positions_app
 from tradeloom.config import ConfigError, load_settings
 from tradeloom.observability.logging import configure_logging
 
@@ -133,7 +133,3 @@ def _without_password(value: str) -> str:
         return value
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-if __name__ == "__main__":
-    app()

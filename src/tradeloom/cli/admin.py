@@ -31,7 +31,7 @@ from tradeloom.bootstrap import (
     build_limits_store,
     build_passwords,
 )
-from tradeloom.cli_common import fail, settings_of, with_database
+from tradeloom.cli.common import fail, settings_of, with_database
 from tradeloom.config import Settings
 from tradeloom.domain.accounts import Account, DuplicateAccount, InvalidAccount
 from tradeloom.domain.errors import DomainError, InvalidNumber

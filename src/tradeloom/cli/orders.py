@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tradeloom.cli_common import fail, settings_of, with_database
+from tradeloom.cli.common import fail, settings_of, with_database
 from tradeloom.domain.order_view import OrderView
 from tradeloom.oms.queries import MAX_PAGE, InvalidQuery, OrderHistoryEntry, OrderPage, OrderQueries
 from tradeloom.oms.rebuild import RebuildReport, rebuild_order_views
