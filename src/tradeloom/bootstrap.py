@@ -8,9 +8,12 @@ class (import-linter enforces it).
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import structlog
 
@@ -204,7 +207,33 @@ class Platform:
             await self.database.dispose()
 
     def readiness_checks(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        return {"database": self.database.ping, "bus": self.bus.ping, "cache": self.cache.ping}
+        """One check per configured backend, the archive folder included (``/readyz``)."""
+        archive = self.settings.archive_path
+        return {
+            "database": self.database.ping,
+            "bus": self.bus.ping,
+            "cache": self.cache.ping,
+            "archive": lambda: check_archive_folder(archive),
+        }
+
+
+async def check_archive_folder(path: Path) -> None:
+    """Raise unless ``path`` is a writable folder, or is missing under a writable folder (it
+    is created when first written; nothing creates it at start). Settings refuse a path that
+    is not a folder, so this catches what changed since: a file put in its place, lost write
+    permission, a file system remounted read-only."""
+    # sync -> async seam: file system calls in a worker thread, off the event loop
+    await asyncio.to_thread(_require_writable_folder, path)
+
+
+def _require_writable_folder(path: Path) -> None:
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            if not os.path.isdir(candidate):
+                raise NotADirectoryError(f"{str(candidate)!r} is not a folder")
+            if not os.access(candidate, os.W_OK | os.X_OK):
+                raise PermissionError(f"{str(candidate)!r} is not writable")
+            return
 
 
 def build_instruments(settings: Settings) -> dict[str, Instrument]:

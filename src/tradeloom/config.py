@@ -6,17 +6,22 @@ A bad value stops start-up with one line naming the variable and what was expect
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 ENV_PREFIX = "TRADELOOM_"
 
 _DATABASE_SCHEMES = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+_PORT_EXPECTED = "the port must be a number from 1 to 65535"
 
 
 class Service(StrEnum):
@@ -59,6 +64,49 @@ def parse_services(value: str) -> frozenset[Service]:
 
 class ConfigError(Exception):
     """A setting has a value Tradeloom cannot use. The message is one line, fit for a user."""
+
+
+def _server_url(value: str, schemes: tuple[str, ...], expected: str) -> SplitResult:
+    """``value`` split, if it has one of ``schemes``, a host and (if any) a valid port."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # an unbalanced [IPv6] bracket
+        raise ValueError(expected) from None
+    if parts.scheme not in schemes:
+        raise ValueError(expected)
+    try:
+        port = parts.port  # parsed on access: a port that is not a number raises here
+    except ValueError:
+        raise ValueError(f"{expected} ({_PORT_EXPECTED})") from None
+    if not parts.hostname:
+        raise ValueError(f"{expected} (the host is missing)")
+    if port == 0:
+        raise ValueError(f"{expected} ({_PORT_EXPECTED})")
+    return parts
+
+
+def _not_a_folder(path: Path) -> str | None:
+    """Why ``path`` can neither be nor become a folder (it, or the nearest of its parents that
+    exists, is something else), or None when it is one or can be created."""
+    for candidate in (path, *path.parents):
+        if os.path.lexists(candidate):
+            if os.path.isdir(candidate):
+                return None
+            return f"{str(candidate)!r} exists and is not a folder"
+    return None
+
+
+def _check_sqlite_path(database: str | None, expected: str) -> None:
+    """The file must be named (an in-memory database is private to each pooled connection),
+    must not be a folder, and its folder must exist or be creatable."""
+    if not database or database == ":memory:":
+        raise ValueError(f"{expected} (SQLite needs a file path)")
+    path = Path(database).expanduser()
+    if os.path.isdir(path):
+        raise ValueError(f"{expected}, but {database!r} is a folder")
+    problem = _not_a_folder(path.parent)
+    if problem:
+        raise ValueError(f"{expected}, but {problem}")
 
 
 class Settings(BaseSettings):
@@ -128,23 +176,47 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
+        expected = "expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB"
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in _DATABASE_SCHEMES:
-            raise ValueError("expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+            raise ValueError(expected)
+        try:
+            url = make_url(value.replace("postgres://", "postgresql://", 1))
+        except ArgumentError:
+            raise ValueError(expected) from None
+        except ValueError:  # SQLAlchemy reads the port as it parses
+            raise ValueError(f"{expected} ({_PORT_EXPECTED})") from None
+        port = url.port
+        if url.get_backend_name() == "sqlite":
+            _check_sqlite_path(url.database, expected)
+        elif port is not None and not 0 < port < 65536:
+            raise ValueError(f"{expected} ({_PORT_EXPECTED})")
+        # No host is libpq's default (PGHOST or the local socket), and ?host=/run/postgresql
+        # names a socket folder: both are legitimate, so a host is not required here.
         return value
 
     @field_validator("bus_url")
     @classmethod
     def _bus_url(cls, value: str) -> str:
-        if value != "memory://" and not value.startswith(("nats://", "tls://")):
-            raise ValueError("expected memory:// or nats://HOST:PORT")
+        if value == "memory://":
+            return value
+        _server_url(value, ("nats", "tls"), "expected memory:// or nats://HOST:PORT")
         return value
 
     @field_validator("cache_url")
     @classmethod
     def _cache_url(cls, value: str) -> str:
-        if value != "memory://" and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected memory:// or redis://HOST:PORT/DB")
+        expected = "expected memory:// or redis://HOST:PORT/DB"
+        if value == "memory://":
+            return value
+        if value.startswith("unix://"):
+            if not urlsplit(value).path:
+                raise ValueError(f"{expected} or unix:///PATH/TO/SOCKET")
+            return value
+        parts = _server_url(value, ("redis", "rediss"), expected)
+        db = parts.path[1:]
+        if db and not (db.isascii() and db.isdigit()):
+            raise ValueError(f"{expected} (DB is a number, not {db!r})")
         return value
 
     @field_validator("archive_url")
@@ -154,6 +226,9 @@ class Settings(BaseSettings):
             raise ValueError("expected a folder path or file:///PATH")
         if not value.strip():
             raise ValueError("expected a folder path")
+        problem = _not_a_folder(Path(value.removeprefix("file://")).expanduser())
+        if problem:
+            raise ValueError(f"expected a folder path, but {problem}")
         return value
 
     @field_validator("services")
@@ -198,7 +273,7 @@ class Settings(BaseSettings):
 
     @property
     def archive_path(self) -> Path:
-        return Path(self.archive_url.removeprefix("file://"))
+        return Path(self.archive_url.removeprefix("file://")).expanduser()
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -56,5 +56,5 @@ def test_serve_answers_health_and_readiness_with_no_servers(served: str, tmp_pat
     assert httpx.get(f"{served}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{served}/readyz")
     assert ready.status_code == 200, ready.text
-    assert ready.json()["backends"] == ["bus", "cache", "database"]
+    assert ready.json()["backends"] == ["archive", "bus", "cache", "database"]
     assert (tmp_path / "var" / "tradeloom.db").exists()

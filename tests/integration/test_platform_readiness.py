@@ -1,9 +1,11 @@
-"""The whole platform on PostgreSQL, Redis and NATS: it starts, is ready, and says which
-backend went away when one does."""
+"""The whole platform on PostgreSQL, Redis and NATS (and on the embedded default): it starts,
+is ready, and says which backend went away when one does."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -79,3 +81,48 @@ async def test_a_postgres_database_behind_the_latest_migration_refuses_to_start(
     finally:
         await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await conn.close()
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Platform]:
+    """The embedded default (SQLite, in-memory bus and cache), its archive not yet created."""
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'var' / 'tradeloom.db'}",
+        bus_url="memory://",
+        cache_url="memory://",
+        archive_url=str(tmp_path / "var" / "archive"),
+    )
+    built = build_platform(settings)
+    await built.start()
+    yield built
+    await built.close()
+
+
+async def test_the_embedded_platform_is_ready_then_names_the_archive_when_a_file_takes_its_place(
+    embedded: Platform,
+) -> None:
+    async with client(embedded) as http:
+        ready = await http.get("/readyz")
+        embedded.settings.archive_path.write_text("a file where the archive folder belongs")
+        down = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["backends"] == ["archive", "bus", "cache", "database"]
+    assert down.status_code == 503
+    assert list(down.json()["down"]) == ["archive"]
+    assert "is not a folder" in down.json()["down"]["archive"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into any folder")
+async def test_the_embedded_platform_names_the_archive_when_its_folder_is_read_only(
+    embedded: Platform,
+) -> None:
+    archive = embedded.settings.archive_path
+    archive.mkdir()
+    archive.chmod(0o500)
+    try:
+        async with client(embedded) as http:
+            down = await http.get("/readyz")
+    finally:
+        archive.chmod(0o700)
+    assert down.status_code == 503
+    assert "is not writable" in down.json()["down"]["archive"]

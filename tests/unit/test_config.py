@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tradeloom.config import ConfigError, Service, load_settings
@@ -39,13 +41,30 @@ def test_command_line_overrides_win_and_none_is_ignored(monkeypatch: pytest.Monk
         ("TRADELOOM_BUS_URL", "kafka://broker:9092", "memory:// or nats://"),
         ("TRADELOOM_CACHE_URL", "memcached://x", "memory:// or redis://"),
         ("TRADELOOM_ARCHIVE_URL", "s3://bucket", "folder path"),
+        ("TRADELOOM_ARCHIVE_URL", "afile", "folder path, but 'afile' exists and is not a folder"),
+        ("TRADELOOM_ARCHIVE_URL", "afile/sub", "'afile' exists and is not a folder"),
+        ("TRADELOOM_BUS_URL", "nats://", "nats://HOST:PORT (the host is missing)"),
+        ("TRADELOOM_BUS_URL", "nats://127.0.0.1:notaport", "nats://HOST:PORT (the port must be"),
+        ("TRADELOOM_BUS_URL", "nats://127.0.0.1:0", "a number from 1 to 65535"),
+        ("TRADELOOM_BUS_URL", "nats://[::1", "memory:// or nats://HOST:PORT"),
+        ("TRADELOOM_CACHE_URL", "redis://127.0.0.1:abc/0", "redis://HOST:PORT/DB (the port"),
+        ("TRADELOOM_CACHE_URL", "redis://127.0.0.1:6379/notadb", "DB is a number, not 'notadb'"),
+        ("TRADELOOM_CACHE_URL", "redis:///0", "redis://HOST:PORT/DB (the host is missing)"),
+        ("TRADELOOM_CACHE_URL", "unix://", "unix:///PATH/TO/SOCKET"),
+        ("TRADELOOM_DATABASE_URL", "postgresql://127.0.0.1:abc/db", "HOST:PORT/DB (the port"),
+        ("TRADELOOM_DATABASE_URL", "postgresql://127.0.0.1:99999/db", "from 1 to 65535"),
+        ("TRADELOOM_DATABASE_URL", "sqlite:///afile/x.db", "'afile' exists and is not a folder"),
+        ("TRADELOOM_DATABASE_URL", "sqlite:///.", "'.' is a folder"),
+        ("TRADELOOM_DATABASE_URL", "sqlite:///:memory:", "SQLite needs a file path"),
         ("TRADELOOM_HTTP_PORT", "eighty", "integer"),
         ("TRADELOOM_LOG_LEVEL", "LOUD", "DEBUG, INFO"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_was_expected(
-    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, expected: str
 ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("a regular file where a folder is expected")
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as raised:
         load_settings()
@@ -53,6 +72,30 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
     assert message.startswith(f"{variable}={value!r} is invalid")
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("database_url", "postgresql:///test?host=/var/run/postgresql"),  # a unix socket
+        ("database_url", "postgresql:///test"),  # libpq's default host
+        ("database_url", "postgres://trader:pw@[::1]:5432/tl"),
+        ("database_url", "sqlite:///not/yet/there/t.db"),  # the folders are created on start
+        ("bus_url", "tls://nats.example:4222"),
+        ("bus_url", "nats://user:pw@127.0.0.1"),
+        ("cache_url", "redis://127.0.0.1:6379"),
+        ("cache_url", "redis://127.0.0.1:6379/"),
+        ("cache_url", "rediss://cache.example/15"),
+        ("cache_url", "unix:///run/redis.sock?db=2"),
+        ("archive_url", "not/yet/there"),
+        ("archive_url", "file:///tmp"),
+    ],
+)
+def test_every_usable_url_form_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, field: str, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert getattr(load_settings(**{field: value}), field) == value
 
 
 SHARED = {
