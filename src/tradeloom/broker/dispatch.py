@@ -29,6 +29,7 @@ expected to fail (a database error) rather than wait forever.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -95,7 +96,11 @@ class AccountDispatcher:
             return
         self._queue.append(report)
         if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write_fast())
+            # Writers run in a context of their own: they write every account's reports, not
+            # those of the handler that happened to queue the first one (its log context).
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write_fast(), context=contextvars.Context()
+            )
 
     async def wait_delivered(self) -> None:
         """Return once every report put so far has been taken."""
@@ -181,7 +186,9 @@ class AccountDispatcher:
         self._in_flight -= len(failed)
         self._slow[account] = backlog
         loop = asyncio.get_running_loop()
-        self._slow_writers[account] = loop.create_task(self._write_slow(account, backlog))
+        self._slow_writers[account] = loop.create_task(
+            self._write_slow(account, backlog), context=contextvars.Context()
+        )
         log.warning("broker.account_slow_lane", account_id=account, reports=len(backlog))
 
     # -- slow lane --------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,7 +91,11 @@ class PubSubHub:
         subscription = RedisSubscription(self, channel, callback)
         async with self._lock:
             if self._reader is None:
-                self._reader = asyncio.create_task(self._run(), name="cache-pubsub-reader")
+                # In a context of its own: the reader serves every subscriber, not the
+                # request that happened to subscribe first (its log context).
+                self._reader = asyncio.create_task(
+                    self._run(), name="cache-pubsub-reader", context=contextvars.Context()
+                )
             state = self._channels.get(upstream)
             if state is None:
                 state = self._channels[upstream] = _Channel()

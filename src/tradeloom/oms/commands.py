@@ -17,12 +17,17 @@ the web tier routes an account's requests to one process).
 
 Cancel and amend are commands too: they move the order to ``pending_cancel`` or
 ``pending_replace`` and publish the request; execution answers with events.
+
+While a command is handled, every log line carries its ``correlation_id``, ``user_id`` and
+``account_id`` (the placement writer's batches run in a context of their own: they are no one
+command's).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -45,6 +50,7 @@ from tradeloom.domain.market import Instrument
 from tradeloom.domain.orders import Order, OrderStatus, Side
 from tradeloom.domain.time import Clock
 from tradeloom.messaging.topics import ORDER_COMMANDS
+from tradeloom.observability.logging import log_context
 from tradeloom.oms.placement import PlacementWriter
 from tradeloom.oms.repository import find_by_client_order_id, load_order, save_order
 from tradeloom.oms.validation import validate_terms
@@ -128,8 +134,9 @@ class OrderCommands:
         key = (command.account_id, command.client_order_id)
         lock = self._placing.setdefault(key, asyncio.Lock())
         try:
-            async with lock:
-                return await self._place(command)
+            with _command_log_context(command):
+                async with lock:
+                    return await self._place(command)
         finally:
             if not lock.locked() and self._placing.get(key) is lock:
                 del self._placing[key]
@@ -192,6 +199,10 @@ class OrderCommands:
         return None if order is None else order.account_id
 
     async def cancel(self, command: CancelOrder) -> OrderReceipt:
+        with _command_log_context(command):
+            return await self._cancel(command)
+
+    async def _cancel(self, command: CancelOrder) -> OrderReceipt:
         await self._check_owner(command.account_id, command.user_id)
         async with self._database.transaction() as conn:
             order = await self._open_order(conn, command.account_id, command.order_id)
@@ -206,6 +217,10 @@ class OrderCommands:
         """Change a resting order's quantity or prices. Only changes that do not add exposure
         are taken (a smaller quantity; for a buy, a lower limit price): the risk reserved
         when the order was placed still covers them. A larger order is a new order."""
+        with _command_log_context(command):
+            return await self._amend(command)
+
+    async def _amend(self, command: AmendOrder) -> OrderReceipt:
         await self._check_owner(command.account_id, command.user_id)
         async with self._database.transaction() as conn:
             order = await self._open_order(conn, command.account_id, command.order_id)
@@ -281,6 +296,19 @@ class OrderCommands:
             correlation_id=correlation_id,
             account_id=order.account_id,
         )
+
+
+def _command_log_context(
+    command: PlaceOrder | CancelOrder | AmendOrder,
+) -> AbstractContextManager[None]:
+    """The command's correlation id, user and account on every log line while it is handled
+    (risk's included); the same an HTTP request already bound when the command comes from
+    one. A command without a user leaves ``user_id`` unbound."""
+    return log_context(
+        correlation_id=command.correlation_id,
+        user_id=command.user_id,
+        account_id=command.account_id,
+    )
 
 
 def _refuse_added_exposure(order: Order, command: AmendOrder) -> None:

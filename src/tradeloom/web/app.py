@@ -3,7 +3,8 @@
 ``create_app`` takes a built :class:`~tradeloom.bootstrap.Platform`; the app's lifespan starts
 it (and the process's SSE hub) and closes it, so one process serves HTTP exactly while its
 backends are connected. ``install_api`` mounts the JSON API (auth, admin) with its error model
-on an app; tests use it on a bare FastAPI app with services of their own. The trading routes
+on an app, and the request log context (:mod:`tradeloom.web.request_context`) around all of
+it; tests use it on a bare FastAPI app with services of their own. The trading routes
 (orders, market data, the stream) use the platform through :class:`TradingServices`.
 """
 
@@ -30,6 +31,7 @@ from tradeloom.web.dashboard import install_dashboard
 from tradeloom.web.errors import install_error_handlers
 from tradeloom.web.health import health_router
 from tradeloom.web.ratelimit import RateLimit, RateLimiter
+from tradeloom.web.request_context import RequestLogContext
 from tradeloom.web.routes.admin import admin_router
 from tradeloom.web.routes.auth import auth_router
 from tradeloom.web.routes.market import market_router, quote_from_fanout
@@ -77,8 +79,11 @@ def build_web_services(
 
 
 def install_api(app: FastAPI, services: WebServices) -> None:
-    """Mount ``/api/auth`` and ``/api/admin`` and answer every error in the JSON model."""
+    """Mount ``/api/auth`` and ``/api/admin``, answer every error in the JSON model, and give
+    every request of ``app`` its correlation id and log context (the auth dependency's
+    ``user_id`` binding relies on it to be undone)."""
     app.state.web = services
+    app.add_middleware(RequestLogContext)
     install_error_handlers(app)
     app.include_router(auth_router())
     app.include_router(admin_router())

@@ -23,6 +23,8 @@ For route authors::
 * :data:`AdminUser` is :data:`CurrentUser` with role ``admin``, else 403 ``forbidden``.
 * ``rate_limit(kind)`` (``"orders"`` or ``"reads"``) is :data:`CurrentUser` plus one hit on the
   user's window of that kind: past the limit 429 ``rate_limited`` with ``Retry-After``.
+* Once the caller is known, the request's log lines carry it as ``user_id`` (see
+  :mod:`tradeloom.web.request_context`).
 * Fail closed: a session store that cannot be reached answers 401 (the caller is logged out),
   a token store or rate-limit store that cannot be reached answers 503; nothing passes
   unchecked.
@@ -48,6 +50,7 @@ from tradeloom.users.sessions import Session, SessionStore, SessionStoreUnavaila
 from tradeloom.users.tokens import ApiTokens
 from tradeloom.web.errors import ApiError
 from tradeloom.web.ratelimit import DEFAULT_RATE_LIMITS, RateLimiter, retry_after_seconds
+from tradeloom.web.request_context import bind_request_user
 
 log = structlog.get_logger("tradeloom.web")
 
@@ -103,7 +106,15 @@ def unavailable(message: str) -> ApiError:
 
 async def authenticate(request: Request, services: WebServices) -> AuthenticatedUser | None:
     """The caller, or None when the request carries no credentials at all; bad credentials
-    raise 401 (and an unreachable token store 503)."""
+    raise 401 (and an unreachable token store 503). From here on the request's log lines
+    carry the caller as ``user_id``."""
+    user = await _identify(request, services)
+    if user is not None:
+        bind_request_user(request, user.username)
+    return user
+
+
+async def _identify(request: Request, services: WebServices) -> AuthenticatedUser | None:
     authorization = request.headers.get("authorization")
     if authorization is not None:
         return await _by_token(authorization, services)

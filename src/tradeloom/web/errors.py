@@ -47,6 +47,7 @@ from tradeloom.users.model import (
     UserDisabled,
     UserNotFound,
 )
+from tradeloom.web.request_context import request_log_context
 
 log = structlog.get_logger("tradeloom.web")
 
@@ -179,7 +180,9 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.error("web.unhandled_error", path=request.url.path, exc_info=exc)
+    # Runs outside the request's middleware, after its log context was reset: bind it again.
+    with request_log_context(request):
+        log.error("web.unhandled_error", path=request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "an unexpected error occurred")
 
 

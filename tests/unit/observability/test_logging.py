@@ -10,7 +10,12 @@ from collections.abc import Iterator
 import pytest
 import structlog
 
-from tradeloom.observability.logging import configure_logging, log_context
+from tradeloom.observability.logging import (
+    bind_log_context,
+    configure_logging,
+    log_context,
+    reset_log_context,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,3 +58,29 @@ def test_lines_below_the_level_are_dropped() -> None:
     structlog.get_logger().info("chatty")
     structlog.get_logger().error("loud")
     assert [line["event"] for line in lines(stream)] == ["loud"]
+
+
+def test_a_none_value_hides_an_outer_binding_for_the_block() -> None:
+    stream = io.StringIO()
+    configure_logging("consumer", "INFO", stream)
+    log = structlog.get_logger()
+    with log_context(correlation_id="request", user_id="alice"):
+        with log_context(correlation_id="event", user_id=None):
+            log.info("inner")
+        log.info("outer")
+    inner, outer = lines(stream)
+    assert inner["correlation_id"] == "event"
+    assert "user_id" not in inner
+    assert (outer["correlation_id"], outer["user_id"]) == ("request", "alice")
+
+
+def test_a_reset_also_undoes_later_binds_of_its_keys() -> None:
+    """What lets a request's middleware undo the user the auth dependency bound after it."""
+    tokens = bind_log_context(correlation_id="request", user_id=None)
+    bind_log_context(user_id="alice")
+    assert structlog.contextvars.get_contextvars() == {
+        "correlation_id": "request",
+        "user_id": "alice",
+    }
+    reset_log_context(tokens)
+    assert structlog.contextvars.get_contextvars() == {}

@@ -5,6 +5,9 @@ with its ``order.submitted`` event (the OMS command side) and answers **202** wi
 ``pending_new``; what execution does later reaches the user over ``/api/stream``. A repeated
 ``client_order_id`` answers **200** with the original order (nothing new is placed).
 
+A command carries the request's correlation id (``X-Correlation-ID``), so its events and every
+log line the request causes share it.
+
 Reads come from the order read model (``oms.queries``), which lags the command side by the
 projection's delay: an order just placed may take a moment to be listed. Every read and
 command is scoped to the caller: another user's order id answers 404, as an unknown one does.
@@ -24,6 +27,7 @@ from tradeloom.oms.queries import MAX_PAGE, InvalidQuery, OrderHistoryEntry, dec
 from tradeloom.web.auth import AuthenticatedUser, rate_limit
 from tradeloom.web.errors import ApiError
 from tradeloom.web.json import json_object
+from tradeloom.web.request_context import CorrelationId
 from tradeloom.web.routes.order_models import (
     CURSOR_PATTERN,
     SYMBOL_PATTERN,
@@ -111,12 +115,15 @@ def orders_router() -> APIRouter:
         },
     )
     async def place_order(
-        body: PlaceOrderBody, user: OrderEntry, trading: Trading, response: Response
+        body: PlaceOrderBody,
+        user: OrderEntry,
+        trading: Trading,
+        response: Response,
+        correlation_id: CorrelationId,
     ) -> dict[str, str]:
         """Place an order: validated, risk-checked and persisted, then executed asynchronously
         (status changes arrive on ``/api/stream``). A refused order is not persisted."""
         account_id = await trading.account_for(user.username, body.account_id)
-        correlation_id = new_id()
         receipt = await trading.orders.place(
             PlaceOrder(
                 account_id=account_id,
@@ -211,14 +218,16 @@ def orders_router() -> APIRouter:
             **error_responses(403, 404, 409),
         },
     )
-    async def cancel_order(order_id: OrderId, user: OrderEntry, trading: Trading) -> dict[str, str]:
+    async def cancel_order(
+        order_id: OrderId, user: OrderEntry, trading: Trading, correlation_id: CorrelationId
+    ) -> dict[str, str]:
         """Ask for a cancel; ``order.canceled`` (or ``order.cancel_rejected``) follows."""
         account_id = await _account_of(trading, order_id)
         receipt = await trading.orders.cancel(
             CancelOrder(
                 account_id=account_id,
                 order_id=order_id,
-                correlation_id=new_id(),
+                correlation_id=correlation_id,
                 user_id=user.username,
             )
         )
@@ -234,7 +243,11 @@ def orders_router() -> APIRouter:
         },
     )
     async def amend_order(
-        order_id: OrderId, body: AmendOrderBody, user: OrderEntry, trading: Trading
+        order_id: OrderId,
+        body: AmendOrderBody,
+        user: OrderEntry,
+        trading: Trading,
+        correlation_id: CorrelationId,
     ) -> dict[str, str]:
         """Ask for a smaller quantity or a less aggressive price; ``order.replaced`` follows.
         A change that would add exposure is refused (place a new order instead)."""
@@ -243,7 +256,7 @@ def orders_router() -> APIRouter:
             AmendOrder(
                 account_id=account_id,
                 order_id=order_id,
-                correlation_id=new_id(),
+                correlation_id=correlation_id,
                 quantity=body.qty,
                 limit_price=body.limit_price,
                 stop_price=body.stop_price,
