@@ -16,11 +16,12 @@ import msgspec
 import pytest
 import structlog
 
-from tests.contract.conftest import BusFactory
+from tests.contract.conftest import PARTITIONS, BusFactory
 from tests.helpers import eventually
 from tradeloom.domain.events import DeadLettered, Event, OrderAccepted, decode_event, new_event
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.memory_log import PartitionLog, Record
+from tradeloom.messaging.partitioning import partition_of
 from tradeloom.messaging.port import ConsumerOptions, RetryPolicy
 from tradeloom.messaging.topics import DEAD_LETTER, MARKET_PRICE, ORDER_EVENTS
 
@@ -350,6 +351,42 @@ async def test_a_poison_event_in_a_batch_is_dead_lettered_alone(bus_factory: Bus
     letter = letters.events[0].payload
     assert isinstance(letter, DeadLettered)
     assert letter.original_event_id == poison.id
+
+
+async def test_a_retried_batch_event_holds_back_only_its_own_partition(
+    bus_factory: BusFactory,
+) -> None:
+    """While one key's event keeps failing (retried with backoff, its partition waiting), the
+    events of a key in another partition are handled, whatever the adapter batches together."""
+    bus = await bus_factory.new()
+    stuck_key = "acc-stuck"
+    free_key = next(
+        key
+        for key in (f"acc-free-{n}" for n in range(100))
+        if partition_of(key, PARTITIONS) != partition_of(stuck_key, PARTITIONS)
+    )
+    stuck = order_event(stuck_key, 1)
+    healed = asyncio.Event()
+    handled = Recorder()
+
+    async def store(batch: Sequence[Event]) -> None:
+        if any(event.id == stuck.id for event in batch) and not healed.is_set():
+            raise RuntimeError("this account's row is locked")
+        await handled.batch(batch)
+
+    slow_retry = RetryPolicy(max_attempts=100, first_backoff=0.05, max_backoff=0.05)
+    options = ConsumerOptions(retry=slow_retry, ack_wait=5.0, max_batch=50, max_wait=0.01)
+    await bus.subscribe_batch(TOPIC, "isolated", store, options)
+    await bus.publish(TOPIC, stuck, stuck_key)
+    free = [order_event(free_key, i) for i in range(5)]
+    for event in free:  # one at a time, so they arrive while the stuck event is retried
+        await bus.publish(TOPIC, event, free_key)
+
+    await eventually(lambda: {e.id for e in free} <= set(handled.ids()))
+    assert stuck.id not in handled.ids()
+    healed.set()
+    await eventually(lambda: stuck.id in handled.ids())
+    assert bus.stats.dead_lettered == 0
 
 
 async def test_unknown_topics_and_unserializable_events_are_refused(

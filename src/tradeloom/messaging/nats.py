@@ -24,7 +24,9 @@ Layout (``P`` = ``STREAM_PREFIX``, default ``TL``):
   partitions it leases (:mod:`~tradeloom.messaging.nats_lease`, a KV bucket ``P_LEASES``
   whose TTL is ``lease_ttl``). That is what keeps per-key order across processes without the
   pinned consumers of NATS 2.11. See :mod:`~tradeloom.messaging.nats_consumer` for fetching,
-  retries and dead letters.
+  retries and dead letters. A batch subscription hands what its partitions fetched at about
+  the same time to the handler as one batch (:mod:`~tradeloom.messaging.batch_merge`), so a
+  trickle spread over many partitions does not cost one handler call per partition.
 * **Guarantees and limits**: at-least-once; duplicates are possible when a member stalls past
   ``ack_wait`` or loses its lease mid-batch, and when a ``publish_many`` is retried after a
   partial failure (the dedup window absorbs the latter). A failed ``publish_many`` may have
@@ -38,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import nats
 import structlog
@@ -50,6 +52,7 @@ from nats.js.kv import KeyValue
 
 from tradeloom.domain.events import Event, encode_event
 from tradeloom.domain.time import Clock, SystemClock
+from tradeloom.messaging.batch_merge import MergedBatches
 from tradeloom.messaging.delivery import (
     BATCH_DEFAULTS,
     EACH_DEFAULTS,
@@ -269,10 +272,14 @@ class NatsBus:
     ) -> Subscription:
         runner = self._runner(topic, group, options)
 
-        async def run(deliveries: list[Delivery]) -> None:
+        async def try_merged(deliveries: list[Delivery]) -> bool:
+            return await runner.try_batch(deliveries, handler)
+
+        async def run_alone(deliveries: list[Delivery]) -> None:
             await runner.run_batch(deliveries, handler)
 
-        return await self._join(topic, group, options, run)
+        merged = MergedBatches(try_merged, run_alone, options.max_batch)
+        return await self._join(topic, group, options, merged.run, on_abort=merged.abort)
 
     async def ping(self) -> None:
         await self._jetstream().account_info()
@@ -292,7 +299,13 @@ class NatsBus:
         await self.publish(DEAD_LETTER.name, letter, key)
 
     async def _join(
-        self, topic_name: str, group: str, options: ConsumerOptions, run: RunDeliveries
+        self,
+        topic_name: str,
+        group: str,
+        options: ConsumerOptions,
+        run: RunDeliveries,
+        *,
+        on_abort: Callable[[], None] | None = None,
     ) -> GroupMember:
         js = self._jetstream()
         name = _topic(topic_name).name
@@ -329,6 +342,7 @@ class NatsBus:
             poll_interval=self._poll_interval,
             run=run,
             make_leases=make_leases,
+            on_abort=on_abort,
         )
         await member.start()
         self._members.append(member)

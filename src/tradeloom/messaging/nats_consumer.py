@@ -150,8 +150,10 @@ class GroupMember:
         poll_interval: float,
         run: RunDeliveries,
         make_leases: Callable[[StartWorker, StopWorker], PartitionLeases],
+        on_abort: Callable[[], None] | None = None,
     ) -> None:
         self._js = js
+        self._on_abort = on_abort
         self._stream = stream
         self._durables = durables
         self._options = options
@@ -169,6 +171,8 @@ class GroupMember:
         await self._leases.stop()
 
     async def abort(self) -> None:
+        if self._on_abort is not None:
+            self._on_abort()  # a batch being handled for several partitions stops unacked
         await self._leases.abort()
         tasks = [worker.abort() for worker in list(self._running.values())]
         if tasks:

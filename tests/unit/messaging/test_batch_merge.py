@@ -1,0 +1,174 @@
+"""MergedBatches: a group commit of the batches a member's partitions fetched."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.helpers import eventually
+from tradeloom.messaging.batch_merge import MergedBatches
+from tradeloom.messaging.delivery import Delivery
+
+
+class Partition:
+    """Deliveries of one partition that remember whether they were acked."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.acked: list[str] = []
+
+    def deliveries(self, *labels: str) -> list[Delivery]:
+        return [self._delivery(f"{self.name}{label}") for label in labels]
+
+    def _delivery(self, label: str) -> Delivery:
+        async def ack() -> None:
+            self.acked.append(label)
+
+        async def keep_alive() -> None:
+            return None
+
+        return Delivery(label.encode(), self.name, 0, ack, keep_alive)
+
+
+class Handler:
+    """try_merged / run_alone doubles: records calls; the first merged call can be held."""
+
+    def __init__(self) -> None:
+        self.merged_calls: list[list[str]] = []
+        self.alone_calls: list[list[str]] = []
+        self.hold_first = asyncio.Event()
+        self.hold_first.set()
+        self.fail_when: str | None = None
+
+    async def try_merged(self, deliveries: list[Delivery]) -> bool:
+        labels = [d.data.decode() for d in deliveries]
+        self.merged_calls.append(labels)
+        if len(self.merged_calls) == 1:
+            await self.hold_first.wait()
+        if self.fail_when is not None and self.fail_when in labels:
+            return False
+        for delivery in deliveries:
+            await delivery.ack()
+        return True
+
+    async def run_alone(self, deliveries: list[Delivery]) -> None:
+        self.alone_calls.append([d.data.decode() for d in deliveries])
+        for delivery in deliveries:
+            await delivery.ack()
+
+
+async def test_what_queues_while_a_batch_is_in_flight_goes_in_one_call() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
+    a, b, c = Partition("a"), Partition("b"), Partition("c")
+
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: handler.merged_calls == [["a1"]])
+    rest = [
+        asyncio.create_task(merged.run(b.deliveries("1", "2"))),
+        asyncio.create_task(merged.run(c.deliveries("1"))),
+    ]
+    await asyncio.sleep(0)  # both parts queue behind the batch in flight
+    handler.hold_first.set()
+    await asyncio.gather(first, *rest)
+
+    assert handler.merged_calls == [["a1"], ["b1", "b2", "c1"]]
+    assert (a.acked, b.acked, c.acked) == (["a1"], ["b1", "b2"], ["c1"])
+    assert handler.alone_calls == []
+
+
+async def test_a_merged_batch_takes_whole_parts_up_to_max_batch() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=3)
+    a, b, c = Partition("a"), Partition("b"), Partition("c")
+
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: len(handler.merged_calls) == 1)
+    rest = [
+        asyncio.create_task(merged.run(b.deliveries("1", "2"))),
+        asyncio.create_task(merged.run(c.deliveries("1", "2"))),
+    ]
+    await asyncio.sleep(0)
+    handler.hold_first.set()
+    await asyncio.gather(first, *rest)
+
+    assert handler.merged_calls == [["a1"], ["b1", "b2"], ["c1", "c2"]]
+
+
+async def test_a_failed_merged_batch_goes_back_to_each_partition_alone() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    handler.fail_when = "c1"
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
+    a, b, c = Partition("a"), Partition("b"), Partition("c")
+
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: len(handler.merged_calls) == 1)
+    rest = [
+        asyncio.create_task(merged.run(b.deliveries("1"))),
+        asyncio.create_task(merged.run(c.deliveries("1"))),
+    ]
+    await asyncio.sleep(0)
+    handler.hold_first.set()
+    await asyncio.gather(first, *rest)
+
+    assert handler.merged_calls == [["a1"], ["b1", "c1"]]
+    assert sorted(handler.alone_calls) == [["b1"], ["c1"]]
+    assert b.acked == ["b1"]
+    assert c.acked == ["c1"]
+
+
+async def test_a_handler_that_raises_counts_as_a_failed_merged_batch() -> None:
+    calls: list[list[str]] = []
+
+    async def raising(deliveries: list[Delivery]) -> bool:
+        raise RuntimeError("connection reset")
+
+    async def alone(deliveries: list[Delivery]) -> None:
+        calls.append([d.data.decode() for d in deliveries])
+
+    merged = MergedBatches(raising, alone, max_batch=10)
+    await merged.run(Partition("a").deliveries("1"))
+    assert calls == [["a1"]]
+
+
+async def test_a_cancelled_worker_withdraws_its_queued_part_unhandled() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
+    a, b = Partition("a"), Partition("b")
+
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: len(handler.merged_calls) == 1)
+    withdrawn = asyncio.create_task(merged.run(b.deliveries("1")))
+    await asyncio.sleep(0)
+    withdrawn.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await withdrawn
+    handler.hold_first.set()
+    await first
+
+    assert handler.merged_calls == [["a1"]]
+    assert b.acked == []
+
+
+async def test_abort_cancels_the_batch_in_flight_and_acks_nothing_more() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
+    a, b = Partition("a"), Partition("b")
+
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: len(handler.merged_calls) == 1)
+    queued = asyncio.create_task(merged.run(b.deliveries("1")))
+    await asyncio.sleep(0)
+    merged.abort()
+    results = await asyncio.gather(first, queued, return_exceptions=True)
+
+    assert all(isinstance(result, asyncio.CancelledError) for result in results)
+    assert a.acked == []
+    assert b.acked == []
+    assert handler.alone_calls == []
