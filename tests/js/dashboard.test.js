@@ -123,6 +123,19 @@ describe("Store orders", () => {
     assert.equal(store.orders.get("o1").reason, "too late");
   });
 
+  it("goes back to a pending replace when a cancel asked during it is refused", () => {
+    const store = new Store();
+    submitted(store);
+    store.applyOrderEvent(event("order.accepted", { order_id: "o1", broker_order_id: "b1" }));
+    store.applyOrderEvent(event("order.amend_requested", { order_id: "o1", quantity: "5" }));
+    store.applyOrderEvent(event("order.cancel_requested", { order_id: "o1" }));
+    assert.equal(store.orders.get("o1").status, "pending_cancel");
+    store.applyOrderEvent(event("order.cancel_rejected", { order_id: "o1", reason: "too late" }));
+    assert.equal(store.orders.get("o1").status, "pending_replace");
+    store.applyOrderEvent(event("order.cancel_rejected", { order_id: "o1", reason: "refused" }));
+    assert.equal(store.orders.get("o1").status, "accepted");
+  });
+
   it("applies an amendment to the quantity, price and what remains", () => {
     const store = new Store();
     submitted(store);

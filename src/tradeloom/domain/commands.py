@@ -1,11 +1,17 @@
 """Commands: immutable requests to change state. Each carries the correlation id of the user
-action that caused it; every event the command leads to carries the same id."""
+action that caused it; every event the command leads to carries the same id.
+
+Prices and quantities pass through :func:`~tradeloom.domain.numbers.exact` on construction:
+a float is refused with :class:`~tradeloom.domain.errors.InvalidNumber` naming the field, and
+an int or decimal text becomes a Decimal, so a command never carries an inexact amount.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
 
+from tradeloom.domain.numbers import exact, exact_or_none
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 
 
@@ -22,6 +28,10 @@ class PlaceOrder:
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantity", exact(self.quantity, field="quantity"))
+        _exact_prices(self)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,3 +53,12 @@ class AmendOrder:
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
     user_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "quantity", exact_or_none(self.quantity, field="quantity"))
+        _exact_prices(self)
+
+
+def _exact_prices(command: PlaceOrder | AmendOrder) -> None:
+    for name in ("limit_price", "stop_price"):
+        object.__setattr__(command, name, exact_or_none(getattr(command, name), field=name))

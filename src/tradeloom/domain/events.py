@@ -6,17 +6,28 @@ and the account it concerns. The payload is one of the tagged structs below; its
 event's ``type``. ``encode_event``/``decode_event`` are the single serialization used on the
 bus and in the archive, and they round-trip every event exactly (decimals as strings,
 timestamps with their zone).
+
+A payload checks its own fields on construction, whether built in code or decoded: every
+Decimal field holds a finite Decimal (an int or decimal text is made one; a float, a NaN or a
+None where an amount is required raises :class:`InvalidNumber` naming the field), and every
+timestamp is timezone-aware UTC (:class:`NaiveTimestamp` otherwise). Both are ValueErrors, so
+decoding such a payload fails with ``msgspec.ValidationError``. What cannot be encoded and
+decoded back equal is therefore refused where it is made, not on every consumer.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import typing
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, TypeAlias
 
 import msgspec
+from msgspec.structs import force_setattr
 
 from tradeloom.domain.ids import new_id
+from tradeloom.domain.numbers import exact
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import require_utc
 
@@ -30,6 +41,26 @@ class Payload(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=Fa
     payloads), so they can never be part of a reference cycle and the garbage collector need
     not track them. At 20,000 price updates a second, tracking them made the collector run
     often and scan long (measured pauses of 37-70 ms on the market-data path)."""
+
+    def __post_init__(self) -> None:
+        """Refuse an inexact amount or a non-UTC time; make an int or decimal text a Decimal.
+
+        Runs on every payload constructed or decoded (20,000 price updates a second), so a
+        field that is already right costs a class check (and ``is_finite`` for an amount);
+        only the rest goes through the thorough :func:`exact` and :func:`require_utc`."""
+        checked = _CHECKED_FIELDS.get(self.__class__) or _learn_fields(self.__class__)
+        for name in checked.decimals:
+            value = getattr(self, name)
+            if value.__class__ is not Decimal or not value.is_finite():
+                force_setattr(self, name, exact(value, field=name))
+        for name in checked.optional_decimals:
+            value = getattr(self, name)
+            if value is not None and (value.__class__ is not Decimal or not value.is_finite()):
+                force_setattr(self, name, exact(value, field=name))
+        for name in checked.timestamps:
+            value = getattr(self, name)
+            if value.__class__ is not datetime or value.tzinfo is not UTC:
+                require_utc(value, field=name)
 
 
 class OrderSubmitted(Payload, frozen=True, kw_only=True, tag="order.submitted"):
@@ -136,6 +167,28 @@ class PriceUpdate(Payload, frozen=True, kw_only=True, tag="market.price"):
     exchange_time: UtcDatetime
     venue: str
 
+    def __post_init__(self) -> None:
+        """The check every payload makes, with a straight-line fast path: this is the payload
+        built and decoded most (20,000 a second), and the path halves the check's cost on it.
+        Anything not plainly right goes through the thorough check of :class:`Payload`."""
+        bid, ask, last, volume, moment = (
+            self.bid,
+            self.ask,
+            self.last,
+            self.volume,
+            self.exchange_time,
+        )
+        if not (
+            (bid is None or (bid.__class__ is Decimal and bid.is_finite()))
+            and (ask is None or (ask.__class__ is Decimal and ask.is_finite()))
+            and (last is None or (last.__class__ is Decimal and last.is_finite()))
+            and volume.__class__ is Decimal
+            and volume.is_finite()
+            and moment.__class__ is datetime
+            and moment.tzinfo is UTC
+        ):
+            Payload.__post_init__(self)
+
 
 class PriceBatch(Payload, frozen=True, kw_only=True, tag="market.prices"):
     """Several price updates travelling as one bus message, in feed order.
@@ -176,6 +229,31 @@ class DeadLettered(Payload, frozen=True, kw_only=True, tag="dead_letter"):
     original_event_id: str
     original_type: str
     original: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckedFields:
+    """The fields of one payload type that ``Payload.__post_init__`` checks, by kind."""
+
+    decimals: tuple[str, ...]
+    optional_decimals: tuple[str, ...]
+    timestamps: tuple[str, ...]
+
+
+_CHECKED_FIELDS: dict[type[Payload], _CheckedFields] = {}
+
+
+def _learn_fields(cls: type[Payload]) -> _CheckedFields:
+    """Read ``cls``'s annotations, once per payload type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in msgspec.structs.fields(cls)]
+    learned = _CheckedFields(
+        decimals=tuple(n for n in names if hints[n] is Decimal),
+        optional_decimals=tuple(n for n in names if hints[n] == Decimal | None),
+        timestamps=tuple(n for n in names if hints[n] is datetime),
+    )
+    _CHECKED_FIELDS[cls] = learned
+    return learned
 
 
 AnyPayload: TypeAlias = (

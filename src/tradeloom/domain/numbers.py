@@ -32,6 +32,11 @@ def exact(value: Decimal | int | str, *, field: str = "value") -> Decimal:
     return number
 
 
+def exact_or_none(value: Decimal | int | str | None, *, field: str = "value") -> Decimal | None:
+    """:func:`exact` for an optional amount (a limit price that a market order does not have)."""
+    return None if value is None else exact(value, field=field)
+
+
 def is_multiple_of(value: Decimal, increment: Decimal) -> bool:
     """True when ``value`` lies on the grid of ``increment`` (a tick or lot size)."""
     if increment <= 0:

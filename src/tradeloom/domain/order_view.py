@@ -46,7 +46,14 @@ from tradeloom.domain.events import (
     OrderReplaced,
     OrderSubmitted,
 )
-from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
+from tradeloom.domain.orders import (
+    REQUEST_PENDING_STATUSES,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    TimeInForce,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +141,6 @@ def fold_order(events: Iterable[Event]) -> OrderFold:
     return OrderFold(state.view(len(ordered)), tuple(ordered), tuple(outcomes))
 
 
-_PENDING_REQUEST = frozenset({OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE})
-
-
 def resume_fold(
     view: OrderView, latest: datetime | None, events: Iterable[Event]
 ) -> OrderFold | None:
@@ -157,7 +161,7 @@ def resume_fold(
     The fold's ``events`` and ``outcomes`` are those of ``events`` only.
     """
     ordered = canonical_order(events)
-    if view.status in _PENDING_REQUEST:
+    if view.status in REQUEST_PENDING_STATUSES:
         return None
     has_fills = view.filled_quantity != 0
     for event in ordered:

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 
 from tradeloom.domain.errors import IllegalTransition, InvalidOrder, Overfill
-from tradeloom.domain.numbers import ZERO, exact
+from tradeloom.domain.numbers import ZERO, exact, exact_or_none
 from tradeloom.domain.time import require_utc
 
 
@@ -52,11 +52,14 @@ S = OrderStatus
 
 TERMINAL_STATUSES: frozenset[OrderStatus] = frozenset({S.FILLED, S.CANCELED, S.REJECTED, S.EXPIRED})
 OPEN_STATUSES: frozenset[OrderStatus] = frozenset(OrderStatus) - TERMINAL_STATUSES
+REQUEST_PENDING_STATUSES: frozenset[OrderStatus] = frozenset({S.PENDING_CANCEL, S.PENDING_REPLACE})
 
 # A broker may report a fill before its acknowledgement, and a fill may race a cancel or a
 # replace request: those edges are legal. Leaving a pending_* status without the request
 # taking effect (a cancel or replace refused by the broker) goes back to the status the order
-# had before the request, which ``Order`` remembers.
+# had before the request, which ``Order`` remembers: pending_new, accepted or partially_filled,
+# or, for a cancel asked while a replace was pending, that pending_replace (the replace is
+# still outstanding at the broker). Those returns are edges like any other.
 ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
     S.PENDING_NEW: frozenset(
         {
@@ -76,7 +79,16 @@ ORDER_TRANSITIONS: dict[OrderStatus, frozenset[OrderStatus]] = {
         {S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.PENDING_REPLACE, S.CANCELED, S.EXPIRED}
     ),
     S.PENDING_CANCEL: frozenset(
-        {S.CANCELED, S.PENDING_NEW, S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.EXPIRED, S.REJECTED}
+        {
+            S.CANCELED,
+            S.PENDING_NEW,
+            S.ACCEPTED,
+            S.PARTIALLY_FILLED,
+            S.PENDING_REPLACE,
+            S.FILLED,
+            S.EXPIRED,
+            S.REJECTED,
+        }
     ),
     S.PENDING_REPLACE: frozenset(
         {S.ACCEPTED, S.PARTIALLY_FILLED, S.FILLED, S.PENDING_CANCEL, S.CANCELED, S.EXPIRED}
@@ -157,6 +169,8 @@ class Order:
 
     def __post_init__(self) -> None:
         self.quantity = exact(self.quantity, field="quantity")
+        self.limit_price = exact_or_none(self.limit_price, field="limit_price")
+        self.stop_price = exact_or_none(self.stop_price, field="stop_price")
         require_utc(self.created_at, field="created_at")
         check_order_terms(
             self.order_type, self.time_in_force, self.quantity, self.limit_price, self.stop_price
@@ -174,7 +188,7 @@ class Order:
         """The broker acknowledged the order. While a cancel or replace is pending, the
         acknowledgement only changes where the order returns to if the request is refused;
         it never ends the request."""
-        if self.status in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+        if self.status in REQUEST_PENDING_STATUSES:
             if self.status_before_request is OrderStatus.PENDING_NEW:
                 self.status_before_request = OrderStatus.ACCEPTED
                 return
@@ -202,17 +216,24 @@ class Order:
         self.status_before_request = previous
 
     def request_replace(self) -> None:
+        """Ask for new terms. Not while a cancel is pending: the table's pending_cancel to
+        pending_replace edge is only a refused cancel going back to the replace before it."""
+        if self.status is OrderStatus.PENDING_CANCEL:
+            raise IllegalTransition(f"order {self.order_id} has a cancel pending")
         previous = self.status
         self._move(OrderStatus.PENDING_REPLACE)
         self.status_before_request = previous
 
     def refuse_request(self, reason: str) -> None:
-        """A cancel or replace request was refused: go back to where the order was."""
-        if self.status not in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+        """A cancel or replace request was refused: go back, along an edge of the table, to
+        where the order was before it. A cancel asked while a replace was pending goes back to
+        that pending replace, which will itself return to the order's resting status."""
+        if self.status not in REQUEST_PENDING_STATUSES:
             raise IllegalTransition(f"order {self.order_id} has no request pending")
-        previous = self.status_before_request or OrderStatus.ACCEPTED
-        self.status = previous
-        self.status_before_request = None
+        returning_to = self.status_before_request or self._resting_status()
+        self._move(returning_to)
+        if returning_to is OrderStatus.PENDING_REPLACE:
+            self.status_before_request = self._resting_status()
         self.reason = reason
 
     def replace(
@@ -223,16 +244,18 @@ class Order:
     ) -> None:
         """Apply replaced terms; the order returns to accepted or partially filled."""
         new_quantity = self.quantity if quantity is None else exact(quantity, field="quantity")
-        new_limit = self.limit_price if limit_price is None else limit_price
-        new_stop = self.stop_price if stop_price is None else stop_price
+        new_limit, new_stop = self.limit_price, self.stop_price
+        if limit_price is not None:
+            new_limit = exact(limit_price, field="limit_price")
+        if stop_price is not None:
+            new_stop = exact(stop_price, field="stop_price")
         check_order_terms(self.order_type, self.time_in_force, new_quantity, new_limit, new_stop)
         if new_quantity <= self.filled_quantity:
             raise InvalidOrder(
                 f"new quantity {new_quantity} is not above the filled {self.filled_quantity}",
                 code="invalid_quantity",
             )
-        target = OrderStatus.PARTIALLY_FILLED if self.filled_quantity else OrderStatus.ACCEPTED
-        self._move(target)
+        self._move(self._resting_status())
         self.quantity, self.limit_price, self.stop_price = new_quantity, new_limit, new_stop
 
     def apply_fill(self, fill_id: str, quantity: Decimal, price: Decimal) -> bool:
@@ -254,11 +277,16 @@ class Order:
         self.fill_ids.add(fill_id)
         return True
 
+    def _resting_status(self) -> OrderStatus:
+        """Where an acknowledged order with no request pending stands, by its fills. A fill
+        ends a pending request, so the fills tell the status a pending replace came from."""
+        return OrderStatus.PARTIALLY_FILLED if self.filled_quantity else OrderStatus.ACCEPTED
+
     def _move(self, target: OrderStatus) -> None:
         if not can_transition(self.status, target):
             raise IllegalTransition(
                 f"order {self.order_id} cannot go from {self.status} to {target}"
             )
         self.status = target
-        if target not in (OrderStatus.PENDING_CANCEL, OrderStatus.PENDING_REPLACE):
+        if target not in REQUEST_PENDING_STATUSES:
             self.status_before_request = None

@@ -41,7 +41,15 @@ class ManualClock:
 
 
 def require_utc(moment: datetime, *, field: str = "timestamp") -> datetime:
-    """Return ``moment`` if it is timezone-aware UTC; raise :class:`NaiveTimestamp` otherwise."""
+    """Return ``moment`` if it is timezone-aware UTC; raise :class:`NaiveTimestamp` otherwise,
+    or ``TypeError`` for something that is not a datetime at all.
+
+    Cheap for the common case (the ``UTC`` singleton, which is also what msgspec decodes a
+    ``Z`` or ``+00:00`` timestamp to): it runs on every event constructed or decoded."""
+    if moment.__class__ is datetime and moment.tzinfo is UTC:
+        return moment
+    if not isinstance(moment, datetime):
+        raise TypeError(f"{field}: {type(moment).__name__} is not a datetime")
     offset = moment.utcoffset()
     if offset is None:
         raise NaiveTimestamp(f"{field}: {moment.isoformat()} has no timezone")

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tradeloom.domain.errors import InvalidNumber
-from tradeloom.domain.numbers import Money, exact, is_multiple_of
+from tradeloom.domain.numbers import Money, exact, exact_or_none, is_multiple_of
 
 
 @pytest.mark.parametrize("bad", [0.1, True, "NaN", "Infinity", "-inf", "abc", "", Decimal("NaN")])
@@ -39,3 +39,10 @@ def test_money_adds_within_a_currency_and_refuses_to_mix() -> None:
 def test_money_refuses_a_float_amount() -> None:
     with pytest.raises(InvalidNumber):
         Money(0.5)  # type: ignore[arg-type]
+
+
+def test_an_optional_amount_stays_none_or_passes_the_same_gate() -> None:
+    assert exact_or_none(None, field="limit_price") is None
+    assert exact_or_none("1.5", field="limit_price") == Decimal("1.5")
+    with pytest.raises(InvalidNumber, match=r"^limit_price: float"):
+        exact_or_none(1.5, field="limit_price")  # type: ignore[arg-type]

@@ -269,12 +269,20 @@ function submittedOrder(message) {
   };
 }
 
-// Back to the status the order had before a cancel or replace request that is now settled
-// without ending the order (refused, or the replace done).
-function restoreStatus(order) {
+// Where an acknowledged order with no request pending stands, by its fills.
+function restingStatus(order) {
   const filled = (Dec.parse(order.filled_qty) || Dec.zero()).sign() > 0;
-  order.status = order.status_before_request || (filled ? "partially_filled" : "accepted");
-  delete order.status_before_request;
+  return filled ? "partially_filled" : "accepted";
+}
+
+// Back to the status the order had before a refused cancel or replace request, as the domain's
+// Order.refuse_request does: a cancel asked while a replace was pending goes back to that
+// pending replace, which returns to the resting status in its turn.
+function refuseRequest(order) {
+  const back = order.status_before_request || restingStatus(order);
+  order.status = back;
+  if (back === "pending_replace") order.status_before_request = restingStatus(order);
+  else delete order.status_before_request;
 }
 
 function applyFill(order, message) {
@@ -326,11 +334,13 @@ function applyToOrder(order, message) {
       return true;
     case "order.cancel_requested":
     case "order.amend_requested":
-      if (!order.status.startsWith("pending_")) order.status_before_request = order.status;
+      if (!order.status.startsWith("pending_") || order.status === "pending_replace") {
+        order.status_before_request = order.status;
+      }
       order.status = type === "order.cancel_requested" ? "pending_cancel" : "pending_replace";
       return true;
     case "order.cancel_rejected":
-      restoreStatus(order);
+      refuseRequest(order);
       order.reason = d.reason || order.reason;
       return true;
     case "order.replaced": {
@@ -339,7 +349,8 @@ function applyToOrder(order, message) {
       if ("stop_price" in d) order.stop_price = d.stop_price;
       const remaining = Dec.parse(d.quantity).sub(Dec.parse(order.filled_qty) || Dec.zero());
       order.remaining_qty = remaining.toString();
-      restoreStatus(order);
+      order.status = restingStatus(order); // new terms end any request pending
+      delete order.status_before_request;
       return true;
     }
     default:
