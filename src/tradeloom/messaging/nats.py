@@ -334,8 +334,10 @@ class NatsBus:
                 stop_worker=stop,
             )
 
+        nc = self._nc
+        assert nc is not None
         member = GroupMember(
-            js=js,
+            nc=nc,
             stream=stream,
             durables=durables,
             options=options,

@@ -5,7 +5,8 @@ filters the partition's subject, acks explicitly and allows ``max_batch`` unackn
 events (``max_ack_pending``): the server itself never hands out a later event of a partition
 while ``max_batch`` earlier ones are unacked. The member fetches only partitions it holds a
 lease on (:mod:`tradeloom.messaging.nats_lease`), one worker task per partition, so partitions
-proceed in parallel while each is handled strictly in order.
+proceed in parallel while each is handled strictly in order. A worker pulls with one request
+kept open (:mod:`tradeloom.messaging.nats_pull`), not a request per fetch.
 
 Retries run in place (see :mod:`tradeloom.messaging.delivery`): the failed event stays the
 oldest unacknowledged one and its partition waits, kept alive with ``+WPI`` (in progress) so
@@ -21,12 +22,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
-from nats.js.client import JetStreamContext
 
 from tradeloom.messaging.delivery import Delivery
 from tradeloom.messaging.nats_lease import PartitionLeases, StartWorker, StopWorker
+from tradeloom.messaging.nats_pull import ContinuousPull
 from tradeloom.messaging.port import ConsumerOptions
 
 _log = structlog.get_logger(__name__)
@@ -48,20 +50,21 @@ def consumer_config(durable: str, subject: str, options: ConsumerOptions) -> api
 
 
 class PartitionWorker:
-    """Fetches one partition of one group and hands what it gets to the runner, in order."""
+    """Pulls one partition of one group and hands what it gets to the runner, in order."""
 
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        nc: Client,
         stream: str,
         durable: str,
         options: ConsumerOptions,
         poll_interval: float,
         run: RunDeliveries,
     ) -> None:
-        self._js = js
-        self._stream = stream
+        self._pull = ContinuousPull(
+            nc, stream, durable, batch=options.max_batch, expires=poll_interval
+        )
         self._durable = durable
         self._options = options
         self._poll_interval = poll_interval
@@ -71,59 +74,45 @@ class PartitionWorker:
         self.task: asyncio.Task[None] = asyncio.create_task(self._work(), name=durable)
 
     def stop(self) -> asyncio.Task[None]:
-        """Finish the fetch and the events in hand, then stop. Returns the task to await."""
+        """Finish the events in hand and those the open pull request still brings, then
+        stop. Returns the task to await."""
         self._stopping = True
+        self._pull.interrupt()
         return self.task
 
     def abort(self) -> asyncio.Task[None]:
-        """Stop at once, handling and acking nothing more. Returns the task to await.
-
-        The flags, not only the cancellation, end the task: on Python 3.11 a cancel that
-        arrives together with a fetched message is swallowed inside nats-py (``next_msg``).
-        """
+        """Stop at once, handling and acking nothing more. Returns the task to await."""
         self._stopping = self._aborting = True
         self.task.cancel()
         return self.task
 
     async def _work(self) -> None:
-        pull = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        await self._pull.open()
         try:
             while not self._stopping:
-                try:
-                    messages = await self._fetch(pull)
-                except TimeoutError:  # nats-py raises its own subclass, or asyncio's
-                    continue
-                except Exception as exc:
-                    _log.warning("bus.fetch_failed", consumer=self._durable, error=repr(exc))
-                    await asyncio.sleep(self._poll_interval)  # back off, the server is unwell
-                    continue
-                if self._aborting:
-                    break  # unacked: the server redelivers them after ack_wait
-                if not messages:  # a fetch may answer with status messages only
-                    continue
-                try:
-                    await self._run([_delivery(message) for message in messages])
-                except Exception as exc:
-                    # Nothing more was acked; the server redelivers after ack_wait, in order.
-                    _log.error("bus.delivery_failed", consumer=self._durable, error=repr(exc))
+                messages = await self._pull.take(
+                    self._options.max_batch,
+                    wait=self._poll_interval,
+                    linger=self._options.max_wait if self._options.max_batch > 1 else 0.0,
+                )
+                if messages and not self._aborting:
+                    await self._hand_over(messages)
+            if not self._aborting:
+                left_over = await self._pull.close(drain=True)
+                for start in range(0, len(left_over), self._options.max_batch):
+                    await self._hand_over(left_over[start : start + self._options.max_batch])
         finally:
-            try:
-                await pull.unsubscribe()
+            try:  # after an abort, what was delivered unacked comes back after ack_wait
+                await self._pull.close(drain=False)
             except Exception as exc:
                 _log.info("bus.unsubscribe_failed", consumer=self._durable, error=repr(exc))
 
-    async def _fetch(self, pull: JetStreamContext.PullSubscription) -> list[Msg]:
-        """Wait up to ``poll_interval`` for one event, then up to ``max_wait`` to fill a batch."""
-        messages: list[Msg] = await pull.fetch(1, timeout=self._poll_interval)
-        if self._options.max_batch > 1:
-            try:
-                more = await pull.fetch(
-                    self._options.max_batch - 1, timeout=max(self._options.max_wait, 0.01)
-                )
-                messages.extend(more)
-            except TimeoutError:
-                pass
-        return messages
+    async def _hand_over(self, messages: list[Msg]) -> None:
+        try:
+            await self._run([_delivery(message) for message in messages])
+        except Exception as exc:
+            # Nothing more was acked; the server redelivers after ack_wait, in order.
+            _log.error("bus.delivery_failed", consumer=self._durable, error=repr(exc))
 
 
 def _delivery(message: Msg) -> Delivery:
@@ -143,7 +132,7 @@ class GroupMember:
     def __init__(
         self,
         *,
-        js: JetStreamContext,
+        nc: Client,
         stream: str,
         durables: list[str],
         options: ConsumerOptions,
@@ -152,7 +141,7 @@ class GroupMember:
         make_leases: Callable[[StartWorker, StopWorker], PartitionLeases],
         on_abort: Callable[[], None] | None = None,
     ) -> None:
-        self._js = js
+        self._nc = nc
         self._on_abort = on_abort
         self._stream = stream
         self._durables = durables
@@ -181,7 +170,7 @@ class GroupMember:
 
     def _start_worker(self, partition: int) -> None:
         self._workers[partition] = PartitionWorker(
-            js=self._js,
+            nc=self._nc,
             stream=self._stream,
             durable=self._durables[partition],
             options=self._options,

@@ -2,9 +2,9 @@
 
 On Python 3.11 ``asyncio.wait_for`` returns the awaited result instead of raising when the
 task is cancelled after that result is set but before ``wait_for`` resumed; nats-py waits for
-every request reply and every fetched message that way. The lease loop and the partition
-workers must end anyway, or ``stop``/``abort`` (and a test teardown) waits forever. The fakes
-below reply the way nats-py does, and the test cancels in exactly that window.
+every request reply that way (the lease loop's). The lease loop and the partition workers must
+end anyway, or ``stop``/``abort`` (and a test teardown) waits forever. The fakes below reply
+the way nats-py does, and the tests cancel in exactly that window.
 """
 
 from __future__ import annotations
@@ -74,54 +74,59 @@ async def test_leases_stop_even_if_the_loop_swallows_its_cancellation() -> None:
     assert leases.owned == frozenset()
 
 
-class _Pull:
-    """A pull subscription whose first fetch waits for a message the test hands over."""
+class _Nc:
+    """A NATS connection whose subscriber callback the test drives by hand."""
 
     def __init__(self) -> None:
-        self.held: asyncio.Future[list[Any]] | None = None
-        self.waiting = asyncio.Event()
+        self.callback: Any = None
+        self.requested = asyncio.Event()
+        self.reply = ""
         self.unsubscribed = False
 
-    async def fetch(self, batch: int, **_: float) -> list[Any]:
-        if self.held is None:
-            self.held = asyncio.get_running_loop().create_future()
-            self.waiting.set()
-            return list(await _reply_like_nats(self.held))
-        await asyncio.sleep(0.01)
-        raise TimeoutError
+    def new_inbox(self) -> str:
+        return "_INBOX.test"
 
-    async def unsubscribe(self) -> None:
-        self.unsubscribed = True
+    async def subscribe(self, subject: str, cb: Any) -> Any:
+        self.callback = cb
+
+        async def unsubscribe() -> None:
+            self.unsubscribed = True
+
+        return SimpleNamespace(unsubscribe=unsubscribe)
+
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
+        self.reply = reply
+        self.requested.set()
 
 
-async def test_an_aborted_worker_ends_even_if_it_swallows_its_cancellation() -> None:
-    pull = _Pull()
-
-    async def bind(durable: str, stream: str) -> _Pull:
-        return pull
-
+async def test_an_aborted_worker_ends_and_hands_over_nothing_that_arrives_with_the_abort() -> None:
+    nc = _Nc()
     handled: list[Delivery] = []
 
     async def run(deliveries: list[Delivery]) -> None:
         handled.extend(deliveries)
 
-    message = SimpleNamespace(
-        data=b"", headers={}, metadata=SimpleNamespace(num_delivered=1), ack=None, in_progress=None
-    )
     worker = PartitionWorker(
-        js=SimpleNamespace(pull_subscribe_bind=bind),  # type: ignore[arg-type]
+        nc=nc,  # type: ignore[arg-type]
         stream="S",
         durable="g_0",
         options=ConsumerOptions(),
-        poll_interval=0.01,
+        poll_interval=0.5,
         run=run,
     )
-    await pull.waiting.wait()  # the worker is waiting for a fetched message
-    assert pull.held is not None
-    pull.held.set_result([message])
-    task = worker.abort()  # cancels right now, before wait_for resumed
+    await nc.requested.wait()  # the worker is waiting for the pulled message
+    message = SimpleNamespace(
+        subject=nc.reply,
+        data=b"",
+        headers={},
+        metadata=SimpleNamespace(num_delivered=1),
+        ack=None,
+        in_progress=None,
+    )
+    await nc.callback(message)  # it arrives ...
+    task = worker.abort()  # ... and the abort right with it, before the worker resumed
     async with asyncio.timeout(3):
         await asyncio.wait([task])
 
     assert handled == []  # an aborted member acks nothing more, like a crashed process
-    assert pull.unsubscribed
+    assert nc.unsubscribed
