@@ -9,18 +9,23 @@ partitions fetched queues, and the next call hands all of it over at once, up to
 
 What it keeps of the port's semantics:
 
-* **Per-key order.** A partition's worker waits for its batch to be settled before it fetches
-  again, and a merged batch keeps each partition's events in their order, so a key (which
-  lives in one partition) is never reordered.
+* **Per-key order.** A partition's worker waits for its batch to be settled before it hands
+  over the next, and a merged batch keeps each partition's events in their order, so a key
+  (which lives in one partition) is never reordered.
 * **Failures stay in their partition.** If a merged batch fails, each partition's part goes
   back to its own worker, which retries it as :meth:`DeliveryRunner.run_batch` does (the batch
   again, then one event at a time with backoff). A failing event therefore holds back only its
   own partition, never the others merged with it. (A part that was alone in the failed batch
-  is so tried as a batch twice; the batch attempt counts for no event's retries either way.)
+  is therefore tried as a batch twice; a batch attempt counts toward no event's retries.) An
+  error that is not the handler's (an ack that could not be sent) is raised to every part's
+  worker, which retries its part in place.
+* **Kept alive while queued.** A part waiting behind a slow batch tells the broker it is in
+  hand every ``keep_alive_every`` seconds, so ``ack_wait`` does not pass meanwhile.
 * **Ack after the handler.** Every delivery of a merged batch is acked only after the handler
   returned (by :meth:`DeliveryRunner.try_batch`).
 * **Abort acks nothing more.** A worker cancelled while its part is still queued withdraws it;
-  :meth:`abort` cancels the batch in flight, which is then left unacked for redelivery.
+  :meth:`abort` cancels the batch in flight, which is then left unacked for redelivery, and
+  refuses every later part.
 """
 
 from __future__ import annotations
@@ -48,12 +53,21 @@ class _Part:
 class MergedBatches:
     """Merges the batches of one member's partition workers into fewer handler calls."""
 
-    def __init__(self, try_merged: TryDeliveries, run_alone: RunDeliveries, max_batch: int) -> None:
+    def __init__(
+        self,
+        try_merged: TryDeliveries,
+        run_alone: RunDeliveries,
+        max_batch: int,
+        *,
+        keep_alive_every: float = 10.0,
+    ) -> None:
         self._try_merged = try_merged
         self._run_alone = run_alone
         self._max_batch = max(1, max_batch)
+        self._keep_alive_every = max(0.01, keep_alive_every)
         self._queued: list[_Part] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._aborted = False
 
     async def run(self, deliveries: list[Delivery]) -> None:
         """Handle one partition's deliveries, merged with whatever else is queued meanwhile.
@@ -61,6 +75,8 @@ class MergedBatches:
         Returns once they are settled (acked, or dead-lettered by the retry rules); raises
         what the partition's own retry raises, as :meth:`DeliveryRunner.run_batch` would.
         """
+        if self._aborted:
+            raise asyncio.CancelledError("the subscription was aborted")
         if not deliveries:
             return
         part = _Part(deliveries, asyncio.get_running_loop().create_future())
@@ -71,7 +87,7 @@ class MergedBatches:
                 self._flush(), name="bus.merged_batches", context=contextvars.Context()
             )
         try:
-            handled = await asyncio.shield(part.settled)
+            handled = await self._settled(part)
         except asyncio.CancelledError:
             if part in self._queued:
                 self._queued.remove(part)  # not taken yet: nothing of it is handled or acked
@@ -81,12 +97,25 @@ class MergedBatches:
 
     def abort(self) -> None:
         """Stop handling: the batch in flight is cancelled and nothing more is acked."""
+        self._aborted = True
         if self._flusher is not None:
             self._flusher.cancel()
         for part in self._queued:
             if not part.settled.done():
                 part.settled.cancel()
         self._queued.clear()
+
+    async def _settled(self, part: _Part) -> bool:
+        """The part's outcome; while it is still queued, its deliveries are kept alive."""
+        while True:
+            # asyncio.wait never cancels what it waits for: a cancelled worker leaves the
+            # outcome to the flusher.
+            done, _ = await asyncio.wait([part.settled], timeout=self._keep_alive_every)
+            if done:
+                return part.settled.result()
+            if part in self._queued:
+                for delivery in part.deliveries:
+                    await delivery.keep_alive()
 
     async def _flush(self) -> None:
         while self._queued:
@@ -99,8 +128,11 @@ class MergedBatches:
                     if not part.settled.done():
                         part.settled.cancel()
                 raise
-            except Exception:
-                handled = False  # the partitions retry their own parts, with the port's rules
+            except Exception as exc:  # not the handler's failure: an ack that was not sent
+                for part in taken:
+                    if not part.settled.done():
+                        part.settled.set_exception(exc)
+                continue
             for part in taken:
                 if not part.settled.done():
                     part.settled.set_result(handled)

@@ -278,7 +278,9 @@ class NatsBus:
         async def run_alone(deliveries: list[Delivery]) -> None:
             await runner.run_batch(deliveries, handler)
 
-        merged = MergedBatches(try_merged, run_alone, options.max_batch)
+        merged = MergedBatches(
+            try_merged, run_alone, options.max_batch, keep_alive_every=options.ack_wait / 3
+        )
         return await self._join(topic, group, options, merged.run, on_abort=merged.abort)
 
     async def ping(self) -> None:

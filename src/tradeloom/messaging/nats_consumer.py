@@ -19,6 +19,7 @@ attempts (``num_delivered - 1``), so ``max_deliver`` is unlimited on the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -26,7 +27,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
-from tradeloom.messaging.delivery import Delivery
+from tradeloom.messaging.delivery import Delivery, Settle
 from tradeloom.messaging.nats_lease import PartitionLeases, StartWorker, StopWorker
 from tradeloom.messaging.nats_pull import ContinuousPull
 from tradeloom.messaging.port import ConsumerOptions
@@ -50,7 +51,14 @@ def consumer_config(durable: str, subject: str, options: ConsumerOptions) -> api
 
 
 class PartitionWorker:
-    """Pulls one partition of one group and hands what it gets to the runner, in order."""
+    """Pulls one partition of one group and hands what it gets to the runner, in order.
+
+    It never moves past an event that is not settled: a hand-over that fails (an ack or a dead
+    letter that could not be sent, the bus being down) is retried in place, the events kept
+    alive meanwhile, because the events after it are already here and the server would
+    redeliver the unsettled one only after ``ack_wait``, behind them. If it is stopped while
+    still failing, it hands nothing more over and lets all of it come back in order.
+    """
 
     def __init__(
         self,
@@ -61,21 +69,24 @@ class PartitionWorker:
         options: ConsumerOptions,
         poll_interval: float,
         run: RunDeliveries,
+        after: asyncio.Task[None] | None = None,
     ) -> None:
         self._pull = ContinuousPull(
             nc, stream, durable, batch=options.max_batch, expires=poll_interval
         )
-        self._durable = durable
+        self.durable = durable
         self._options = options
         self._poll_interval = poll_interval
         self._run = run
+        self._after = after
         self._stopping = False
         self._aborting = False
+        self._failing = False
         self.task: asyncio.Task[None] = asyncio.create_task(self._work(), name=durable)
 
     def stop(self) -> asyncio.Task[None]:
-        """Finish the events in hand and those the open pull request still brings, then
-        stop. Returns the task to await."""
+        """Finish the events in hand and those the server already sent, then stop. Returns
+        the task to await."""
         self._stopping = True
         self._pull.interrupt()
         return self.task
@@ -87,8 +98,12 @@ class PartitionWorker:
         return self.task
 
     async def _work(self) -> None:
-        await self._pull.open()
         try:
+            if self._after is not None:
+                # The partition's previous worker of this member (a lease lost and taken
+                # back) must be done first: two workers would hand over its events out of order.
+                await asyncio.wait([self._after])
+            await self._pull.open()
             while not self._stopping:
                 messages = await self._pull.take(
                     self._options.max_batch,
@@ -97,22 +112,38 @@ class PartitionWorker:
                 )
                 if messages and not self._aborting:
                     await self._hand_over(messages)
-            if not self._aborting:
+            if not self._aborting and not self._failing:
                 left_over = await self._pull.close(drain=True)
                 for start in range(0, len(left_over), self._options.max_batch):
-                    await self._hand_over(left_over[start : start + self._options.max_batch])
+                    if not await self._hand_over(
+                        left_over[start : start + self._options.max_batch]
+                    ):
+                        break
         finally:
             try:  # after an abort, what was delivered unacked comes back after ack_wait
                 await self._pull.close(drain=False)
             except Exception as exc:
-                _log.info("bus.unsubscribe_failed", consumer=self._durable, error=repr(exc))
+                _log.info("bus.unsubscribe_failed", consumer=self.durable, error=repr(exc))
 
-    async def _hand_over(self, messages: list[Msg]) -> None:
-        try:
-            await self._run([_delivery(message) for message in messages])
-        except Exception as exc:
-            # Nothing more was acked; the server redelivers after ack_wait, in order.
-            _log.error("bus.delivery_failed", consumer=self._durable, error=repr(exc))
+    async def _hand_over(self, messages: list[Msg]) -> bool:
+        """Hand ``messages`` over until they are settled; False if stopped before that."""
+        deliveries = [_delivery(message) for message in messages]
+        pause = 0.1
+        while True:
+            try:
+                await self._run(deliveries)
+                self._failing = False
+                return True
+            except Exception as exc:
+                self._failing = True
+                _log.error("bus.delivery_failed", consumer=self.durable, error=repr(exc))
+            if self._stopping:
+                return False  # unsettled: they and everything after come back in order
+            for delivery in deliveries:
+                with contextlib.suppress(Exception):
+                    await delivery.keep_alive()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, self._poll_interval)
 
 
 def _delivery(message: Msg) -> Delivery:
@@ -121,9 +152,20 @@ def _delivery(message: Msg) -> Delivery:
         data=message.data,
         key=headers.get(KEY_HEADER, ""),
         prior_attempts=message.metadata.num_delivered - 1,
-        ack=message.ack,
+        ack=_settler(message),
         keep_alive=message.in_progress,
     )
+
+
+def _settler(message: Msg) -> Settle:
+    """``message.ack`` that does nothing for a message already acked: a hand-over retried in
+    place acks again what an earlier attempt had acked (nats-py would raise)."""
+
+    async def ack() -> None:
+        if not message.is_acked:
+            await message.ack()
+
+    return ack
 
 
 class GroupMember:
@@ -160,22 +202,27 @@ class GroupMember:
         await self._leases.stop()
 
     async def abort(self) -> None:
+        """Stop at once, as a crash would: nothing more is handled or acked."""
         if self._on_abort is not None:
             self._on_abort()  # a batch being handled for several partitions stops unacked
-        await self._leases.abort()
         tasks = [worker.abort() for worker in list(self._running.values())]
+        await self._leases.abort()
+        tasks += [worker.abort() for worker in list(self._running.values())]
         if tasks:
             await asyncio.wait(tasks)
         self._workers.clear()
 
     def _start_worker(self, partition: int) -> None:
+        durable = self._durables[partition]
+        previous = [task for task, w in self._running.items() if w.durable == durable]
         self._workers[partition] = PartitionWorker(
             nc=self._nc,
             stream=self._stream,
-            durable=self._durables[partition],
+            durable=durable,
             options=self._options,
             poll_interval=self._poll_interval,
             run=self._run,
+            after=previous[-1] if previous else None,
         )
         worker = self._workers[partition]
         self._running[worker.task] = worker

@@ -10,8 +10,8 @@ plain NATS subscription with a callback:
 
 * one request for ``batch`` messages, expiring after ``expires`` seconds, is kept open; the
   server sends messages on it as they are stored (the consumer's ``max_ack_pending`` still
-  bounds what is out unacknowledged), so an idle partition costs one request per ``expires``
-  and a busy one one per ``batch`` messages;
+  bounds what is out unacknowledged), so an idle partition costs about one request per
+  ``expires`` and a busy one one per ``batch`` messages;
 * a new request goes out when the open one has brought ``batch`` messages, was ended by the
   server (a ``408`` timeout, a ``409``), or has lived 90 % of its time: never after it expired,
   because a 2.9 server reports an expired request only when something else wakes the consumer
@@ -20,11 +20,15 @@ plain NATS subscription with a callback:
   subject of its own, so the late end of a renewed request ends nothing. Messages carry their
   stream subject, not the request's, so every message counts toward the open request: one
   brought by a renewed request only makes the next renewal come early;
-* messages are buffered in arrival order, which for one consumer is stream order.
+* a refused request (``409`` and the like) or a failed publish (a reconnect with a full
+  buffer) is logged and asked again after a backoff, up to ``expires``;
+* messages are buffered in arrival order, which for one consumer is delivery order.
 
-Closing drains: no new request goes out, and what the open request still brings is taken
-until it ends, so no message is left delivered to a vanished inbox (it would come back only
-after ``ack_wait``). Aborting does not: it is how a crash is simulated.
+Closing with ``drain`` loses nothing: it unsubscribes and waits for a round trip, and the
+server (2.9 checked) delivers nothing to a request whose reply subject has no subscriber, so
+every message the server sent is in the buffer afterwards and none is left delivered to a
+vanished inbox (it would come back only after ``ack_wait``, behind later ones). Aborting skips
+the round trip: it is how a crash is simulated.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -41,19 +46,24 @@ from nats.js import api
 
 API_PREFIX = "$JS.API"
 _STATUS = api.Header.STATUS
+_DESCRIPTION = api.Header.DESCRIPTION
 _HEARTBEAT = api.StatusCode.CONTROL_MESSAGE.value
 _REQUEST_TIMEOUT = api.StatusCode.REQUEST_TIMEOUT.value
 _RENEW_AT = 0.9  # of a request's life: renewed before it expires, not after
-_REFUSED_PAUSE = 0.1  # after the server refused a request (409 and the like), before the next
+_FIRST_BACKOFF = 0.1  # after a refused or failed request, before the next; doubles to expires
+
+_log = structlog.get_logger(__name__)
 
 
 class ContinuousPull:
-    """Messages of one pull consumer, pulled by an always-open request. One owner task."""
+    """Messages of one pull consumer, pulled by an always-open request. One owner task takes
+    them; nats-py runs :meth:`_received` in the subscription's own task on the same loop."""
 
     def __init__(
         self, nc: Client, stream: str, durable: str, *, batch: int, expires: float
     ) -> None:
         self._nc = nc
+        self._durable = durable
         self._next_subject = f"{API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
         self._batch = max(1, batch)
         self._expires = max(0.05, expires)
@@ -63,12 +73,13 @@ class ContinuousPull:
         self._inbox = ""
         self._subscription: Subscription | None = None
         self._buffer: list[Msg] = []
+        self._oldest_at = 0.0  # loop time the oldest buffered message arrived
         self._requests = 0  # requests sent; the last one's reply subject ends with this count
         self._current = ""  # reply subject of the open request
-        self._owed = 0  # messages the open request may still bring
+        self._unanswered = 0  # batch of the open request less every message since it was sent
         self._renew_at = 0.0  # loop time at which the open request is renewed
-        self._paused_until = 0.0
-        self._closing = False
+        self._paused_until = 0.0  # after a refusal: no request before then
+        self._backoff = _FIRST_BACKOFF
         self._interrupted = False
         self._arrival: asyncio.Future[None] | None = None
 
@@ -82,13 +93,15 @@ class ContinuousPull:
         self._subscription = await self._nc.subscribe(f"{self._inbox}.*", cb=self._received)
 
     async def take(self, limit: int, *, wait: float, linger: float) -> list[Msg]:
-        """Up to ``limit`` messages: waits up to ``wait`` for the first, then up to ``linger``
-        for more (handing over at once when ``limit`` are in hand). May return none."""
+        """Up to ``limit`` messages: waits up to ``wait`` for the first, then until ``linger``
+        seconds after the oldest arrived for more (at once when ``limit`` are in hand). May
+        return none."""
         loop = asyncio.get_running_loop()
         await self._wait_while(loop, wait, lambda: not self._buffer and not self._interrupted)
         if self._buffer and linger > 0:
+            lingering = self._oldest_at + linger - loop.time()
             await self._wait_while(
-                loop, linger, lambda: len(self._buffer) < limit and not self._interrupted
+                loop, lingering, lambda: len(self._buffer) < limit and not self._interrupted
             )
         taken = self._buffer[:limit]
         del self._buffer[:limit]
@@ -96,24 +109,22 @@ class ContinuousPull:
         return taken
 
     def interrupt(self) -> None:
-        """Make a ``take`` in progress, and every later one, return at once with what is
-        buffered (a worker told to stop should not sit out its wait)."""
+        """Stop asking for more, and make a ``take`` in progress, and every later one, return
+        at once with what is buffered (a worker told to stop should not sit out its wait)."""
         self._interrupted = True
         self._wake()
 
-    async def close(self, *, drain: bool, within: float = 5.0) -> list[Msg]:
-        """Stop pulling. With ``drain``, wait (at most ``within`` seconds, and no longer than
-        the open request can live) until the open request ended, and return what it brought
-        meanwhile; the caller handles those too."""
-        self._closing = True
-        loop = asyncio.get_running_loop()
-        if drain and self._owed > 0:
-            lives = self._renew_at + (1 - _RENEW_AT) * self._expires + 0.1 - loop.time()
-            await self._wait_while(loop, min(within, lives), lambda: self._owed > 0)
+    async def close(self, *, drain: bool) -> list[Msg]:
+        """Stop pulling and unsubscribe. With ``drain``, return every message the server sent
+        (see the module docstring); the caller handles those too. Idempotent."""
+        self._interrupted = True
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            if drain:
+                await subscription.drain()  # type: ignore[no-untyped-call]
+            else:
+                await subscription.unsubscribe()
         left_over, self._buffer = self._buffer, []
-        if self._subscription is not None:
-            subscription, self._subscription = self._subscription, None
-            await subscription.unsubscribe()
         return left_over
 
     async def _wait_while(
@@ -123,38 +134,58 @@ class ContinuousPull:
         deadline = loop.time() + seconds
         while True:
             await self._keep_requested(loop)
-            if not waiting() or (left := deadline - loop.time()) <= 0:
+            now = loop.time()
+            if not waiting() or deadline <= now:
                 return
-            until_renewal = self._renew_at - loop.time()
-            await self._arrived(loop, min(left, until_renewal) if until_renewal > 0 else left)
+            next_request = self._renew_at if self._unanswered > 0 else self._paused_until
+            wake = min(deadline, next_request) if next_request > now else deadline
+            await self._arrived(loop, wake - now)
 
     async def _keep_requested(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._closing or self._subscription is None:
+        if self._interrupted or self._subscription is None:
             return
         now = loop.time()
-        if (self._owed > 0 and now < self._renew_at) or now < self._paused_until:
+        if (self._unanswered > 0 and now < self._renew_at) or now < self._paused_until:
+            return
+        reply = f"{self._inbox}.{self._requests + 1}"
+        try:
+            await self._nc.publish(self._next_subject, self._request, reply=reply)
+        except Exception as exc:  # e.g. reconnecting with a full buffer: ask again later
+            _log.warning("bus.pull_request_failed", consumer=self._durable, error=repr(exc))
+            self._refused(now)
             return
         self._requests += 1
-        self._current = f"{self._inbox}.{self._requests}"
-        self._owed = self._batch
+        self._current = reply
+        self._unanswered = self._batch
         self._renew_at = now + self._expires * _RENEW_AT
-        await self._nc.publish(self._next_subject, self._request, reply=self._current)
 
     async def _received(self, message: Msg) -> None:
-        """The subscription's callback (nats-py's reader task, this loop): buffer a message,
-        or note that a request ended on a status reply."""
+        """The subscription's callback: buffer a message, or note that the open request
+        ended on a status reply."""
         headers: dict[str, Any] | None = message.headers
         status = headers.get(_STATUS) if headers else None
         if status is None:
+            if not self._buffer:
+                self._oldest_at = asyncio.get_running_loop().time()
             self._buffer.append(message)
-            self._owed -= 1
+            self._unanswered -= 1
+            self._backoff = _FIRST_BACKOFF
         elif status == _HEARTBEAT or message.subject != self._current:
             return  # an earlier request ending after its renewal: nothing to do
-        else:  # 408 the request expired; 409 and others: the server ended or refused it
-            self._owed = 0
-            if status != _REQUEST_TIMEOUT:  # do not ask again at once: it may refuse again
-                self._paused_until = asyncio.get_running_loop().time() + _REFUSED_PAUSE
+        elif status == _REQUEST_TIMEOUT:
+            self._unanswered = 0
+        else:  # 409 and the like: the server ended or refused it; asking at once may spin
+            description = headers.get(_DESCRIPTION, "") if headers else ""
+            _log.warning(
+                "bus.pull_refused", consumer=self._durable, status=status, reason=description
+            )
+            self._refused(asyncio.get_running_loop().time())
         self._wake()
+
+    def _refused(self, now: float) -> None:
+        self._unanswered = 0
+        self._paused_until = now + self._backoff
+        self._backoff = min(self._backoff * 2, self._expires)
 
     def _wake(self) -> None:
         arrival = self._arrival

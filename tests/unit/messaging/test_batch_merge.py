@@ -121,18 +121,49 @@ async def test_a_failed_merged_batch_goes_back_to_each_partition_alone() -> None
     assert c.acked == ["c1"]
 
 
-async def test_a_handler_that_raises_counts_as_a_failed_merged_batch() -> None:
-    calls: list[list[str]] = []
+async def test_an_error_that_is_not_the_handlers_reaches_every_parts_worker() -> None:
+    alone: list[list[str]] = []
 
-    async def raising(deliveries: list[Delivery]) -> bool:
-        raise RuntimeError("connection reset")
+    async def ack_fails(deliveries: list[Delivery]) -> bool:
+        raise ConnectionError("the ack could not be sent")
 
-    async def alone(deliveries: list[Delivery]) -> None:
-        calls.append([d.data.decode() for d in deliveries])
+    async def run_alone(deliveries: list[Delivery]) -> None:
+        alone.append([d.data.decode() for d in deliveries])
 
-    merged = MergedBatches(raising, alone, max_batch=10)
-    await merged.run(Partition("a").deliveries("1"))
-    assert calls == [["a1"]]
+    merged = MergedBatches(ack_fails, run_alone, max_batch=10)
+    with pytest.raises(ConnectionError):
+        await merged.run(Partition("a").deliveries("1"))
+    assert alone == []  # the worker retries its part in place; the handler is not re-run here
+
+
+async def test_a_part_queued_behind_a_slow_batch_is_kept_alive() -> None:
+    handler = Handler()
+    handler.hold_first.clear()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, 100, keep_alive_every=0.01)
+    a, b = Partition("a"), Partition("b")
+    kept: list[str] = []
+    waiting = b.deliveries("1")
+
+    async def keep_alive() -> None:
+        kept.append("b1")
+
+    waiting[0].keep_alive = keep_alive
+    first = asyncio.create_task(merged.run(a.deliveries("1")))
+    await eventually(lambda: len(handler.merged_calls) == 1)
+    queued = asyncio.create_task(merged.run(waiting))
+    await eventually(lambda: len(kept) >= 2)
+    handler.hold_first.set()
+    await asyncio.gather(first, queued)
+    assert b.acked == ["b1"]
+
+
+async def test_an_aborted_merger_refuses_later_parts() -> None:
+    handler = Handler()
+    merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=10)
+    merged.abort()
+    with pytest.raises(asyncio.CancelledError):
+        await merged.run(Partition("a").deliveries("1"))
+    assert handler.merged_calls == []
 
 
 async def test_a_cancelled_worker_withdraws_its_queued_part_unhandled() -> None:

@@ -23,6 +23,7 @@ class Connection:
         self.replies: list[str] = []
         self.callback: Any = None
         self.unsubscribed = False
+        self.in_flight: list[Any] = []  # sent by the server before it saw the unsubscribe
 
     def new_inbox(self) -> str:
         return "_INBOX.pull"
@@ -34,7 +35,12 @@ class Connection:
         async def unsubscribe() -> None:
             self.unsubscribed = True
 
-        return SimpleNamespace(unsubscribe=unsubscribe)
+        async def drain() -> None:  # unsubscribe, a round trip, then what was in flight
+            self.unsubscribed = True
+            for message in self.in_flight:
+                await cb(message)
+
+        return SimpleNamespace(unsubscribe=unsubscribe, drain=drain)
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         assert subject == "$JS.API.CONSUMER.MSG.NEXT.S.g_0"
@@ -127,16 +133,29 @@ async def test_a_batch_lingers_for_more_until_full() -> None:
     assert labels(await pull.take(3, wait=0.0, linger=0.0)) == ["d"]
 
 
-async def test_closing_drains_what_the_open_request_still_brings() -> None:
+async def test_closing_with_drain_returns_what_the_server_sent_before_the_unsubscribe() -> None:
     nc, pull = await opened()
     await pull.take(10, wait=0.0, linger=0.0)  # the request is out
-    closing = asyncio.create_task(pull.close(drain=True))
-    await asyncio.sleep(0)
-    await nc.deliver("late")
-    await nc.status("408")
-    assert labels(await closing) == ["late"]
+    nc.in_flight.append(SimpleNamespace(subject="tl.order_events.0", data=b"late", headers={}))
+    assert labels(await pull.close(drain=True)) == ["late"]
     assert nc.unsubscribed
     assert len(nc.requests) == 1  # nothing asked for after closing began
+    assert await pull.close(drain=True) == []  # idempotent
+
+
+async def test_a_request_that_cannot_be_sent_is_asked_again_after_a_backoff() -> None:
+    nc, pull = await opened()
+    sent = nc.publish
+    failures = [ConnectionError("reconnecting, buffer full")]
+
+    async def flaky(subject: str, payload: bytes = b"", reply: str = "") -> None:
+        if failures:
+            raise failures.pop()
+        await sent(subject, payload, reply)
+
+    nc.publish = flaky  # type: ignore[method-assign]
+    assert await pull.take(10, wait=0.3, linger=0.0) == []
+    assert len(nc.requests) == 1  # the failed one was not counted as sent; a later one was
 
 
 async def test_an_interrupted_take_returns_at_once() -> None:
