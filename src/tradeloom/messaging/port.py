@@ -13,8 +13,9 @@ Semantics, identical for the in-memory and the NATS JetStream adapter (the contr
   earlier one is unacknowledged. Different keys proceed in parallel. One limit, on NATS: when
   a member dies (or stalls past ``ack_wait``) holding unacknowledged events, they come back
   after ``ack_wait``, and a batch subscription's next owner of the partition may meanwhile
-  handle up to ``max_batch`` later events of it. Batch handlers are therefore written to give
-  the same result in any order of arrival (fills by fill id, order views refolded).
+  handle up to ``max_batch`` later events of it. A batch handler must tolerate that; the read
+  side's give the same result in any order of arrival (fills by fill id, order views
+  refolded).
 * **Groups.** Every group gets every event of its topic; the members of one group (in one
   process or many) share the work.
 * **Deduplication.** Publishing an event whose id was already published on that topic within
