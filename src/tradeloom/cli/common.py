@@ -7,7 +7,9 @@ status 1; malformed options exit with status 2 (Typer's usage errors).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
 
 import typer
@@ -45,3 +47,12 @@ async def with_database(settings: Settings, work: Callable[[Database], Awaitable
         return await work(database)
     finally:
         await database.dispose()
+
+
+async def cancel_all(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended (a feed pump, a publisher)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -10,7 +10,6 @@ before it, inside the app's lifespan, so Ctrl-C ends everything cleanly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from tradeloom.bootstrap import Platform, build_platform
-from tradeloom.cli.common import settings_of
+from tradeloom.cli.common import cancel_all, settings_of
 from tradeloom.market_data.loopback import SimulatedExchange
 from tradeloom.market_data.simulator import SimulationSettings
 from tradeloom.users.model import DuplicateUser, Role
@@ -71,11 +70,7 @@ async def running_market(platform: Platform, exchange: SimulatedExchange) -> Asy
     try:
         yield
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         await exchange.stop()
 
 

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tradeloom.bootstrap import Platform, build_platform, open_database
-from tradeloom.cli.common import settings_of
+from tradeloom.cli.common import cancel_all, settings_of
 from tradeloom.config import Settings
 from tradeloom.domain.market import Candle, Interval
 from tradeloom.domain.time import SystemClock
@@ -82,11 +82,7 @@ async def _simulate(
             published = platform.market_data.publisher.published
             console.print(f"published {published} updates ({counts})")
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         await exchange.stop()
         await platform.close()
 
