@@ -3,9 +3,10 @@
 For every partition ``p`` of a topic, group ``g`` has one durable pull consumer ``g_p`` that
 filters the partition's subject, acks explicitly and allows ``max_batch`` unacknowledged
 events (``max_ack_pending``): the server never has more than ``max_batch`` events of a
-partition out at once, and a worker never moves past one it has not settled. The member fetches only partitions it holds a
-lease on (:mod:`tradeloom.messaging.nats_lease`), one worker task per partition, so partitions
-proceed in parallel while each is handled strictly in order. A worker pulls with one request
+partition out at once, and a worker never moves past one it has not settled. The member
+fetches only partitions it holds a lease on (:mod:`tradeloom.messaging.nats_lease`), one
+worker task per partition, so partitions proceed in parallel while each is handled strictly
+in order. A worker pulls with one request
 kept open (:mod:`tradeloom.messaging.nats_pull`), not a request per fetch.
 
 Retries run in place (see :mod:`tradeloom.messaging.delivery`): the failed event stays the
