@@ -19,6 +19,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.helpers import eventually_equals
 from tradeloom.domain.events import Event, OrderAccepted, new_event
@@ -257,6 +258,24 @@ async def test_a_naive_timestamp_is_refused(db: Database) -> None:
 
 async def test_ping_answers(db: Database) -> None:
     await db.ping()
+
+
+async def test_a_postgresql_read_runs_each_statement_on_its_own(db: Database) -> None:
+    """Reads are in autocommit on PostgreSQL: no BEGIN before a read's statements, so each
+    statement is a transaction of its own (now(), the transaction's start, moves between
+    them), while a write block stays one transaction (now() stands still)."""
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite reads keep their implicit transaction")
+
+    async def now_moves(conn: AsyncConnection) -> bool:
+        before = await conn.scalar(select(func.now()))
+        await conn.execute(select(func.pg_sleep(0.02)))
+        return bool(await conn.scalar(select(func.now())) != before)
+
+    async with db.connect() as conn:
+        assert await now_moves(conn)
+    async with db.transaction() as conn:
+        assert not await now_moves(conn)
 
 
 # --- the relay ----------------------------------------------------------------------------
