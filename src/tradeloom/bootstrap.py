@@ -56,18 +56,32 @@ from tradeloom.users.passwords import HashParameters, Passwords
 log = structlog.get_logger()
 
 
+GC_THRESHOLDS = (50_000, 50, 1_000)
+"""The collector's thresholds in a long-running process (CPython's default: 700, 10, 10)."""
+
+
 def settle_heap() -> None:
-    """Collect, then move every object alive now into the collector's permanent generation.
+    """Collect, move every object alive now into the collector's permanent generation, and
+    make collections of the young generations rarer (:data:`GC_THRESHOLDS`).
 
     Call it once a long-running process has started. What start-up builds (modules, the
     platform, connection pools) lives as long as the process, yet a full (generation 2)
     collection scans all of it: measured on the market-data path at 20,000 updates/s, those
     scans paused the event loop for up to 70 ms and made the p99 latency. Frozen, they are
-    never scanned again. Not for test processes that build many platforms: anything frozen is
-    never freed.
+    never scanned again.
+
+    The thresholds answer what a process holding thousands of SSE streams does: each stream
+    waits between ticks on a fresh future, which outlives the default young generation (700
+    allocations) and is promoted; promotions trigger full collections that scan every
+    stream's objects. Measured at 8,000 streams: 55 full collections in a minute, up to
+    1.19 s each, quote latency p99 1.4 s, /healthz p99 1.2 s; with a young generation of
+    50,000 most of those futures are gone before it is examined, and the figures were 391 ms,
+    83 ms and pauses under 100 ms. Not for test processes that build many platforms: anything
+    frozen is never freed.
     """
     gc.collect()
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class StartupError(Exception):
