@@ -214,7 +214,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{expected} or unix:///PATH/TO/SOCKET")
             return value
         parts = _server_url(value, ("redis", "rediss"), expected)
-        db = parts.path[1:]
+        db = parts.path.strip("/")
         if db and not (db.isascii() and db.isdigit()):
             raise ValueError(f"{expected} (DB is a number, not {db!r})")
         return value

@@ -85,6 +85,7 @@ def test_a_bad_value_names_the_variable_and_what_was_expected(
         ("bus_url", "nats://user:pw@127.0.0.1"),
         ("cache_url", "redis://127.0.0.1:6379"),
         ("cache_url", "redis://127.0.0.1:6379/"),
+        ("cache_url", "redis://127.0.0.1:6379/0/"),
         ("cache_url", "rediss://cache.example/15"),
         ("cache_url", "unix:///run/redis.sock?db=2"),
         ("archive_url", "not/yet/there"),

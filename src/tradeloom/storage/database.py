@@ -135,8 +135,10 @@ class Database:
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads. On PostgreSQL it is in autocommit: each statement is its
         own transaction (one round trip, no BEGIN or ROLLBACK), which READ COMMITTED gives a
-        statement anyway; a block that must see one snapshot across statements, or write,
-        uses :meth:`transaction`. On SQLite whatever it began is rolled back at the end."""
+        statement anyway. A block that must see one snapshot across statements sets
+        ``isolation_level="REPEATABLE READ"`` on the connection first (the rebuild and verify
+        commands do), which begins a real transaction; one that writes uses
+        :meth:`transaction`. On SQLite whatever it began is rolled back at the end."""
         async with (self._reads or self._engine).connect() as conn:
             yield conn
 

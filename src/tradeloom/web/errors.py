@@ -47,7 +47,11 @@ from tradeloom.users.model import (
     UserDisabled,
     UserNotFound,
 )
-from tradeloom.web.request_context import request_log_context
+from tradeloom.web.request_context import (
+    CORRELATION_HEADER,
+    bound_correlation_id,
+    request_log_context,
+)
 
 log = structlog.get_logger("tradeloom.web")
 
@@ -183,7 +187,11 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Runs outside the request's middleware, after its log context was reset: bind it again.
     with request_log_context(request):
         log.error("web.unhandled_error", path=request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "an unexpected error occurred")
+    # The middleware that adds the header is inside this handler's: add it here, so the
+    # client can quote the id the log line carries.
+    correlation_id = bound_correlation_id(request)
+    headers = None if correlation_id is None else {CORRELATION_HEADER: correlation_id}
+    return error_response(500, "internal_error", "an unexpected error occurred", None, headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -76,6 +76,12 @@ def _bound(request: Request) -> dict[str, str] | None:
     return bound
 
 
+def bound_correlation_id(request: Request) -> str | None:
+    """The correlation id :class:`RequestLogContext` gave this request, None outside of it."""
+    bound = _bound(request)
+    return None if bound is None else bound["correlation_id"]
+
+
 async def request_correlation_id(request: Request) -> str:
     """The request's correlation id (a fresh one on an app without the middleware). Async:
     FastAPI would run a plain function in its thread pool."""

@@ -146,7 +146,7 @@ async def test_an_unexpected_error_is_logged_with_the_requests_context(
     assert response.status_code == 500
     line = logs.one("web.unhandled_error")
     assert line["user_id"] == "alice"
-    assert "correlation_id" in line
+    assert line["correlation_id"] == response.headers["X-Correlation-ID"]  # quotable by the client
     assert "a bug" in line["exception"]
     assert_nothing_bound()
 
