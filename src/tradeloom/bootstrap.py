@@ -24,7 +24,7 @@ from tradeloom.broker.paper import PaperBroker
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import Cache
 from tradeloom.cache.redis import RedisCache
-from tradeloom.config import Service, Settings
+from tradeloom.config import Service, Settings, nearest_existing
 from tradeloom.domain.market import Instrument
 from tradeloom.domain.time import Clock, SystemClock
 from tradeloom.execution.engine import ExecutionEngine
@@ -245,13 +245,13 @@ async def check_archive_folder(path: Path) -> None:
 
 
 def _require_writable_folder(path: Path) -> None:
-    for candidate in (path, *path.parents):
-        if os.path.lexists(candidate):
-            if not os.path.isdir(candidate):
-                raise NotADirectoryError(f"{str(candidate)!r} is not a folder")
-            if not os.access(candidate, os.W_OK | os.X_OK):
-                raise PermissionError(f"{str(candidate)!r} is not writable")
-            return
+    existing = nearest_existing(path)
+    if existing is None:
+        return
+    if not os.path.isdir(existing):
+        raise NotADirectoryError(f"{str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{str(existing)!r} is not writable")
 
 
 def build_instruments(settings: Settings) -> dict[str, Instrument]:

@@ -85,15 +85,19 @@ def _server_url(value: str, schemes: tuple[str, ...], expected: str) -> SplitRes
     return parts
 
 
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` if it exists, else the nearest of its parents that does: what decides whether
+    ``path`` is, or can become, a folder (settings check it at start, ``/readyz`` later)."""
+    return next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+
+
 def _not_a_folder(path: Path) -> str | None:
     """Why ``path`` can neither be nor become a folder (it, or the nearest of its parents that
     exists, is something else), or None when it is one or can be created."""
-    for candidate in (path, *path.parents):
-        if os.path.lexists(candidate):
-            if os.path.isdir(candidate):
-                return None
-            return f"{str(candidate)!r} exists and is not a folder"
-    return None
+    existing = nearest_existing(path)
+    if existing is None or os.path.isdir(existing):
+        return None
+    return f"{str(existing)!r} exists and is not a folder"
 
 
 def _check_sqlite_path(database: str | None, expected: str) -> None:

@@ -85,8 +85,7 @@ def bound_correlation_id(request: Request) -> str | None:
 async def request_correlation_id(request: Request) -> str:
     """The request's correlation id (a fresh one on an app without the middleware). Async:
     FastAPI would run a plain function in its thread pool."""
-    bound = _bound(request)
-    return new_id() if bound is None else bound["correlation_id"]
+    return bound_correlation_id(request) or new_id()
 
 
 CorrelationId = Annotated[str, Depends(request_correlation_id)]

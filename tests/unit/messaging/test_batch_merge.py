@@ -58,14 +58,22 @@ class Handler:
             await delivery.ack()
 
 
+async def first_batch_held(
+    handler: Handler, merged: MergedBatches, first: Partition
+) -> asyncio.Task[None]:
+    """Start ``first``'s batch and hold it in the handler, so the parts after it queue."""
+    handler.hold_first.clear()
+    running = asyncio.create_task(merged.run(first.deliveries("1")))
+    await eventually(lambda: handler.merged_calls == [[f"{first.name}1"]])
+    return running
+
+
 async def test_what_queues_while_a_batch_is_in_flight_goes_in_one_call() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
     a, b, c = Partition("a"), Partition("b"), Partition("c")
 
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: handler.merged_calls == [["a1"]])
+    first = await first_batch_held(handler, merged, a)
     rest = [
         asyncio.create_task(merged.run(b.deliveries("1", "2"))),
         asyncio.create_task(merged.run(c.deliveries("1"))),
@@ -81,12 +89,10 @@ async def test_what_queues_while_a_batch_is_in_flight_goes_in_one_call() -> None
 
 async def test_a_merged_batch_takes_whole_parts_up_to_max_batch() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=3)
     a, b, c = Partition("a"), Partition("b"), Partition("c")
 
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: len(handler.merged_calls) == 1)
+    first = await first_batch_held(handler, merged, a)
     rest = [
         asyncio.create_task(merged.run(b.deliveries("1", "2"))),
         asyncio.create_task(merged.run(c.deliveries("1", "2"))),
@@ -100,13 +106,11 @@ async def test_a_merged_batch_takes_whole_parts_up_to_max_batch() -> None:
 
 async def test_a_failed_merged_batch_goes_back_to_each_partition_alone() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     handler.fail_when = "c1"
     merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
     a, b, c = Partition("a"), Partition("b"), Partition("c")
 
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: len(handler.merged_calls) == 1)
+    first = await first_batch_held(handler, merged, a)
     rest = [
         asyncio.create_task(merged.run(b.deliveries("1"))),
         asyncio.create_task(merged.run(c.deliveries("1"))),
@@ -138,7 +142,6 @@ async def test_an_error_that_is_not_the_handlers_reaches_every_parts_worker() ->
 
 async def test_a_part_queued_behind_a_slow_batch_is_kept_alive() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     merged = MergedBatches(handler.try_merged, handler.run_alone, 100, keep_alive_every=0.01)
     a, b = Partition("a"), Partition("b")
     kept: list[str] = []
@@ -148,8 +151,7 @@ async def test_a_part_queued_behind_a_slow_batch_is_kept_alive() -> None:
         kept.append("b1")
 
     waiting[0].keep_alive = keep_alive
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: len(handler.merged_calls) == 1)
+    first = await first_batch_held(handler, merged, a)
     queued = asyncio.create_task(merged.run(waiting))
     await eventually(lambda: len(kept) >= 2)
     handler.hold_first.set()
@@ -168,12 +170,10 @@ async def test_an_aborted_merger_refuses_later_parts() -> None:
 
 async def test_a_cancelled_worker_withdraws_its_queued_part_unhandled() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
     a, b = Partition("a"), Partition("b")
 
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: len(handler.merged_calls) == 1)
+    first = await first_batch_held(handler, merged, a)
     withdrawn = asyncio.create_task(merged.run(b.deliveries("1")))
     await asyncio.sleep(0)
     withdrawn.cancel()
@@ -188,12 +188,10 @@ async def test_a_cancelled_worker_withdraws_its_queued_part_unhandled() -> None:
 
 async def test_abort_cancels_the_batch_in_flight_and_acks_nothing_more() -> None:
     handler = Handler()
-    handler.hold_first.clear()
     merged = MergedBatches(handler.try_merged, handler.run_alone, max_batch=100)
     a, b = Partition("a"), Partition("b")
 
-    first = asyncio.create_task(merged.run(a.deliveries("1")))
-    await eventually(lambda: len(handler.merged_calls) == 1)
+    first = await first_batch_held(handler, merged, a)
     queued = asyncio.create_task(merged.run(b.deliveries("1")))
     await asyncio.sleep(0)
     merged.abort()
