@@ -6,6 +6,8 @@ import { afterEach, beforeEach, describe, it } from "node:test";
 
 import { Dec, money } from "../../src/tradeloom/web/static/js/decimal.js";
 import { Store } from "../../src/tradeloom/web/static/js/store.js";
+import { refusalNotice } from "../../src/tradeloom/web/static/js/blotter.js";
+import { USER_EVENTS } from "../../src/tradeloom/web/static/js/stream.js";
 
 const d = (text) => Dec.parse(text);
 
@@ -134,6 +136,45 @@ describe("Store orders", () => {
     assert.equal(store.orders.get("o1").status, "pending_replace");
     store.applyOrderEvent(event("order.cancel_rejected", { order_id: "o1", reason: "refused" }));
     assert.equal(store.orders.get("o1").status, "accepted");
+  });
+
+  it("returns to the earlier status when an amend is refused, and tells it from a refused cancel", () => {
+    const store = new Store();
+    submitted(store);
+    store.applyOrderEvent(event("order.accepted", { order_id: "o1", broker_order_id: "b1" }));
+    store.applyOrderEvent(event("order.amend_requested", { order_id: "o1", quantity: "5" }));
+    assert.equal(store.orders.get("o1").status, "pending_replace");
+    const changes = [];
+    store.on("orders", (change) => changes.push(change));
+    store.applyOrderEvent(event("order.replace_rejected", { order_id: "o1", reason: "price moved" }));
+    const order = store.orders.get("o1");
+    assert.equal(order.status, "accepted");
+    assert.equal(order.qty, "10", "a refused amend keeps the order's terms");
+    assert.equal(order.reason, "price moved");
+    assert.deepEqual(changes.map((c) => c.message.type), ["order.replace_rejected"]);
+    assert.equal(refusalNotice(changes[0].message, order), "Amend refused for AAPL o1: price moved");
+  });
+
+  it("keeps a cancel asked during an amend pending when the amend is refused", () => {
+    const store = new Store();
+    submitted(store);
+    store.applyOrderEvent(event("order.accepted", { order_id: "o1", broker_order_id: "b1" }));
+    store.applyOrderEvent(fill("order.partially_filled", "2", "187.00", "2", "8"));
+    store.applyOrderEvent(event("order.amend_requested", { order_id: "o1", quantity: "5" }));
+    store.applyOrderEvent(event("order.cancel_requested", { order_id: "o1" }));
+    store.applyOrderEvent(event("order.replace_rejected", { order_id: "o1", reason: "price moved" }));
+    assert.equal(store.orders.get("o1").status, "pending_cancel");
+    store.applyOrderEvent(event("order.cancel_rejected", { order_id: "o1", reason: "too late" }));
+    assert.equal(store.orders.get("o1").status, "partially_filled", "the amend is over, not pending");
+  });
+
+  it("says which request the broker refused, and nothing for other events", () => {
+    const order = { symbol: "AAPL", order_id: "o1" };
+    const refused = (type) => refusalNotice(event(type, { order_id: "o1", reason: "too late" }), order);
+    assert.equal(refused("order.cancel_rejected"), "Cancel refused for AAPL o1: too late");
+    assert.equal(refused("order.replace_rejected"), "Amend refused for AAPL o1: too late");
+    assert.equal(refused("order.canceled"), null);
+    assert.ok(USER_EVENTS.includes("order.replace_rejected"), "the stream must listen for it");
   });
 
   it("applies an amendment to the quantity, price and what remains", () => {

@@ -124,6 +124,20 @@ class OrderCanceled(Payload, frozen=True, kw_only=True, tag="order.canceled"):
 
 
 class OrderCancelRejected(Payload, frozen=True, kw_only=True, tag="order.cancel_rejected"):
+    """The broker (or execution, the broker being unreachable) refused a cancel request.
+
+    Events archived before :class:`OrderReplaceRejected` existed also tell a refused amend
+    this way, so applying one ends whichever request is pending (see ``Order.refuse_request``).
+    """
+
+    order_id: str
+    reason: str
+
+
+class OrderReplaceRejected(Payload, frozen=True, kw_only=True, tag="order.replace_rejected"):
+    """The broker (or execution, the broker being unreachable) refused an amend request: the
+    order keeps its terms. A user is told this apart from a refused cancel."""
+
     order_id: str
     reason: str
 
@@ -266,6 +280,7 @@ AnyPayload: TypeAlias = (
     | OrderFilled
     | OrderCanceled
     | OrderCancelRejected
+    | OrderReplaceRejected
     | OrderExpired
     | OrderReplaced
     | PositionUpdated

@@ -44,6 +44,7 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
     OrderReplaced,
+    OrderReplaceRejected,
     OrderSubmitted,
 )
 from tradeloom.domain.orders import (
@@ -313,6 +314,8 @@ def _transition(order: Order, event: Event) -> str | None:
             order.cancel(reason)
         case OrderCancelRejected(reason=reason):
             order.refuse_request(reason)
+        case OrderReplaceRejected(reason=reason):
+            order.refuse_replace(reason)
         case OrderExpired():
             order.expire()
         case OrderReplaced(quantity=quantity, limit_price=limit, stop_price=stop):

@@ -236,6 +236,22 @@ class Order:
             self.status_before_request = self._resting_status()
         self.reason = reason
 
+    def refuse_replace(self, reason: str) -> None:
+        """A replace request was refused: the order keeps its terms. With the replace pending,
+        the order goes back as :meth:`refuse_request` does. With a cancel asked during the
+        replace, the cancel stays pending and a refusal of it will return the order to its
+        resting status, the replace being over. Anything else has no replace to refuse."""
+        if self.status is OrderStatus.PENDING_REPLACE:
+            self.refuse_request(reason)
+        elif (
+            self.status is OrderStatus.PENDING_CANCEL
+            and self.status_before_request is OrderStatus.PENDING_REPLACE
+        ):
+            self.status_before_request = self._resting_status()
+            self.reason = reason
+        else:
+            raise IllegalTransition(f"order {self.order_id} has no replace pending")
+
     def replace(
         self,
         quantity: Decimal | None = None,

@@ -18,8 +18,9 @@ through the gateway and becomes order events there, never here.
   the order is with the broker, and its late acknowledgement and fills still arrive.
 * **Broker down → dead letter.** When the gateway's circuit is open the order goes to
   ``dead_letter`` with reason ``BROKER_UNAVAILABLE`` and an ``order.rejected`` tells its
-  owner, both in one transaction through the outbox (one for the whole batch); a cancel or
-  amend the broker could not take is answered with ``order.cancel_rejected``.
+  owner, both in one transaction through the outbox (one for the whole batch); a cancel the
+  broker could not take is answered with ``order.cancel_rejected``, an amend with
+  ``order.replace_rejected``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from tradeloom.domain.events import (
     OrderCancelRejected,
     OrderCancelRequested,
     OrderRejected,
+    OrderReplaceRejected,
     OrderSubmitted,
     encode_event,
     new_event,
@@ -256,9 +258,10 @@ class ExecutionEngine:
 
     async def _park(self, unsent: Sequence[_Unsent]) -> None:
         """For each order the broker could not take: ``dead_letter`` and ``order.rejected``,
-        and forget its claim (the broker was never reached); for each cancel or amend:
-        ``order.cancel_rejected``. All in one commit, in batch order, retried until it
-        succeeds: giving up would leave an order that was neither sent nor rejected."""
+        and forget its claim (the broker was never reached); for each cancel,
+        ``order.cancel_rejected``, and for each amend, ``order.replace_rejected``. All in one
+        commit, in batch order, retried until it succeeds: giving up would leave an order that
+        was neither sent nor rejected."""
         items: list[tuple[str, str, Event]] = []
         forgotten: list[str] = []
         for command, error in unsent:
@@ -285,7 +288,12 @@ class ExecutionEngine:
         event, order_id = command.event, command.request.order_id
         account = event.account_id or ""
         if not isinstance(command.request, SubmitOrder):
-            refused = OrderCancelRejected(order_id=order_id, reason=f"broker unavailable: {error}")
+            why = f"broker unavailable: {error}"
+            refused: OrderCancelRejected | OrderReplaceRejected = (
+                OrderCancelRejected(order_id=order_id, reason=why)
+                if isinstance(command.request, CancelRequest)
+                else OrderReplaceRejected(order_id=order_id, reason=why)
+            )
             return [(ORDER_EVENTS.name, account, self._follow_up(event, refused))]
         parked = DeadLettered(
             topic=ORDER_COMMANDS.name,
@@ -306,7 +314,9 @@ class ExecutionEngine:
         ]
 
     def _follow_up(
-        self, cause: Event, payload: DeadLettered | OrderRejected | OrderCancelRejected
+        self,
+        cause: Event,
+        payload: DeadLettered | OrderRejected | OrderCancelRejected | OrderReplaceRejected,
     ) -> Event:
         return new_event(
             payload,

@@ -9,7 +9,9 @@ by the broker (in the same batch or a later one, or handled again after a crash)
 nothing new. Recording a batch is equivalent to recording its reports one after another: the
 first of two reports with one key wins, events go to the outbox in report order (so each
 account's events keep the broker's order). Fills become ``order.partially_filled`` or
-``order.filled`` with the fill's own id, quantity, price and time.
+``order.filled`` with the fill's own id, quantity, price and time; a refused cancel becomes
+``order.cancel_rejected`` and a refused amend ``order.replace_rejected``, so the user is told
+which of the two requests the broker turned down.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
     OrderReplaced,
+    OrderReplaceRejected,
     new_event,
 )
 from tradeloom.domain.time import Clock
@@ -202,8 +205,10 @@ def to_payload(report: BrokerReport, sent: SentOrder) -> AnyPayload:
         )
     if isinstance(report, BrokerCanceled):
         return OrderCanceled(order_id=report.order_id, reason=report.reason)
-    if isinstance(report, (BrokerCancelRejected, BrokerReplaceRejected)):
+    if isinstance(report, BrokerCancelRejected):
         return OrderCancelRejected(order_id=report.order_id, reason=report.reason)
+    if isinstance(report, BrokerReplaceRejected):
+        return OrderReplaceRejected(order_id=report.order_id, reason=report.reason)
     if isinstance(report, BrokerExpired):
         return OrderExpired(order_id=report.order_id)
     if isinstance(report, BrokerReplaced):

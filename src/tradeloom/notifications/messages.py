@@ -30,6 +30,7 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
     OrderReplaced,
+    OrderReplaceRejected,
     OrderSubmitted,
     Payload,
     PositionUpdated,
@@ -58,6 +59,7 @@ _KINDS: dict[type[Payload], Kind] = {
     OrderCancelRejected: Kind.ORDER,
     OrderExpired: Kind.ORDER,
     OrderReplaced: Kind.ORDER,
+    OrderReplaceRejected: Kind.ORDER,
     PositionUpdated: Kind.POSITION,
 }
 

@@ -39,6 +39,7 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
     OrderReplaced,
+    OrderReplaceRejected,
 )
 from tradeloom.domain.orders import Order
 from tradeloom.domain.time import Clock
@@ -178,6 +179,8 @@ def _transition(order: Order, payload: AnyPayload) -> bool:
         order.replace(payload.quantity, payload.limit_price, payload.stop_price)
     elif isinstance(payload, OrderCancelRejected):
         order.refuse_request(payload.reason)
+    elif isinstance(payload, OrderReplaceRejected):
+        order.refuse_replace(payload.reason)
     else:
         return False
     return True

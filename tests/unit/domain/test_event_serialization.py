@@ -223,6 +223,29 @@ def test_every_payload_type_has_a_distinct_event_type() -> None:
     assert all(isinstance(tag, str) for tag in tags)
 
 
+@pytest.mark.parametrize(
+    ("tag", "kind"),
+    [
+        ("order.cancel_rejected", events.OrderCancelRejected),
+        ("order.replace_rejected", events.OrderReplaceRejected),
+    ],
+)
+def test_a_refused_cancel_and_a_refused_amend_decode_to_their_own_types(
+    tag: str, kind: type[events.Payload]
+) -> None:
+    """Events stored as ``order.cancel_rejected`` (refused amends among them, before
+    ``order.replace_rejected`` existed) still decode as they were written."""
+    stored = (
+        '{"id":"0192d0c2-0000-7000-8000-000000000001","occurred_at":"2026-11-25T14:30:00Z",'
+        '"correlation_id":"c","causation_id":null,"account_id":"A1",'
+        f'"payload":{{"type":"{tag}","order_id":"o1","reason":"too late"}}}}'
+    )
+    event = decode_event(stored.encode())
+    assert event.payload == kind(order_id="o1", reason="too late")
+    assert event.type == tag
+    assert encode_event(event) == stored.encode()
+
+
 def test_decimals_travel_as_text_so_nothing_is_rounded() -> None:
     payload = events.OrderReplaced(order_id="o", quantity=Decimal("0.1000000000000000055511"))
     event = new_event(payload, occurred_at=datetime.now(UTC), correlation_id="c")

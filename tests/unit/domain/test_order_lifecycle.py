@@ -144,6 +144,45 @@ def test_a_refused_cancel_asked_during_a_replace_returns_to_the_pending_replace(
     assert (order.status, order.status_before_request) == (OrderStatus.PARTIALLY_FILLED, None)
 
 
+def test_a_refused_replace_returns_the_order_to_where_it_was_with_its_terms() -> None:
+    order = limit_order()
+    order.accept()
+    order.apply_fill("f1", Decimal("2"), Decimal("187"))
+    order.request_replace()
+    order.refuse_replace("price moved")
+    assert (order.status, order.status_before_request) == (OrderStatus.PARTIALLY_FILLED, None)
+    assert (order.quantity, order.reason) == (Decimal(10), "price moved")
+
+
+def test_a_refused_replace_leaves_a_cancel_asked_during_it_pending() -> None:
+    """The cancel is still outstanding at the broker; the replace is over, so refusing the
+    cancel then returns the order to its resting status, not to a pending replace."""
+    order = limit_order()
+    order.accept()
+    order.request_replace()
+    order.request_cancel()
+    order.refuse_replace("price moved")
+    assert (order.status, order.status_before_request) == (
+        OrderStatus.PENDING_CANCEL,
+        OrderStatus.ACCEPTED,
+    )
+    assert order.reason == "price moved"
+    order.refuse_request("too late to cancel")
+    assert (order.status, order.status_before_request) == (OrderStatus.ACCEPTED, None)
+
+
+@pytest.mark.parametrize("pending", ["nothing", "a cancel"])
+def test_refusing_a_replace_with_none_pending_is_an_illegal_transition(pending: str) -> None:
+    order = limit_order()
+    order.accept()
+    if pending == "a cancel":
+        order.request_cancel()
+    before = (order.status, order.status_before_request, order.reason)
+    with pytest.raises(IllegalTransition, match="no replace pending"):
+        order.refuse_replace("price moved")
+    assert (order.status, order.status_before_request, order.reason) == before
+
+
 def test_a_replace_cannot_be_asked_while_a_cancel_is_pending() -> None:
     order = limit_order()
     order.accept()
@@ -275,6 +314,7 @@ ACTIONS = (
     "request_cancel",
     "request_replace",
     "refuse",
+    "refuse_replace",
     "replace",
     "fill",
 )
@@ -295,6 +335,8 @@ def act(order: Order, action: str, step: int) -> None:
         order.request_replace()
     elif action == "refuse":
         order.refuse_request("refused")
+    elif action == "refuse_replace":
+        order.refuse_replace("replace refused")
     elif action == "replace":
         order.replace(quantity=order.quantity + 1)
     elif action == "fill":

@@ -34,7 +34,9 @@ from tradeloom.domain.events import (
     DeadLettered,
     Event,
     OrderAmendRequested,
+    OrderCancelRejected,
     OrderCancelRequested,
+    OrderReplaceRejected,
     OrderSubmitted,
     PriceUpdate,
     decode_event,
@@ -278,11 +280,16 @@ async def test_an_unreachable_broker_dead_letters_the_batch_in_one_go(desk: Desk
         ("order.events", "OrderCancelRejected"),
         ("dead_letter", "DeadLettered"),
         ("order.events", "OrderRejected"),
-        ("order.events", "OrderCancelRejected"),
+        ("order.events", "OrderReplaceRejected"),
     ]
     parked = events[0][1]
     assert isinstance(parked, DeadLettered)
     assert (parked.reason, parked.original_event_id) == ("BROKER_UNAVAILABLE", batch[0].id)
+    cancel_refused, amend_refused = events[2][1], events[5][1]
+    assert isinstance(cancel_refused, OrderCancelRejected)
+    assert isinstance(amend_refused, OrderReplaceRejected), "a refused amend is not a cancel's"
+    assert amend_refused.order_id == desk.order("o2")
+    assert amend_refused.reason.startswith("broker unavailable: "), amend_refused.reason
     assert await desk.claimed() == set(), "an order never sent keeps no claim"
     assert desk.engine.sent == 0
 

@@ -18,16 +18,20 @@ from sqlalchemy import select
 from tradeloom.broker.reports import (
     BrokerAccepted,
     BrokerCanceled,
+    BrokerCancelRejected,
     BrokerFill,
     BrokerReplaced,
+    BrokerReplaceRejected,
     BrokerReport,
 )
 from tradeloom.domain.events import (
     AnyPayload,
     DeadLettered,
     OrderAccepted,
+    OrderCancelRejected,
     OrderFilled,
     OrderPartiallyFilled,
+    OrderReplaceRejected,
     decode_event,
 )
 from tradeloom.domain.time import ManualClock
@@ -180,6 +184,25 @@ async def test_reports_without_a_key_always_go_through(desk: Desk) -> None:
     await desk.recorder.record_many([desk.replaced("o1")])
     assert await desk.kinds() == ["OrderReplaced"] * 3
     assert desk.recorder.duplicates == 0
+
+
+async def test_a_refused_cancel_and_a_refused_amend_are_told_apart(desk: Desk) -> None:
+    """Each may repeat (a second refused request of the same order), so neither has a key."""
+    cancel = BrokerCancelRejected(
+        order_id=desk.order("o1"), account_id=desk.account, reason="filled"
+    )
+    amend = BrokerReplaceRejected(
+        order_id=desk.order("o2"), account_id=desk.account, reason="moved"
+    )
+    await desk.recorder.record_many([cancel, amend, amend])
+    events = await desk.published()
+    assert [(topic, type(p).__name__) for topic, p in events] == [
+        ("order.events", "OrderCancelRejected"),
+        ("order.events", "OrderReplaceRejected"),
+        ("order.events", "OrderReplaceRejected"),
+    ]
+    assert events[0][1] == OrderCancelRejected(order_id=desk.order("o1"), reason="filled")
+    assert events[1][1] == OrderReplaceRejected(order_id=desk.order("o2"), reason="moved")
 
 
 async def test_a_report_for_an_order_never_sent_is_parked_in_dead_letter(desk: Desk) -> None:

@@ -12,7 +12,7 @@ import pytest
 from tests.helpers import eventually
 from tests.unit.notifications.builders import NOW, Accounts, Monotonic, filled, position, submitted
 from tradeloom.cache.memory import MemoryCache
-from tradeloom.domain.events import Event
+from tradeloom.domain.events import Event, OrderCancelRejected, OrderReplaceRejected, new_event
 from tradeloom.domain.time import ManualClock
 from tradeloom.messaging.memory import MemoryBroker, MemoryBus
 from tradeloom.messaging.topics import ORDER_COMMANDS, ORDER_EVENTS, POSITION_UPDATED
@@ -64,6 +64,13 @@ class World:
         return value or 0.0
 
 
+def refused(
+    kind: type[OrderCancelRejected | OrderReplaceRejected], account: str, order: str
+) -> Event:
+    payload = kind(order_id=order, reason="too late")
+    return new_event(payload, occurred_at=NOW, correlation_id="corr-1", account_id=account)
+
+
 @pytest.fixture
 async def world() -> AsyncIterator[World]:
     bus = MemoryBus(MemoryBroker())
@@ -97,6 +104,22 @@ async def test_order_and_position_events_reach_the_owner_numbered_1_2_3(world: W
         "tradeloom_projection_lag_seconds_count", {"group": "notifications"}
     )
     assert lags == 3.0
+
+
+async def test_a_refused_cancel_and_a_refused_amend_reach_the_owner_told_apart(
+    world: World,
+) -> None:
+    await world.publish(
+        ORDER_EVENTS.name,
+        refused(OrderCancelRejected, "A1", "o1"),
+        refused(OrderReplaceRejected, "A1", "o2"),
+    )
+    await eventually(lambda: len(world.ids("alice")) == 2, message="two refusals for alice")
+    assert [(m["type"], m["data"]) for m in world.received["alice"]] == [
+        ("order.cancel_rejected", {"order_id": "o1", "reason": "too late"}),
+        ("order.replace_rejected", {"order_id": "o2", "reason": "too late"}),
+    ]
+    assert world.sent("order") == 2.0
 
 
 async def test_a_user_receives_only_their_own_messages(world: World) -> None:

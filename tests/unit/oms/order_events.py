@@ -24,6 +24,7 @@ from tradeloom.domain.events import (
     OrderPartiallyFilled,
     OrderRejected,
     OrderReplaced,
+    OrderReplaceRejected,
     OrderSubmitted,
     new_event,
 )
@@ -141,6 +142,9 @@ class OrderStory:
             )
         )
 
+    def replace_rejected(self, reason: str) -> Event:
+        return self._next(OrderReplaceRejected(order_id=self.order_id, reason=reason))
+
     def expired(self) -> Event:
         return self._next(OrderExpired(order_id=self.order_id))
 
@@ -195,10 +199,25 @@ def with_a_refused_fill(account_id: str, start: datetime = START) -> OrderStory:
     return story
 
 
+def amend_refused_while_a_cancel_waits(account_id: str, start: datetime = START) -> OrderStory:
+    """A partially filled order: an amend, a cancel asked during it, the amend refused (the
+    cancel still pending), then the cancel refused: the order rests partially filled."""
+    story = OrderStory(account_id, start=start)
+    story.submitted(quantity="10", limit_price="5")
+    story.accepted()
+    story.fill("4", "5")
+    story.amend_requested(quantity="8")
+    story.cancel_requested()
+    story.replace_rejected("price moved")
+    story.cancel_rejected("too late to cancel")
+    return story
+
+
 STORIES = (
     filled_in_two_parts,
     canceled_after_a_partial_fill,
     amended_then_replaced,
     rejected,
     with_a_refused_fill,
+    amend_refused_while_a_cancel_waits,
 )

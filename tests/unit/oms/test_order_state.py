@@ -78,10 +78,17 @@ class World:
 
     async def request_cancel(self, order_id: str) -> None:
         """What the command side does when the user asks to cancel."""
+        await self._request(order_id, Order.request_cancel)
+
+    async def request_replace(self, order_id: str) -> None:
+        """What the command side does when the user asks to amend."""
+        await self._request(order_id, Order.request_replace)
+
+    async def _request(self, order_id: str, ask: Callable[[Order], None]) -> None:
         async with self.database.transaction() as conn:
             order = await load_order(conn, order_id, for_update=True)
             assert order is not None
-            order.request_cancel()
+            ask(order)
             await save_order(conn, order, self.clock.now())
 
     async def order(self, order_id: str) -> Order:
@@ -184,6 +191,47 @@ async def test_a_late_redelivery_does_not_undo_what_the_command_side_did_since(
     await world.updater.handle([accepted, refused])
 
     assert (await world.order(story.order_id)).status is OrderStatus.PENDING_CANCEL
+
+
+async def test_a_refused_amend_returns_the_row_to_where_it_was_with_its_terms(
+    world: World,
+) -> None:
+    story = OrderStory(world.account)
+    story.submitted(quantity="100", limit_price="10.00")
+    await world.place(story)
+    await world.updater.handle([story.accepted()])
+    await world.request_replace(story.order_id)
+
+    await world.updater.handle([story.replace_rejected("price moved")])
+
+    order = await world.order(story.order_id)
+    assert (order.status, order.quantity, order.reason) == (
+        OrderStatus.ACCEPTED,
+        Decimal(100),
+        "price moved",
+    )
+    assert world.updater.applied == 2
+
+
+async def test_a_refused_amend_leaves_a_cancel_asked_during_it_pending(world: World) -> None:
+    """The cancel is still with the broker; when it is refused in turn, the order rests
+    (accepted), with no amend pending any more."""
+    story = OrderStory(world.account)
+    story.submitted(quantity="100", limit_price="10.00")
+    await world.place(story)
+    await world.updater.handle([story.accepted()])
+    await world.request_replace(story.order_id)
+    await world.request_cancel(story.order_id)
+
+    await world.updater.handle([story.replace_rejected("price moved")])
+    waiting = await world.order(story.order_id)
+    assert (waiting.status, waiting.status_before_request) == (
+        OrderStatus.PENDING_CANCEL,
+        OrderStatus.ACCEPTED,
+    )
+
+    await world.updater.handle([story.cancel_rejected("too late")])
+    assert (await world.order(story.order_id)).status is OrderStatus.ACCEPTED
 
 
 async def test_an_event_repeated_in_one_batch_is_applied_once(world: World) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.unit.oms.order_events import (
     STORIES,
     OrderStory,
+    amend_refused_while_a_cancel_waits,
     amended_then_replaced,
     canceled_after_a_partial_fill,
     filled_in_two_parts,
@@ -98,6 +99,68 @@ def test_an_amend_is_pending_until_the_replacement_then_takes_the_new_terms() ->
         Decimal("19.50"),
     )
     assert view_of(amended_then_replaced(ACCOUNT)).status is OrderStatus.FILLED
+
+
+def test_a_refused_amend_returns_the_order_to_where_it_was_with_its_terms() -> None:
+    story = OrderStory(ACCOUNT)
+    story.submitted(quantity="50", limit_price="20")
+    story.accepted()
+    story.amend_requested(quantity="30", limit_price="19.50")
+    refused = story.replace_rejected("price moved")
+    fold = fold_order(story.events)
+    assert fold.refused == ()
+    assert refused.type == "order.replace_rejected"
+    view = view_of(story)
+    assert (view.status, view.quantity, view.limit_price, view.reason) == (
+        OrderStatus.ACCEPTED,
+        Decimal(50),
+        Decimal(20),
+        "price moved",
+    )
+    assert view.last_event_id == refused.id
+
+
+def test_an_amend_refused_while_a_cancel_waits_leaves_the_cancel_pending() -> None:
+    story = amend_refused_while_a_cancel_waits(ACCOUNT)
+    *before_the_cancel_is_answered, _ = story.events
+    waiting = view_of_events(before_the_cancel_is_answered)
+    assert (waiting.status, waiting.reason) == (OrderStatus.PENDING_CANCEL, "price moved")
+    view = view_of(story)
+    assert (view.status, view.quantity, view.reason) == (
+        OrderStatus.PARTIALLY_FILLED,
+        Decimal(10),
+        "too late to cancel",
+    )
+
+
+def test_an_amend_refusal_with_no_amend_pending_is_refused_and_the_cancel_stays_pending() -> None:
+    story = OrderStory(ACCOUNT)
+    story.submitted()
+    story.accepted()
+    story.cancel_requested()
+    stray = story.replace_rejected("price moved")
+    fold = fold_order(story.events)
+    assert fold.view is not None
+    assert [(o.event_id, o.note) for o in fold.refused] == [
+        (stray.id, f"order {story.order_id} has no replace pending")
+    ]
+    assert fold.view.status is OrderStatus.PENDING_CANCEL
+
+
+def test_an_archived_cancel_rejection_still_ends_a_pending_amend() -> None:
+    """Before ``order.replace_rejected``, a refused amend was told as ``order.cancel_rejected``:
+    histories archived then still fold to the views they had."""
+    story = OrderStory(ACCOUNT)
+    story.submitted(quantity="50", limit_price="20")
+    story.accepted()
+    story.amend_requested(quantity="30")
+    story.cancel_rejected("cannot replace")
+    view = view_of(story)
+    assert (view.status, view.quantity, view.reason) == (
+        OrderStatus.ACCEPTED,
+        Decimal(50),
+        "cannot replace",
+    )
 
 
 def test_events_before_the_submission_wait_for_it_then_count() -> None:
@@ -270,4 +333,9 @@ def test_every_story_told_in_order_is_continued_event_by_event_where_it_can_be()
         "amended_then_replaced": ["order.replaced"],
         "rejected": [],
         "with_a_refused_fill": ["order.cancel_rejected", "order.partially_filled"],
+        "amend_refused_while_a_cancel_waits": [
+            "order.cancel_requested",
+            "order.replace_rejected",
+            "order.cancel_rejected",
+        ],
     }

@@ -249,8 +249,9 @@ def orders_router() -> APIRouter:
         trading: Trading,
         correlation_id: CorrelationId,
     ) -> dict[str, str]:
-        """Ask for a smaller quantity or a less aggressive price; ``order.replaced`` follows.
-        A change that would add exposure is refused (place a new order instead)."""
+        """Ask for a smaller quantity or a less aggressive price; ``order.replaced`` (or
+        ``order.replace_rejected``) follows. A change that would add exposure is refused
+        (place a new order instead)."""
         account_id = await _account_of(trading, order_id)
         receipt = await trading.orders.amend(
             AmendOrder(

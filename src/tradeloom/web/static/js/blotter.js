@@ -9,6 +9,15 @@ import { plain } from "./decimal.js";
 const MAX_ROWS = 200;
 const COLUMNS = ["time", "symbol", "side", "type", "qty", "filled", "limit", "stop", "avg", "tif", "status", "actions"];
 const NUMERIC = new Set(["qty", "filled", "limit", "stop", "avg"]);
+const REFUSED = new Map([["order.cancel_rejected", "Cancel"], ["order.replace_rejected", "Amend"]]);
+
+// What to tell the user when the broker refused their cancel or amend (the stream's event
+// says which); null for any other event.
+export function refusalNotice(message, order) {
+  const request = REFUSED.get(message.type);
+  if (!request) return null;
+  return `${request} refused for ${order.symbol} ${order.order_id}: ${message.data.reason}`;
+}
 
 export class Blotter {
   constructor(store, { table, empty, message, filter }) {
@@ -28,9 +37,8 @@ export class Blotter {
       });
     }
     store.on("orders", (change) => {
-      if (change && change.message && change.message.type === "order.cancel_rejected") {
-        this.say(`Request refused for ${change.order.symbol} ${change.order.order_id}: ${change.message.data.reason}`, "error");
-      }
+      const refusal = change && change.message ? refusalNotice(change.message, change.order) : null;
+      if (refusal) this.say(refusal, "error");
       this.schedule();
     });
   }

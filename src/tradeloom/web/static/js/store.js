@@ -285,6 +285,16 @@ function refuseRequest(order) {
   else delete order.status_before_request;
 }
 
+// A refused amend, as the domain's Order.refuse_replace does: a pending replace goes back like
+// any refused request; a cancel asked during the replace stays pending, and its own refusal
+// will return the order to the resting status. With no replace pending, the status stays.
+function refuseReplace(order) {
+  if (order.status === "pending_replace") refuseRequest(order);
+  else if (order.status === "pending_cancel" && order.status_before_request === "pending_replace") {
+    order.status_before_request = restingStatus(order);
+  }
+}
+
 function applyFill(order, message) {
   const d = message.data;
   const cumulative = Dec.parse(d.cumulative_quantity);
@@ -341,6 +351,10 @@ function applyToOrder(order, message) {
       return true;
     case "order.cancel_rejected":
       refuseRequest(order);
+      order.reason = d.reason || order.reason;
+      return true;
+    case "order.replace_rejected":
+      refuseReplace(order);
       order.reason = d.reason || order.reason;
       return true;
     case "order.replaced": {

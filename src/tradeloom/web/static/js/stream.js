@@ -16,6 +16,7 @@ export const USER_EVENTS = [
   "order.cancel_rejected",
   "order.expired",
   "order.replaced",
+  "order.replace_rejected",
   "order.cancel_requested",
   "order.amend_requested",
   "position.updated",
