@@ -13,6 +13,9 @@ Guarantees beyond the port's:
   given (``KEYS``), which are prefixed for them.
 * **Pub/sub** holds ONE upstream connection per adapter whatever the number of local
   subscribers (see :class:`tradeloom.cache.redis_pubsub.PubSubHub`).
+* **Automatic pipelining.** Single commands issued while others are in flight go to Redis
+  together as one pipeline (:mod:`tradeloom.cache.redis_batching`): each caller still gets
+  its own reply or error, nothing waits on purpose, and a lone command is sent at once.
 * **Batches.** ``set_many``, ``publish_many`` and ``run_scripts`` send their commands as one
   pipeline (``transaction=False``: no MULTI/EXEC), one round trip on one pooled connection.
   ``run_scripts`` loads (SCRIPT LOAD) at the head of its pipeline every script this adapter has
@@ -42,6 +45,7 @@ from tradeloom.cache.port import (
     RateDecision,
     ScriptCall,
 )
+from tradeloom.cache.redis_batching import CommandBatcher
 from tradeloom.cache.redis_pubsub import PubSubHub, RedisSubscription
 from tradeloom.cache.validation import check_rate_limit, check_ttl
 
@@ -121,6 +125,7 @@ class RedisCache:
             client_name=client_name,
         )
         self._redis = Redis(connection_pool=self._pool)
+        self._batcher = CommandBatcher(self._redis)
         self._compare_and_set = self._redis.register_script(_COMPARE_AND_SET)
         self._increment_with_ttl = self._redis.register_script(_INCREMENT_WITH_TTL)
         self._sliding_window = self._redis.register_script(_SLIDING_WINDOW)
@@ -160,19 +165,27 @@ class RedisCache:
     async def ping(self) -> None:
         await self._redis.ping()
 
+    @property
+    def batcher(self) -> CommandBatcher:
+        """The automatic pipelining of single commands (its counters, for measurements)."""
+        return self._batcher
+
     async def get(self, key: str) -> bytes | None:
         # The pool never decodes (decode_responses is off): values come back as bytes.
-        return cast(bytes | None, await self._redis.get(self._prefix + key))
+        return cast(bytes | None, await self._batcher.execute("GET", self._prefix + key))
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
             return []
-        return cast(list[bytes | None], await self._redis.mget([self._prefix + k for k in keys]))
+        names = [self._prefix + k for k in keys]
+        return cast(list[bytes | None], await self._batcher.execute("MGET", *names))
 
     async def set(self, key: str, value: bytes, ttl: float | None = None) -> None:
         check_ttl(ttl)
-        px = None if ttl is None else _milliseconds(ttl)
-        await self._redis.set(self._prefix + key, value, px=px)
+        if ttl is None:
+            await self._batcher.execute("SET", self._prefix + key, value)
+        else:
+            await self._batcher.execute("SET", self._prefix + key, value, "PX", _milliseconds(ttl))
 
     async def set_many(self, items: Mapping[str, bytes], ttl: float | None = None) -> None:
         """One round trip: MSET without ``ttl`` (atomic, more than the port promises), else a
@@ -190,8 +203,7 @@ class RedisCache:
             await pipe.execute()
 
     async def delete(self, key: str) -> bool:
-        removed: int = await self._redis.delete(self._prefix + key)
-        return removed == 1
+        return await self._batcher.execute("DEL", self._prefix + key) == 1
 
     async def compare_and_set(
         self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None
@@ -204,24 +216,35 @@ class RedisCache:
             value,
             "" if ttl is None else _milliseconds(ttl),
         ]
-        return bool(await self._compare_and_set(keys=[self._prefix + key], args=args))
+        return bool(await self._evalsha(self._compare_and_set, [self._prefix + key], args))
 
     async def increment(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
         """INCRBY; with ``ttl``, a Lua script that sets the expiry only if it created the key."""
         check_ttl(ttl)
         name = self._prefix + key
         if ttl is None:
-            total: int = await self._redis.incrby(name, amount)
-            return total
-        return int(await self._increment_with_ttl(keys=[name], args=[amount, _milliseconds(ttl)]))
+            return cast(int, await self._batcher.execute("INCRBY", name, amount))
+        args = [amount, _milliseconds(ttl)]
+        return int(cast(int, await self._evalsha(self._increment_with_ttl, [name], args)))
 
     async def run_script(
         self, script: CacheScript, keys: Sequence[str], args: Sequence[str]
     ) -> object:
         """Run the Lua twin over the prefixed ``keys``; atomic as every Lua script is."""
         registered = self._registered(script)
-        result: object = await registered(keys=[self._prefix + k for k in keys], args=list(args))
-        return result
+        return await self._evalsha(registered, [self._prefix + k for k in keys], args)
+
+    async def _evalsha(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | bytes | int]
+    ) -> object:
+        """EVALSHA through the batcher; a script Redis lacks (a restart, SCRIPT FLUSH) is
+        loaded and run again, as redis-py's own script call does: NOSCRIPT means it did not
+        run."""
+        try:
+            return await self._batcher.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(script.script)
+            return await self._batcher.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
         """One pipeline of EVALSHA in the given order (see the module docstring for loading
@@ -276,15 +299,18 @@ class RedisCache:
         ``retry_after`` is when the oldest admitted hit leaves the window."""
         check_rate_limit(limit, window)
         window_us = max(1, round(window * 1_000_000))
-        allowed, count, wait_us = await self._sliding_window(
-            keys=[self._prefix + key], args=[limit, window_us, uuid.uuid4().hex]
+        allowed, count, wait_us = cast(
+            list[int],
+            await self._evalsha(
+                self._sliding_window, [self._prefix + key], [limit, window_us, uuid.uuid4().hex]
+            ),
         )
         return RateDecision(
             allowed=bool(allowed), count=int(count), retry_after=int(wait_us) / 1_000_000
         )
 
     async def publish(self, channel: str, message: bytes) -> None:
-        await self._redis.publish(self._prefix + channel, message)
+        await self._batcher.execute("PUBLISH", self._prefix + channel, message)
 
     async def publish_many(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """One pipeline of PUBLISH, in order: Redis runs a connection's commands in order and

@@ -1,0 +1,108 @@
+"""Automatic pipelining on real Redis: commands issued while one is in flight go together,
+each caller gets its own reply or error, in the order they were issued; a caller cancelled
+while queued never reaches Redis.
+
+A lone ``BLPOP`` with a timeout keeps the batcher busy for a known time, so the commands
+issued meanwhile are queued for certain. Each test uses its own key prefix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tradeloom.cache.redis_batching import CommandBatcher
+
+pytestmark = pytest.mark.redis
+
+HOLD = 0.3  # seconds the lone BLPOP keeps the batcher busy
+
+
+@pytest.fixture
+async def redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, str]]:
+    client = Redis.from_url(redis_url)
+    prefix = f"test:{unique}:"
+    try:
+        yield client, prefix
+    finally:
+        leftovers = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if leftovers:
+            await client.delete(*leftovers)
+        await client.aclose()
+
+
+async def busy(batcher: CommandBatcher, prefix: str) -> asyncio.Task[object]:
+    """A lone command in flight for ``HOLD`` seconds: what follows is queued behind it."""
+    holding = asyncio.create_task(batcher.execute("BLPOP", prefix + "never", HOLD))
+    await asyncio.sleep(0.02)
+    return holding
+
+
+async def test_commands_issued_while_one_is_in_flight_go_as_one_pipeline_in_order(
+    redis: tuple[Redis, str],
+) -> None:
+    client, prefix = redis
+    batcher = CommandBatcher(client)
+    holding = await busy(batcher, prefix)
+    pushes = [
+        asyncio.create_task(batcher.execute("RPUSH", prefix + "list", str(n))) for n in range(50)
+    ]
+    await asyncio.sleep(0)
+    assert not any(push.done() for push in pushes)
+    lengths = await asyncio.gather(*pushes)
+    assert await holding is None
+
+    assert lengths == list(range(1, 51))  # each caller its own reply
+    assert await client.lrange(prefix + "list", 0, -1) == [str(n).encode() for n in range(50)]
+    assert (batcher.pipelines, batcher.pipelined) == (1, 50)
+
+
+async def test_a_refused_command_fails_its_caller_only(redis: tuple[Redis, str]) -> None:
+    client, prefix = redis
+    await client.rpush(prefix + "a-list", "x")
+    await client.set(prefix + "a-string", "value")
+    batcher = CommandBatcher(client)
+    holding = await busy(batcher, prefix)
+    before = asyncio.create_task(batcher.execute("GET", prefix + "a-string"))
+    wrong_type = asyncio.create_task(batcher.execute("GET", prefix + "a-list"))
+    after = asyncio.create_task(batcher.execute("INCR", prefix + "counter"))
+    await holding
+
+    assert await before == b"value"
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await wrong_type
+    assert await after == 1
+    assert batcher.pipelined == 3
+
+
+async def test_a_caller_cancelled_while_queued_never_reaches_redis(
+    redis: tuple[Redis, str],
+) -> None:
+    client, prefix = redis
+    batcher = CommandBatcher(client)
+    holding = await busy(batcher, prefix)
+    withdrawn = asyncio.create_task(batcher.execute("INCR", prefix + "withdrawn"))
+    kept = asyncio.create_task(batcher.execute("INCR", prefix + "kept"))
+    await asyncio.sleep(0)
+    withdrawn.cancel()
+    await holding
+
+    assert await kept == 1
+    with pytest.raises(asyncio.CancelledError):
+        await withdrawn
+    assert await client.get(prefix + "withdrawn") is None
+    assert await client.get(prefix + "kept") == b"1"
+
+
+async def test_a_lone_command_is_sent_at_once_without_a_pipeline(
+    redis: tuple[Redis, str],
+) -> None:
+    client, prefix = redis
+    batcher = CommandBatcher(client)
+    for n in range(1, 4):
+        assert await batcher.execute("INCR", prefix + "counter") == n
+    assert batcher.pipelines == 0
