@@ -8,12 +8,15 @@ a stream loop that sleeps after every message, and a slow client slowing the oth
   it with the last one; the cache adapter itself keeps one upstream connection per process.
   (A user's events come through :mod:`tradeloom.notifications.stream`, which resumes from
   ``Last-Event-ID``; the response pumps them into the same :class:`ClientStream`.)
-* **Quotes are conflated on one ticker.** The hub keeps only the newest quote of each
-  symbol and, once a tick (``quotes_per_second`` ticks a second), frames each changed
-  symbol's quote once and offers it to its streams: the cost per tick is (streams x changed
-  symbols they watch), whatever the feed's rate, and the work is sliced so a tick never
-  stalls the loop. A stream holds at most one pending quote per symbol (latest wins), so a
-  slow client gets fewer quotes, never a backlog.
+* **Quotes are conflated on one ticker, its work spread over the tick.** The hub keeps only
+  the newest quote of each symbol. Every stream is served once a tick (``quotes_per_second``
+  ticks a second): each changed symbol it watches is offered to it, framed once per symbol
+  and message. The cost is (streams x changed symbols they watch), whatever the feed's rate.
+  The streams are dealt into slots of about ``SLOT_SECONDS`` across the tick and each slot
+  is served at its own time, so a tick over 15,000 streams is many small bursts of writes,
+  never one burst that a user event or a request would queue behind (and within a slot the
+  work is sliced too). A stream holds at most one pending quote per symbol (latest wins),
+  so a slow client gets fewer quotes, never a backlog.
 * **User events are never dropped.** They queue per stream, bounded; a stream whose queue
   would overflow is closed instead (``overflowed``) so the client reconnects with
   ``Last-Event-ID`` and resumes from the user's replay buffer without a gap.
@@ -44,6 +47,10 @@ log = structlog.get_logger("tradeloom.web.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
 _SLICE = 2000  # offers between yields to the event loop
+SLOT_SECONDS = 0.05
+"""How far apart the slots of a tick are served: at 1 quote a second, 20 slots, each about
+1/20 of the streams. Short enough that a burst of one slot's writes delays little, long
+enough that a slot's timer costs nothing next to its work."""
 Monotonic = Callable[[], float]
 
 
@@ -82,6 +89,7 @@ class ClientStream:
         self._heartbeat = False
         self._wake = Wakeup()
         self.last_sent = monotonic()
+        self.slot = 0  # the hub's: which part of its tick serves this stream
         self.overflowed = False
         self.closed = False
         self.quotes_conflated = 0
@@ -148,8 +156,23 @@ class ClientStream:
 
 @dataclass
 class _Channel:
+    """One symbol's upstream subscription and its watchers, by slot."""
+
+    slots: int
     subscription: LocalSubscription | None = None
     streams: set[ClientStream] = field(default_factory=set)
+    by_slot: list[set[ClientStream]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_slot = [set() for _ in range(self.slots)]
+
+    def add(self, stream: ClientStream) -> None:
+        self.streams.add(stream)
+        self.by_slot[stream.slot].add(stream)
+
+    def discard(self, stream: ClientStream) -> None:
+        self.streams.discard(stream)
+        self.by_slot[stream.slot].discard(stream)
 
 
 QuoteEncoder = Callable[[bytes], tuple[str, bytes] | None]
@@ -168,26 +191,35 @@ class StreamHub:
         quote_from_message: QuoteEncoder,
         quotes_per_second: float = 2.0,
         heartbeat: float = 15.0,
+        slot_seconds: float = SLOT_SECONDS,
         monotonic: Monotonic = time.monotonic,
     ) -> None:
-        if quotes_per_second <= 0 or heartbeat <= 0:
-            raise ValueError("quotes_per_second and heartbeat must be positive")
+        if quotes_per_second <= 0 or heartbeat <= 0 or slot_seconds <= 0:
+            raise ValueError("quotes_per_second, heartbeat and slot_seconds must be positive")
         self._cache = cache
         self._price_channel = price_channel
         self._quote_from_message = quote_from_message
         self._tick = 1.0 / quotes_per_second
+        self._slots = max(1, int(self._tick / slot_seconds))
         self._heartbeat = heartbeat
         self._now = monotonic
         self._symbols: dict[str, _Channel] = {}
         self._streams: set[ClientStream] = set()
+        self._by_slot: list[set[ClientStream]] = [set() for _ in range(self._slots)]
         self._latest: dict[str, bytes] = {}  # each watched symbol's newest upstream message
-        self._changed: set[str] = set()
+        self._framed: dict[str, tuple[bytes, bytes | None]] = {}  # message -> its quote frame
+        self._changed: list[set[str]] = [set() for _ in range(self._slots)]  # since its turn
         self._ticker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
     def streams(self) -> int:
         return len(self._streams)
+
+    @property
+    def slots(self) -> int:
+        """How many parts each tick's work is spread over."""
+        return self._slots
 
     async def start(self) -> None:
         self._ticker = asyncio.create_task(self._offer_changed_quotes(), name="sse-quotes")
@@ -201,6 +233,8 @@ class StreamHub:
         async with self._lock:
             streams, self._streams = self._streams, set()
             channels, self._symbols = self._symbols, {}
+            for group in self._by_slot:
+                group.clear()
             for stream in streams:
                 stream.close()
             for channel in channels.values():
@@ -210,7 +244,10 @@ class StreamHub:
     async def open(self, stream: ClientStream) -> None:
         """Register ``stream``; returns once its symbols are subscribed upstream."""
         async with self._lock:
+            # The emptiest slot, so the slots stay even as streams come and go.
+            stream.slot = min(range(self._slots), key=lambda slot: len(self._by_slot[slot]))
             self._streams.add(stream)
+            self._by_slot[stream.slot].add(stream)
             try:
                 for symbol in stream.symbols:
                     await self._join(symbol, stream)
@@ -237,17 +274,19 @@ class StreamHub:
                     if channel is not None and not channel.streams:
                         del self._symbols[symbol]
                         self._latest.pop(symbol, None)
+                        self._framed.pop(symbol, None)
                         if channel.subscription is not None:
                             await channel.subscription.close()
 
     def _forget(self, stream: ClientStream) -> list[str]:
         """Remove ``stream`` from the hub's sets; the symbols nobody watches any more."""
         self._streams.discard(stream)
+        self._by_slot[stream.slot].discard(stream)
         abandoned = []
         for symbol in stream.symbols:
             channel = self._symbols.get(symbol)
             if channel is not None:
-                channel.streams.discard(stream)
+                channel.discard(stream)
                 if not channel.streams:
                     abandoned.append(symbol)
         return abandoned
@@ -258,8 +297,10 @@ class StreamHub:
         return None if message is None else self._decoded(message)
 
     async def _join(self, symbol: str, stream: ClientStream) -> None:
-        channel = self._symbols.setdefault(symbol, _Channel())
-        channel.streams.add(stream)
+        channel = self._symbols.get(symbol)
+        if channel is None:
+            channel = self._symbols[symbol] = _Channel(self._slots)
+        channel.add(stream)
         if channel.subscription is None:
             channel.subscription = await self._cache.subscribe(
                 self._price_channel(symbol),
@@ -270,7 +311,8 @@ class StreamHub:
         """Only keep it: most upstream messages are superseded before the next tick, so
         decoding waits for the tick (once per changed symbol, not once per message)."""
         self._latest[symbol] = message
-        self._changed.add(symbol)
+        for changed in self._changed:
+            changed.add(symbol)
 
     def _decoded(self, message: bytes) -> bytes | None:
         try:
@@ -280,6 +322,16 @@ class StreamHub:
             return None
         return None if quote is None else quote[1]
 
+    def _frame(self, symbol: str, message: bytes) -> bytes | None:
+        """The quote frame of ``message``, decoded once whichever slot asks first."""
+        cached = self._framed.get(symbol)
+        if cached is not None and cached[0] is message:
+            return cached[1]
+        data = self._decoded(message)
+        frame = None if data is None else sse_frame(data, event="quote")
+        self._framed[symbol] = (message, frame)
+        return frame
+
     def close_streams(self) -> None:
         """End every stream of this process now (their responses finish); for a server that
         is shutting down, so it need not wait for browsers to hang up. Callable from any
@@ -288,42 +340,48 @@ class StreamHub:
             stream.close()
 
     async def _offer_changed_quotes(self) -> None:
-        """Once a tick: each changed symbol's newest quote, framed once, to its streams (so a
-        stream gets a symbol at most once a tick, latest wins); then heartbeats. The loop is
-        yielded every ``_SLICE`` offers, so a tick over many streams never stalls it."""
-        next_heartbeat_check = self._now()
+        """Serve the slots in turn, one every ``tick / slots`` seconds on a fixed schedule
+        (a late slot does not push the later ones back): a slot's streams get each changed
+        symbol's newest quote (so a stream gets a symbol at most once a tick, latest wins),
+        then heartbeats if they were silent. The loop is yielded every ``_SLICE`` offers."""
+        loop = asyncio.get_running_loop()
+        period = self._tick / self._slots
+        due = loop.time()
+        next_heartbeat_check = [self._now()] * self._slots
+        turn = 0
         while True:
-            await asyncio.sleep(self._tick)
+            due = max(due + period, loop.time() - period)  # skip, never pile up, missed turns
+            await asyncio.sleep(due - loop.time())
+            slot = turn
+            turn = (turn + 1) % self._slots
             try:
-                await self._offer(self._take_changed())
-                if self._now() >= next_heartbeat_check:
-                    next_heartbeat_check = self._now() + min(1.0, self._heartbeat)
-                    await self._offer_heartbeats()
+                await self._offer(slot)
+                if self._now() >= next_heartbeat_check[slot]:
+                    next_heartbeat_check[slot] = self._now() + min(1.0, self._heartbeat)
+                    await self._offer_heartbeats(self._by_slot[slot])
             except Exception:  # one bad tick must not end quotes for every stream
                 log.exception("sse.quote_tick_failed")
 
-    def _take_changed(self) -> set[str]:
-        changed, self._changed = self._changed, set()
-        return changed
-
-    async def _offer(self, changed: set[str]) -> None:
+    async def _offer(self, slot: int) -> None:
+        changed, self._changed[slot] = self._changed[slot], set()
         offered = 0
         for symbol in changed:
             channel = self._symbols.get(symbol)
             message = self._latest.get(symbol)  # None: every watcher left since it changed
-            data = None if channel is None or message is None else self._decoded(message)
-            if channel is None or data is None:
+            if channel is None or message is None or not channel.by_slot[slot]:
                 continue
-            frame = sse_frame(data, event="quote")
-            for stream in list(channel.streams):
+            frame = self._frame(symbol, message)
+            if frame is None:
+                continue
+            for stream in list(channel.by_slot[slot]):
                 stream.offer_quote(symbol, frame)
                 offered += 1
                 if offered % _SLICE == 0:
                     await asyncio.sleep(0)
 
-    async def _offer_heartbeats(self) -> None:
+    async def _offer_heartbeats(self, streams: set[ClientStream]) -> None:
         quiet_since = self._now() - self._heartbeat
-        for offered, stream in enumerate(list(self._streams), start=1):
+        for offered, stream in enumerate(list(streams), start=1):
             if stream.last_sent <= quiet_since:
                 stream.offer_heartbeat()
             if offered % _SLICE == 0:

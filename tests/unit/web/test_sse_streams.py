@@ -187,3 +187,47 @@ async def test_a_stream_closed_while_the_hub_is_busy_is_gone_even_if_its_close_i
     with contextlib.suppress(asyncio.CancelledError):
         await closing
     assert hub.streams == 0
+
+
+async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> None:
+    """Not one burst of writes a tick: each slot of streams gets the quote at its own time,
+    every stream within the tick, and the slots stay even as streams come and go."""
+    cache = MemoryCache()
+    hub = StreamHub(
+        cache,
+        price_channel=lambda symbol: f"prices:{symbol}",
+        quote_from_message=quote_of,
+        quotes_per_second=2,  # a 0.5 s tick
+        slot_seconds=0.1,  # five slots
+    )
+    await hub.start()
+    try:
+        assert hub.slots == 5
+        streams = [ClientStream(f"user{n}", ["AAPL"]) for n in range(10)]
+        for stream in streams:
+            await hub.open(stream)
+        assert sorted(s.slot for s in streams) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+        await hub.close(streams.pop(2))  # slot 2 now holds one stream less than the others
+        late = ClientStream("late", ["AAPL"])
+        await hub.open(late)
+        streams.append(late)
+        assert late.slot == 2  # the emptiest slot
+
+        loop = asyncio.get_running_loop()
+        await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"}]')
+        published = loop.time()
+
+        async def arrival(stream: ClientStream) -> float:
+            await next_chunk(stream.frames(), within=2.0)
+            return loop.time() - published
+
+        arrivals = await asyncio.gather(*(arrival(stream) for stream in streams))
+        assert max(arrivals) < 0.5 + 0.2  # every stream within the tick (and some slack)
+        assert max(arrivals) - min(arrivals) >= 0.25  # not all at once: a slot at a time
+        by_slot: dict[int, list[float]] = {}
+        for stream, at in zip(streams, arrivals, strict=True):
+            by_slot.setdefault(stream.slot, []).append(at)
+        for times in by_slot.values():  # a slot's streams are served together
+            assert max(times) - min(times) < 0.05
+    finally:
+        await hub.stop()
