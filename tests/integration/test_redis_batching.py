@@ -2,8 +2,8 @@
 each caller gets its own reply or error, in the order they were issued; a caller cancelled
 while queued never reaches Redis.
 
-A lone ``BLPOP`` with a timeout keeps the batcher busy for a known time, so the commands
-issued meanwhile are queued for certain. Each test uses its own key prefix.
+A lone ``BLPOP`` with a timeout keeps a batcher of one send in flight busy for a known time,
+so the commands issued meanwhile are queued for certain. Each test uses its own key prefix.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from tradeloom.cache.redis import RedisCache
 from tradeloom.cache.redis_batching import CommandBatcher
 
 pytestmark = pytest.mark.redis
@@ -46,7 +47,7 @@ async def test_commands_issued_while_one_is_in_flight_go_as_one_pipeline_in_orde
     redis: tuple[Redis, str],
 ) -> None:
     client, prefix = redis
-    batcher = CommandBatcher(client)
+    batcher = CommandBatcher(client, max_in_flight=1)
     holding = await busy(batcher, prefix)
     pushes = [
         asyncio.create_task(batcher.execute("RPUSH", prefix + "list", str(n))) for n in range(50)
@@ -65,7 +66,7 @@ async def test_a_refused_command_fails_its_caller_only(redis: tuple[Redis, str])
     client, prefix = redis
     await client.rpush(prefix + "a-list", "x")
     await client.set(prefix + "a-string", "value")
-    batcher = CommandBatcher(client)
+    batcher = CommandBatcher(client, max_in_flight=1)
     holding = await busy(batcher, prefix)
     before = asyncio.create_task(batcher.execute("GET", prefix + "a-string"))
     wrong_type = asyncio.create_task(batcher.execute("GET", prefix + "a-list"))
@@ -83,7 +84,7 @@ async def test_a_caller_cancelled_while_queued_never_reaches_redis(
     redis: tuple[Redis, str],
 ) -> None:
     client, prefix = redis
-    batcher = CommandBatcher(client)
+    batcher = CommandBatcher(client, max_in_flight=1)
     holding = await busy(batcher, prefix)
     withdrawn = asyncio.create_task(batcher.execute("INCR", prefix + "withdrawn"))
     kept = asyncio.create_task(batcher.execute("INCR", prefix + "kept"))
@@ -106,3 +107,26 @@ async def test_a_lone_command_is_sent_at_once_without_a_pipeline(
     for n in range(1, 4):
         assert await batcher.execute("INCR", prefix + "counter") == n
     assert batcher.pipelines == 0
+
+
+async def test_scripts_redis_lost_are_loaded_again_lone_and_pipelined(
+    redis_url: str, unique: str, redis: tuple[Redis, str]
+) -> None:
+    """After a Redis restart (SCRIPT FLUSH here) every script call still runs: the first
+    NOSCRIPT loads the script once, and the call runs again."""
+    client, prefix = redis
+    cache = RedisCache(redis_url, prefix=prefix)
+    await cache.start()
+    try:
+        assert await cache.compare_and_set("lone", None, b"1")
+        await client.script_flush()
+        assert await cache.compare_and_set("lone", b"1", b"2")  # lone: loaded again
+        await client.script_flush()
+        results = await asyncio.gather(
+            *(cache.compare_and_set(f"key{n}", None, b"v") for n in range(40)),
+            *(cache.increment(f"counter{n}", 1, ttl=60) for n in range(40)),
+        )
+        assert results == [True] * 40 + [1] * 40
+        assert await cache.get("lone") == b"2"
+    finally:
+        await cache.close()

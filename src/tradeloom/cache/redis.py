@@ -13,9 +13,10 @@ Guarantees beyond the port's:
   given (``KEYS``), which are prefixed for them.
 * **Pub/sub** holds ONE upstream connection per adapter whatever the number of local
   subscribers (see :class:`tradeloom.cache.redis_pubsub.PubSubHub`).
-* **Automatic pipelining.** Single commands issued while others are in flight go to Redis
+* **Automatic pipelining.** Single commands issued while several are in flight go to Redis
   together as one pipeline (:mod:`tradeloom.cache.redis_batching`): each caller still gets
   its own reply or error, nothing waits on purpose, and a lone command is sent at once.
+  ``ping``, the batch methods and script loading use the pool directly.
 * **Batches.** ``set_many``, ``publish_many`` and ``run_scripts`` send their commands as one
   pipeline (``transaction=False``: no MULTI/EXEC), one round trip on one pooled connection.
   ``run_scripts`` loads (SCRIPT LOAD) at the head of its pipeline every script this adapter has
@@ -29,6 +30,7 @@ Everything here belongs to one event loop and is not thread-safe.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -97,7 +99,8 @@ class RedisCache:
     """The ``Cache`` port on Redis.
 
     ``max_connections`` bounds the command pool; a caller waits up to ``pool_timeout`` seconds
-    for a free connection. ``socket_timeout`` bounds every command. ``client_name`` names the
+    for a free connection. ``socket_timeout`` bounds every send of a command or a pipeline (a
+    command queued while every send is in flight first waits for one of them to end). ``client_name`` names the
     connections in ``CLIENT LIST`` (the pub/sub one gets ``:pubsub`` appended).
     """
 
@@ -131,6 +134,7 @@ class RedisCache:
         self._sliding_window = self._redis.register_script(_SLIDING_WINDOW)
         self._scripts: dict[str, AsyncScript] = {}
         self._loaded: set[str] = set()  # SHAs run_scripts has loaded or seen run
+        self._loading: dict[str, asyncio.Task[None]] = {}  # SCRIPT LOADs in flight
         pubsub_settings = {
             **self._pool.connection_kwargs,
             "protocol": 2,  # plain arrays for every pub/sub reply, whatever the URL asks
@@ -159,6 +163,7 @@ class RedisCache:
     async def close(self) -> None:
         """Stop the pub/sub reader, drop every local subscriber, close all connections."""
         await self._hub.close()
+        await self._batcher.close()
         await self._redis.aclose()
         await self._pool.aclose()
 
@@ -243,8 +248,21 @@ class RedisCache:
         try:
             return await self._batcher.execute("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self._redis.script_load(script.script)
+            await self._load(script)
             return await self._batcher.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _load(self, script: AsyncScript) -> None:
+        """SCRIPT LOAD, once for every caller that found the script missing at the same time
+        (after a Redis restart, a whole batch does); one caller's cancellation does not cancel
+        it for the others."""
+        loading = self._loading.get(script.sha)
+        if loading is None:
+            loading = self._loading[script.sha] = asyncio.create_task(self._load_now(script))
+            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+        await asyncio.shield(loading)
+
+    async def _load_now(self, script: AsyncScript) -> None:
+        await self._redis.script_load(script.script)
 
     async def run_scripts(self, calls: Sequence[ScriptCall]) -> list[object]:
         """One pipeline of EVALSHA in the given order (see the module docstring for loading

@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import DataError
 
 from tradeloom.cache.redis_batching import CommandBatcher
 
@@ -55,7 +56,7 @@ class FakeRedis:
 
 async def test_a_failed_pipeline_fails_each_queued_caller_with_its_own_copy() -> None:
     fake = FakeRedis()
-    batcher = CommandBatcher(cast(Redis, fake))
+    batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
     lone = asyncio.create_task(batcher.execute("GET", "lone"))
     await asyncio.sleep(0)
     queued = [asyncio.create_task(batcher.execute("GET", f"k{n}")) for n in range(3)]
@@ -75,3 +76,38 @@ async def test_a_failed_pipeline_fails_each_queued_caller_with_its_own_copy() ->
 async def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         CommandBatcher(cast(Redis, FakeRedis()), max_batch=0)
+    with pytest.raises(ValueError, match="max_in_flight"):
+        CommandBatcher(cast(Redis, FakeRedis()), max_in_flight=0)
+
+
+async def test_an_argument_redis_cannot_take_fails_its_caller_only_before_queueing() -> None:
+    fake = FakeRedis()
+    fake.fail_pipelines = False
+    batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
+    lone = asyncio.create_task(batcher.execute("GET", "lone"))
+    await asyncio.sleep(0)
+    good = asyncio.create_task(batcher.execute("GET", "good"))
+    with pytest.raises(DataError, match="invalid Redis argument None"):
+        await batcher.execute("SET", "key", cast(str, None))
+    with pytest.raises(DataError, match="bool"):
+        await batcher.execute("SET", "key", True)
+    fake.release.set()
+    assert (await lone, await good) == ("reply to lone", "reply to good")
+
+
+async def test_a_pipeline_cancelled_before_it_ran_fails_its_callers_and_frees_its_place() -> None:
+    fake = FakeRedis()
+    fake.fail_pipelines = False
+    batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
+    lone = asyncio.create_task(batcher.execute("GET", "lone"))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(batcher.execute("GET", "queued"))
+    await asyncio.sleep(0)
+    fake.release.set()
+    await asyncio.sleep(0)  # the lone command returns and hands the queue to a pipeline task
+    for sender in list(batcher._senders):  # the loop is shutting down, say
+        sender.cancel()
+    assert await lone == "reply to lone"
+    with pytest.raises(RuntimeError, match="cancelled"):
+        await queued
+    assert await batcher.execute("GET", "after") == "reply to after"  # not stuck busy
