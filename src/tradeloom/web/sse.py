@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ SLOT_SECONDS = 0.05
 """How far apart the slots of a tick are served: at 1 quote a second, 20 slots, each about
 1/20 of the streams. Short enough that a burst of one slot's writes delays little, long
 enough that a slot's timer costs nothing next to its work."""
+MAX_SLOTS = 20
+"""At most this many slots, however slow the tick: a turn's cost grows with the symbols
+watched, and more slots would add turns without making any burst smaller."""
 Monotonic = Callable[[], float]
 
 
@@ -158,21 +162,18 @@ class ClientStream:
 class _Channel:
     """One symbol's upstream subscription and its watchers, by slot."""
 
-    slots: int
     subscription: LocalSubscription | None = None
-    streams: set[ClientStream] = field(default_factory=set)
-    by_slot: list[set[ClientStream]] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.by_slot = [set() for _ in range(self.slots)]
+    by_slot: dict[int, set[ClientStream]] = field(default_factory=dict)  # no empty sets
 
     def add(self, stream: ClientStream) -> None:
-        self.streams.add(stream)
-        self.by_slot[stream.slot].add(stream)
+        self.by_slot.setdefault(stream.slot, set()).add(stream)
 
     def discard(self, stream: ClientStream) -> None:
-        self.streams.discard(stream)
-        self.by_slot[stream.slot].discard(stream)
+        watching = self.by_slot.get(stream.slot)
+        if watching is not None:
+            watching.discard(stream)
+            if not watching:
+                del self.by_slot[stream.slot]
 
 
 QuoteEncoder = Callable[[bytes], tuple[str, bytes] | None]
@@ -200,21 +201,22 @@ class StreamHub:
         self._price_channel = price_channel
         self._quote_from_message = quote_from_message
         self._tick = 1.0 / quotes_per_second
-        self._slots = max(1, int(self._tick / slot_seconds))
+        self._slots = min(MAX_SLOTS, max(1, round(self._tick / slot_seconds)))
         self._heartbeat = heartbeat
         self._now = monotonic
         self._symbols: dict[str, _Channel] = {}
-        self._streams: set[ClientStream] = set()
         self._by_slot: list[set[ClientStream]] = [set() for _ in range(self._slots)]
         self._latest: dict[str, bytes] = {}  # each watched symbol's newest upstream message
         self._framed: dict[str, tuple[bytes, bytes | None]] = {}  # message -> its quote frame
-        self._changed: list[set[str]] = [set() for _ in range(self._slots)]  # since its turn
+        # Per slot, the message last offered of each symbol: a symbol whose newest message is
+        # another has changed since the slot's last turn.
+        self._offered: list[dict[str, bytes]] = [{} for _ in range(self._slots)]
         self._ticker: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
     @property
     def streams(self) -> int:
-        return len(self._streams)
+        return sum(len(streams) for streams in self._by_slot)
 
     @property
     def slots(self) -> int:
@@ -231,12 +233,11 @@ class StreamHub:
                 await self._ticker  # its own failures are logged per tick, inside it
             self._ticker = None
         async with self._lock:
-            streams, self._streams = self._streams, set()
             channels, self._symbols = self._symbols, {}
-            for group in self._by_slot:
-                group.clear()
-            for stream in streams:
-                stream.close()
+            for streams in self._by_slot:
+                for stream in streams:
+                    stream.close()
+                streams.clear()
             for channel in channels.values():
                 if channel.subscription is not None:
                     await channel.subscription.close()
@@ -246,7 +247,6 @@ class StreamHub:
         async with self._lock:
             # The emptiest slot, so the slots stay even as streams come and go.
             stream.slot = min(range(self._slots), key=lambda slot: len(self._by_slot[slot]))
-            self._streams.add(stream)
             self._by_slot[stream.slot].add(stream)
             try:
                 for symbol in stream.symbols:
@@ -254,11 +254,7 @@ class StreamHub:
             except BaseException:
                 self._forget(stream)
                 for symbol in stream.symbols:
-                    channel = self._symbols.get(symbol)
-                    if channel is not None and not channel.streams:
-                        del self._symbols[symbol]
-                        if channel.subscription is not None:
-                            await channel.subscription.close()
+                    await self._drop_if_unwatched(symbol)
                 raise
 
     async def close(self, stream: ClientStream) -> None:
@@ -270,24 +266,31 @@ class StreamHub:
         if abandoned:
             async with self._lock:
                 for symbol in abandoned:
-                    channel = self._symbols.get(symbol)
-                    if channel is not None and not channel.streams:
-                        del self._symbols[symbol]
-                        self._latest.pop(symbol, None)
-                        self._framed.pop(symbol, None)
-                        if channel.subscription is not None:
-                            await channel.subscription.close()
+                    await self._drop_if_unwatched(symbol)
+
+    async def _drop_if_unwatched(self, symbol: str) -> None:
+        """Forget a symbol no stream watches any more and close its upstream subscription
+        (under the lock)."""
+        channel = self._symbols.get(symbol)
+        if channel is None or channel.by_slot:
+            return
+        del self._symbols[symbol]
+        self._latest.pop(symbol, None)
+        self._framed.pop(symbol, None)
+        for offered in self._offered:
+            offered.pop(symbol, None)
+        if channel.subscription is not None:
+            await channel.subscription.close()
 
     def _forget(self, stream: ClientStream) -> list[str]:
         """Remove ``stream`` from the hub's sets; the symbols nobody watches any more."""
-        self._streams.discard(stream)
         self._by_slot[stream.slot].discard(stream)
         abandoned = []
         for symbol in stream.symbols:
             channel = self._symbols.get(symbol)
             if channel is not None:
                 channel.discard(stream)
-                if not channel.streams:
+                if not channel.by_slot:
                     abandoned.append(symbol)
         return abandoned
 
@@ -297,9 +300,7 @@ class StreamHub:
         return None if message is None else self._decoded(message)
 
     async def _join(self, symbol: str, stream: ClientStream) -> None:
-        channel = self._symbols.get(symbol)
-        if channel is None:
-            channel = self._symbols[symbol] = _Channel(self._slots)
+        channel = self._symbols.setdefault(symbol, _Channel())
         channel.add(stream)
         if channel.subscription is None:
             channel.subscription = await self._cache.subscribe(
@@ -309,10 +310,8 @@ class StreamHub:
 
     def _on_price_message(self, symbol: str, message: bytes) -> None:
         """Only keep it: most upstream messages are superseded before the next tick, so
-        decoding waits for the tick (once per changed symbol, not once per message)."""
+        decoding waits for a turn (once per changed symbol, not once per message)."""
         self._latest[symbol] = message
-        for changed in self._changed:
-            changed.add(symbol)
 
     def _decoded(self, message: bytes) -> bytes | None:
         try:
@@ -336,44 +335,51 @@ class StreamHub:
         """End every stream of this process now (their responses finish); for a server that
         is shutting down, so it need not wait for browsers to hang up. Callable from any
         callback on the event loop's thread: it does not await."""
-        for stream in list(self._streams):
-            stream.close()
+        for streams in self._by_slot:
+            for stream in list(streams):
+                stream.close()
 
     async def _offer_changed_quotes(self) -> None:
-        """Serve the slots in turn, one every ``tick / slots`` seconds on a fixed schedule
-        (a late slot does not push the later ones back): a slot's streams get each changed
-        symbol's newest quote (so a stream gets a symbol at most once a tick, latest wins),
-        then heartbeats if they were silent. The loop is yielded every ``_SLICE`` offers."""
+        """Serve the slots in turn, one every ``tick / slots`` seconds on a fixed schedule: a
+        slot's streams get each changed symbol's newest quote, then heartbeats if they were
+        silent. Two floors keep an overloaded process fair: at least half a period passes
+        between turns (requests and user events get the loop between bursts), and a slot is
+        served at most once a tick (a stream gets a symbol at most ``quotes_per_second``
+        times a second, latest wins). Late turns are not made up: the schedule moves on."""
         loop = asyncio.get_running_loop()
         period = self._tick / self._slots
         due = loop.time()
+        served_at = [-math.inf] * self._slots
         next_heartbeat_check = [self._now()] * self._slots
-        turn = 0
+        slot = self._slots - 1
         while True:
-            due = max(due + period, loop.time() - period)  # skip, never pile up, missed turns
+            slot = (slot + 1) % self._slots
+            due = max(due + period, loop.time() + period / 2, served_at[slot] + self._tick)
             await asyncio.sleep(due - loop.time())
-            slot = turn
-            turn = (turn + 1) % self._slots
+            served_at[slot] = loop.time()
             try:
                 await self._offer(slot)
                 if self._now() >= next_heartbeat_check[slot]:
                     next_heartbeat_check[slot] = self._now() + min(1.0, self._heartbeat)
                     await self._offer_heartbeats(self._by_slot[slot])
-            except Exception:  # one bad tick must not end quotes for every stream
+            except Exception:  # one bad turn must not end quotes for every stream
                 log.exception("sse.quote_tick_failed")
 
     async def _offer(self, slot: int) -> None:
-        changed, self._changed[slot] = self._changed[slot], set()
+        """Each symbol whose newest message this slot has not been offered, to the slot's
+        streams watching it: the cost is the symbols watched plus the offers made."""
+        offered_before = self._offered[slot]
         offered = 0
-        for symbol in changed:
-            channel = self._symbols.get(symbol)
-            message = self._latest.get(symbol)  # None: every watcher left since it changed
-            if channel is None or message is None or not channel.by_slot[slot]:
+        for symbol, channel in list(self._symbols.items()):
+            streams = channel.by_slot.get(slot)
+            message = self._latest.get(symbol)
+            if not streams or message is None or offered_before.get(symbol) is message:
                 continue
+            offered_before[symbol] = message
             frame = self._frame(symbol, message)
             if frame is None:
                 continue
-            for stream in list(channel.by_slot[slot]):
+            for stream in list(streams):
                 stream.offer_quote(symbol, frame)
                 offered += 1
                 if offered % _SLICE == 0:

