@@ -11,7 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tradeloom.domain.accounts import Account, DuplicateAccount
@@ -31,6 +31,13 @@ def _account(row: Any) -> Account:
         cash=mapping["cash"],
         created_at=mapping["created_at"],
     )
+
+
+# Built once with bound parameters and reused: the risk engine and the web tier look accounts
+# up on every first order and every stream, and building a select costs more than running it.
+_BY_ID = select(accounts).where(accounts.c.account_id == bindparam("account_id"))
+_ALL = select(accounts).order_by(accounts.c.created_at, accounts.c.account_id)
+_OWNED = _ALL.where(accounts.c.owner == bindparam("owner"))
 
 
 class AccountRepository:
@@ -71,8 +78,7 @@ class AccountRepository:
 
     async def get(self, account_id: str) -> Account | None:
         async with self._database.connect() as conn:
-            result = await conn.execute(select(accounts).where(accounts.c.account_id == account_id))
-            row = result.first()
+            row = (await conn.execute(_BY_ID, {"account_id": account_id})).first()
         return None if row is None else _account(row)
 
     async def list_for_owner(self, owner: str) -> list[Account]:
@@ -81,11 +87,9 @@ class AccountRepository:
 
     async def list_accounts(self, owner: str | None = None) -> list[Account]:
         """Every account (of ``owner`` when given), oldest first (ties by id)."""
-        query = select(accounts).order_by(accounts.c.created_at, accounts.c.account_id)
-        if owner is not None:
-            query = query.where(accounts.c.owner == owner)
+        query = _ALL if owner is None else _OWNED
         async with self._database.connect() as conn:
-            return [_account(row) for row in await conn.execute(query)]
+            return [_account(row) for row in await conn.execute(query, {"owner": owner})]
 
 
 async def create_account(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
-from sqlalchemy import Select, select, tuple_
+from sqlalchemy import BindParameter, Select, bindparam, select, tuple_
 
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.events import decode_event
@@ -78,9 +79,9 @@ class OrderQueries:
 
     async def get(self, owner: str, order_id: str) -> OrderView | None:
         """The order, or None when it does not exist or is not ``owner``'s."""
-        query = _owned(owner).where(order_views.c.order_id == order_id)
         async with self._database.connect() as conn:
-            row = (await conn.execute(query)).first()
+            result = await conn.execute(_GET, {"owner": owner, "order_id": order_id})
+            row = result.first()
         return None if row is None else view_from_row(row._mapping)
 
     async def list(
@@ -101,22 +102,22 @@ class OrderQueries:
             raise InvalidQuery(
                 f"limit must be 1..{MAX_PAGE}, got {limit}", code="invalid_limit", field="limit"
             )
-        query = _owned(owner)
-        if account_id is not None:
-            query = query.where(order_views.c.account_id == account_id)
-        if symbol is not None:
-            query = query.where(order_views.c.symbol == symbol)
-        query = _by_status(query, status)
-        query = _in_window(query, since, until)
+        if status not in ("open", "closed", "all"):
+            raise InvalidQuery(
+                f"status must be open, closed or all, got {status!r}",
+                code="invalid_status",
+                field="status",
+            )
+        values: dict[str, object] = {"owner": owner, "limit": limit + 1}
+        values.update(account_id=account_id, symbol=symbol, **_window(since, until))
         if after is not None:
-            submitted_at, order_id = decode_cursor(after)
-            key = tuple_(order_views.c.submitted_at, order_views.c.order_id)
-            query = query.where(key < tuple_(submitted_at, order_id))
-        query = query.order_by(
-            order_views.c.submitted_at.desc(), order_views.c.order_id.desc()
-        ).limit(limit + 1)
+            values["after_at"], values["after_id"] = decode_cursor(after)
+        query = _list_statement(
+            status,
+            *(values.get(name) is not None for name in _OPTIONAL),
+        )
         async with self._database.connect() as conn:
-            views = [view_from_row(row._mapping) for row in await conn.execute(query)]
+            views = [view_from_row(row._mapping) for row in await conn.execute(query, values)]
         page, more = views[:limit], len(views) > limit
         last = page[-1] if page else None
         cursor = encode_cursor(last.submitted_at, last.order_id) if more and last else None
@@ -147,7 +148,7 @@ class OrderQueries:
         ]
 
 
-def _owned(owner: str) -> Select[Any]:
+def _owned(owner: str | BindParameter[str]) -> Select[Any]:
     """Order views of accounts ``owner`` owns: the one gate of every query here."""
     return (
         select(order_views)
@@ -156,34 +157,61 @@ def _owned(owner: str) -> Select[Any]:
     )
 
 
-def _by_status(query: Select[Any], status: str) -> Select[Any]:
+# Statements are built once with bound parameters and reused: building a select and deriving
+# its cache key cost ~0.3 ms a query on this machine, more than PostgreSQL's part of it.
+_GET = _owned(bindparam("owner")).where(order_views.c.order_id == bindparam("order_id"))
+_OPTIONAL = ("account_id", "symbol", "since", "until", "after_at")
+"""The optional filters of ``list``, in the order :func:`_list_statement` takes them."""
+
+
+@functools.cache
+def _list_statement(
+    status: str, by_account: bool, by_symbol: bool, since: bool, until: bool, after: bool
+) -> Select[Any]:
+    """The ``list`` query of one shape (which filters apply), built the first time it is
+    asked for; its parameters: owner, limit, and those of the filters that apply."""
+    column = order_views.c
+    query = _owned(bindparam("owner"))
+    if by_account:
+        query = query.where(column.account_id == bindparam("account_id"))
+    if by_symbol:
+        query = query.where(column.symbol == bindparam("symbol"))
     if status == "open":
-        return query.where(order_views.c.is_open.is_(True))
-    if status == "closed":
-        return query.where(order_views.c.is_open.is_(False))
-    if status == "all":
-        return query
-    raise InvalidQuery(
-        f"status must be open, closed or all, got {status!r}", code="invalid_status", field="status"
+        query = query.where(column.is_open.is_(True))
+    elif status == "closed":
+        query = query.where(column.is_open.is_(False))
+    if since:
+        query = query.where(column.submitted_at >= bindparam("since"))
+    if until:
+        query = query.where(column.submitted_at < bindparam("until"))
+    if after:
+        key = tuple_(column.submitted_at, column.order_id)
+        query = query.where(
+            key
+            < tuple_(
+                bindparam("after_at", type_=column.submitted_at.type),
+                bindparam("after_id", type_=column.order_id.type),
+            )
+        )
+    return query.order_by(column.submitted_at.desc(), column.order_id.desc()).limit(
+        bindparam("limit")
     )
 
 
-def _in_window(query: Select[Any], since: datetime | None, until: datetime | None) -> Select[Any]:
+def _window(since: datetime | None, until: datetime | None) -> dict[str, datetime | None]:
+    """``since`` and ``until`` in UTC, checked: each with a time zone, in range, in order."""
     for name, moment in (("since", since), ("until", until)):
         if moment is not None and moment.utcoffset() is None:
             raise InvalidQuery(f"{name} needs a time zone", code="invalid_time", field=name)
     if since is not None and until is not None and since >= until:
         raise InvalidQuery("since must be before until", code="invalid_time", field="since")
+    window: dict[str, datetime | None] = {}
     for name, moment in (("since", since), ("until", until)):
-        if moment is None:
-            continue
         try:
-            utc = moment.astimezone(UTC)
+            window[name] = None if moment is None else moment.astimezone(UTC)
         except OverflowError:
             raise InvalidQuery(f"{name} is out of range", code="invalid_time", field=name) from None
-        column = order_views.c.submitted_at
-        query = query.where(column >= utc if name == "since" else column < utc)
-    return query
+    return window
 
 
 def encode_cursor(submitted_at: datetime, order_id: str) -> str:

@@ -20,7 +20,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.numbers import ZERO
@@ -127,6 +127,20 @@ def _total(amounts: Iterable[Decimal | None]) -> Decimal | None:
     return exact_sum(amount for amount in known if amount is not None)
 
 
+# Built once with bound parameters and reused (building a select and deriving its cache key
+# costs more than PostgreSQL's part of a query this small).
+_OWNED_POSITIONS = (
+    select(positions)
+    .join(accounts, accounts.c.account_id == positions.c.account_id)
+    .where(accounts.c.owner == bindparam("owner"))
+    .order_by(positions.c.account_id, positions.c.symbol)
+)
+_ACCOUNT_POSITIONS = _OWNED_POSITIONS.where(positions.c.account_id == bindparam("account_id"))
+_OWNED_ACCOUNT = select(accounts).where(
+    accounts.c.account_id == bindparam("account_id"), accounts.c.owner == bindparam("owner")
+)
+
+
 class PositionQueries:
     """Answers position and account questions for one user at a time. Reads only."""
 
@@ -137,16 +151,10 @@ class PositionQueries:
     async def positions(self, owner: str, account_id: str | None = None) -> list[PositionView]:
         """The owner's positions (of one account when given; flat ones too), by account and
         symbol. Another user's account gives an empty list."""
-        query = (
-            select(positions)
-            .join(accounts, accounts.c.account_id == positions.c.account_id)
-            .where(accounts.c.owner == owner)
-            .order_by(positions.c.account_id, positions.c.symbol)
-        )
-        if account_id is not None:
-            query = query.where(positions.c.account_id == account_id)
+        query = _OWNED_POSITIONS if account_id is None else _ACCOUNT_POSITIONS
+        values = {"owner": owner, "account_id": account_id}
         async with self._database.connect() as conn:
-            rows = [position_row(row) for row in await conn.execute(query)]
+            rows = [position_row(row) for row in await conn.execute(query, values)]
         return await self._valued(rows)
 
     async def account_summary(
@@ -155,11 +163,9 @@ class PositionQueries:
         """The owner's account's cash, P&L and equity; :class:`AccountNotFound` if the owner
         has no such account. ``views``: the account's positions when the caller just read
         them (a snapshot shows both), so they are not read and valued twice."""
-        query = select(accounts).where(
-            accounts.c.account_id == account_id, accounts.c.owner == owner
-        )
+        values = {"owner": owner, "account_id": account_id}
         async with self._database.connect() as conn:
-            account = (await conn.execute(query)).first()
+            account = (await conn.execute(_OWNED_ACCOUNT, values)).first()
         if account is None:
             raise AccountNotFound(f"no account {account_id!r} of {owner!r}")
         if views is None:
