@@ -1830,7 +1830,7 @@ def parse_args() -> argparse.Namespace:
     stream.add_argument("--open-concurrency", type=int, default=96, help="opens in flight")
     stream.add_argument("--hold", type=float, default=8.0, help="seconds measured a level")
     stream.add_argument(
-        "--open-budget", type=float, default=40.0, help="s to reach a level, then skip on"
+        "--open-budget", type=float, default=150.0, help="s to reach a level, then skip on"
     )
     stream.add_argument("--bare-hold", type=float, default=5.0, help="s, bare baseline")
     stream.add_argument("--settle", type=float, default=2.0, help="seconds before measuring")

@@ -47,7 +47,9 @@ from tradeloom.notifications.wakeup import Wakeup
 log = structlog.get_logger("tradeloom.web.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
-_SLICE = 2000  # offers between yields to the event loop
+_SLICE = 100
+"""Streams served between yields to the event loop: each wakes one writer, so a slice is about
+this many socket writes (a few ms here) before requests and user events get the loop."""
 SLOT_SECONDS = 0.05
 """How far apart the slots of a tick are served: at 1 quote a second, 20 slots, each about
 1/20 of the streams. Short enough that a burst of one slot's writes delays little, long
@@ -342,10 +344,10 @@ class StreamHub:
     async def _offer_changed_quotes(self) -> None:
         """Serve the slots in turn, one every ``tick / slots`` seconds on a fixed schedule: a
         slot's streams get each changed symbol's newest quote, then heartbeats if they were
-        silent. Two floors keep an overloaded process fair: at least half a period passes
-        between turns (requests and user events get the loop between bursts), and a slot is
-        served at most once a tick (a stream gets a symbol at most ``quotes_per_second``
-        times a second, latest wins). Late turns are not made up: the schedule moves on."""
+        silent. A slot is served at most once a tick (a stream gets a symbol at most
+        ``quotes_per_second`` times a second, latest wins). An overloaded process serves the
+        slots back to back, still yielding every ``_SLICE`` streams, so requests and user
+        events wait a slice, never a turn; its streams then get fewer quotes, never late ones."""
         loop = asyncio.get_running_loop()
         period = self._tick / self._slots
         due = loop.time()
@@ -354,7 +356,7 @@ class StreamHub:
         slot = self._slots - 1
         while True:
             slot = (slot + 1) % self._slots
-            due = max(due + period, loop.time() + period / 2, served_at[slot] + self._tick)
+            due = max(due + period, served_at[slot] + self._tick)
             await asyncio.sleep(due - loop.time())
             served_at[slot] = loop.time()
             try:
@@ -367,23 +369,29 @@ class StreamHub:
 
     async def _offer(self, slot: int) -> None:
         """Each symbol whose newest message this slot has not been offered, to the slot's
-        streams watching it: the cost is the symbols watched plus the offers made."""
+        streams watching it. A stream gets all its symbols at once, so it writes one chunk a
+        turn however many changed (a yield between two of its offers would let its writer
+        send each alone); the loop is yielded every ``_SLICE`` streams."""
         offered_before = self._offered[slot]
-        offered = 0
-        for symbol, channel in list(self._symbols.items()):
-            streams = channel.by_slot.get(slot)
+        frames: dict[str, bytes] = {}
+        streams: set[ClientStream] = set()
+        for symbol, channel in self._symbols.items():
+            watching = channel.by_slot.get(slot)
             message = self._latest.get(symbol)
-            if not streams or message is None or offered_before.get(symbol) is message:
+            if not watching or message is None or offered_before.get(symbol) is message:
                 continue
             offered_before[symbol] = message
             frame = self._frame(symbol, message)
-            if frame is None:
-                continue
-            for stream in list(streams):
-                stream.offer_quote(symbol, frame)
-                offered += 1
-                if offered % _SLICE == 0:
-                    await asyncio.sleep(0)
+            if frame is not None:
+                frames[symbol] = frame
+                streams |= watching
+        for served, stream in enumerate(streams, start=1):
+            for symbol in stream.symbols:
+                frame = frames.get(symbol)
+                if frame is not None:
+                    stream.offer_quote(symbol, frame)
+            if served % _SLICE == 0:
+                await asyncio.sleep(0)
 
     async def _offer_heartbeats(self, streams: set[ClientStream]) -> None:
         quiet_since = self._now() - self._heartbeat

@@ -231,3 +231,30 @@ async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> 
             assert max(times) - min(times) < 0.08
     finally:
         await hub.stop()
+
+
+async def test_a_stream_gets_every_symbol_that_changed_in_one_chunk_a_turn() -> None:
+    """However many streams a turn serves (here more than a slice between yields, of any size so far), each
+    writes what changed for it as one chunk, not one chunk per symbol."""
+    cache = MemoryCache()
+    hub = StreamHub(
+        cache,
+        price_channel=lambda symbol: f"prices:{symbol}",
+        quote_from_message=quote_of,
+        quotes_per_second=2,
+        slot_seconds=0.5,  # one slot: every stream in one turn
+    )
+    await hub.start()
+    try:
+        streams = [ClientStream(f"user{n}", ["AAPL", "MSFT"]) for n in range(1100)]
+        for stream in streams:
+            await hub.open(stream)
+        await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"}]')
+        await cache.publish("prices:MSFT", b'[{"symbol":"MSFT","bid":"2"}]')
+        both = sse_frame(b'{"symbol":"AAPL","bid":"1"}', event="quote") + sse_frame(
+            b'{"symbol":"MSFT","bid":"2"}', event="quote"
+        )
+        chunks = await asyncio.gather(*(next_chunk(s.frames(), within=2.0) for s in streams))
+        assert set(chunks) == {both}
+    finally:
+        await hub.stop()
