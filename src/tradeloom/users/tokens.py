@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import bindparam, delete, func, insert, select
 
 from tradeloom.domain.ids import new_id
 from tradeloom.domain.time import Clock, SystemClock
@@ -47,6 +47,15 @@ class IssuedToken:
 
 def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Built once and reused: every request with a token runs it, and building a select and its
+# cache key cost more here than PostgreSQL's indexed read.
+_AUTHENTICATE = (
+    select(users, api_tokens.c.token_id)
+    .join(api_tokens, api_tokens.c.username == users.c.username)
+    .where(api_tokens.c.token_hash == bindparam("digest"))
+)
 
 
 class ApiTokens:
@@ -83,13 +92,8 @@ class ApiTokens:
         disabled user."""
         if not token.startswith(TOKEN_PREFIX):
             return None
-        query = (
-            select(users, api_tokens.c.token_id)
-            .join(api_tokens, api_tokens.c.username == users.c.username)
-            .where(api_tokens.c.token_hash == token_digest(token))
-        )
         async with self._database.connect() as conn:
-            row = (await conn.execute(query)).first()
+            row = (await conn.execute(_AUTHENTICATE, {"digest": token_digest(token)})).first()
         if row is None:
             return None
         user = user_from_row(row)
