@@ -100,8 +100,9 @@ class RedisCache:
 
     ``max_connections`` bounds the command pool; a caller waits up to ``pool_timeout`` seconds
     for a free connection. ``socket_timeout`` bounds every send of a command or a pipeline (a
-    command queued while every send is in flight first waits for one of them to end). ``client_name`` names the
-    connections in ``CLIENT LIST`` (the pub/sub one gets ``:pubsub`` appended).
+    command queued while every send is in flight first waits for one of them to end).
+    ``client_name`` names the connections in ``CLIENT LIST`` (the pub/sub one gets ``:pubsub``
+    appended).
     """
 
     def __init__(

@@ -234,8 +234,8 @@ async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> 
 
 
 async def test_a_stream_gets_every_symbol_that_changed_in_one_chunk_a_turn() -> None:
-    """However many streams a turn serves (here more than a slice between yields, of any size so far), each
-    writes what changed for it as one chunk, not one chunk per symbol."""
+    """However many streams a turn serves (here more than a slice between yields, of any
+    size so far), each writes what changed for it as one chunk, not one chunk per symbol."""
     cache = MemoryCache()
     hub = StreamHub(
         cache,
