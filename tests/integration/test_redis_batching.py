@@ -36,19 +36,20 @@ async def redis(redis_url: str, unique: str) -> AsyncIterator[tuple[Redis, str]]
         await client.aclose()
 
 
-async def busy(batcher: CommandBatcher, prefix: str) -> asyncio.Task[object]:
-    """A lone command in flight for ``HOLD`` seconds: what follows is queued behind it."""
+async def busy(client: Redis, prefix: str) -> tuple[CommandBatcher, asyncio.Task[object]]:
+    """A batcher of one send in flight, held by a lone command for ``HOLD`` seconds: what
+    follows is queued behind it."""
+    batcher = CommandBatcher(client, max_in_flight=1)
     holding = asyncio.create_task(batcher.execute("BLPOP", prefix + "never", HOLD))
     await asyncio.sleep(0.02)
-    return holding
+    return batcher, holding
 
 
 async def test_commands_issued_while_one_is_in_flight_go_as_one_pipeline_in_order(
     redis: tuple[Redis, str],
 ) -> None:
     client, prefix = redis
-    batcher = CommandBatcher(client, max_in_flight=1)
-    holding = await busy(batcher, prefix)
+    batcher, holding = await busy(client, prefix)
     pushes = [
         asyncio.create_task(batcher.execute("RPUSH", prefix + "list", str(n))) for n in range(50)
     ]
@@ -66,8 +67,7 @@ async def test_a_refused_command_fails_its_caller_only(redis: tuple[Redis, str])
     client, prefix = redis
     await client.rpush(prefix + "a-list", "x")
     await client.set(prefix + "a-string", "value")
-    batcher = CommandBatcher(client, max_in_flight=1)
-    holding = await busy(batcher, prefix)
+    batcher, holding = await busy(client, prefix)
     before = asyncio.create_task(batcher.execute("GET", prefix + "a-string"))
     wrong_type = asyncio.create_task(batcher.execute("GET", prefix + "a-list"))
     after = asyncio.create_task(batcher.execute("INCR", prefix + "counter"))
@@ -84,8 +84,7 @@ async def test_a_caller_cancelled_while_queued_never_reaches_redis(
     redis: tuple[Redis, str],
 ) -> None:
     client, prefix = redis
-    batcher = CommandBatcher(client, max_in_flight=1)
-    holding = await busy(batcher, prefix)
+    batcher, holding = await busy(client, prefix)
     withdrawn = asyncio.create_task(batcher.execute("INCR", prefix + "withdrawn"))
     kept = asyncio.create_task(batcher.execute("INCR", prefix + "kept"))
     await asyncio.sleep(0)

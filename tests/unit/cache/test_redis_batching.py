@@ -55,10 +55,7 @@ class FakeRedis:
 
 
 async def test_a_failed_pipeline_fails_each_queued_caller_with_its_own_copy() -> None:
-    fake = FakeRedis()
-    batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
-    lone = asyncio.create_task(batcher.execute("GET", "lone"))
-    await asyncio.sleep(0)
+    fake, batcher, lone = await busy_batcher(fail_pipelines=True)
     queued = [asyncio.create_task(batcher.execute("GET", f"k{n}")) for n in range(3)]
     await asyncio.sleep(0)
     fake.release.set()
@@ -80,12 +77,20 @@ async def test_max_batch_must_be_positive() -> None:
         CommandBatcher(cast(Redis, FakeRedis()), max_in_flight=0)
 
 
-async def test_an_argument_redis_cannot_take_fails_its_caller_only_before_queueing() -> None:
+async def busy_batcher(
+    *, fail_pipelines: bool
+) -> tuple[FakeRedis, CommandBatcher, asyncio.Task[object]]:
+    """A batcher of one send in flight, held by a lone GET until ``release`` is set."""
     fake = FakeRedis()
-    fake.fail_pipelines = False
+    fake.fail_pipelines = fail_pipelines
     batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
     lone = asyncio.create_task(batcher.execute("GET", "lone"))
     await asyncio.sleep(0)
+    return fake, batcher, lone
+
+
+async def test_an_argument_redis_cannot_take_fails_its_caller_only_before_queueing() -> None:
+    fake, batcher, lone = await busy_batcher(fail_pipelines=False)
     good = asyncio.create_task(batcher.execute("GET", "good"))
     with pytest.raises(DataError, match="invalid Redis argument None"):
         await batcher.execute("SET", "key", cast(str, None))
@@ -96,11 +101,7 @@ async def test_an_argument_redis_cannot_take_fails_its_caller_only_before_queuei
 
 
 async def test_a_pipeline_cancelled_before_it_ran_fails_its_callers_and_frees_its_place() -> None:
-    fake = FakeRedis()
-    fake.fail_pipelines = False
-    batcher = CommandBatcher(cast(Redis, fake), max_in_flight=1)
-    lone = asyncio.create_task(batcher.execute("GET", "lone"))
-    await asyncio.sleep(0)
+    fake, batcher, lone = await busy_batcher(fail_pipelines=False)
     queued = asyncio.create_task(batcher.execute("GET", "queued"))
     await asyncio.sleep(0)
     fake.release.set()

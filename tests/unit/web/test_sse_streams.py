@@ -12,7 +12,7 @@ import pytest
 
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import LocalSubscription, MessageCallback
-from tradeloom.web.sse import HEARTBEAT, ClientStream, StreamHub, sse_frame
+from tradeloom.web.sse import HEARTBEAT, SLOT_SECONDS, ClientStream, StreamHub, sse_frame
 
 
 async def next_chunk(frames: AsyncIterator[bytes], within: float = 1.0) -> bytes:
@@ -76,16 +76,29 @@ def quote_of(message: bytes) -> tuple[str, bytes] | None:
     return newest["symbol"], msgspec.json.encode(newest)
 
 
+def price_hub(
+    cache: MemoryCache,
+    *,
+    quotes_per_second: float,
+    slot_seconds: float = SLOT_SECONDS,
+    heartbeat: float = 15.0,
+) -> StreamHub:
+    """A hub on ``cache``'s ``prices:<symbol>`` channels, with the tick, slots and heartbeat
+    a test asks for."""
+    return StreamHub(
+        cache,
+        price_channel="prices:{}".format,
+        quote_from_message=quote_of,
+        quotes_per_second=quotes_per_second,
+        slot_seconds=slot_seconds,
+        heartbeat=heartbeat,
+    )
+
+
 @pytest.fixture
 async def hub_and_cache() -> AsyncIterator[tuple[StreamHub, CountingCache]]:
     cache = CountingCache()
-    hub = StreamHub(
-        cache,
-        price_channel=lambda symbol: f"prices:{symbol}",
-        quote_from_message=quote_of,
-        quotes_per_second=50,
-        heartbeat=0.1,
-    )
+    hub = price_hub(cache, quotes_per_second=50, heartbeat=0.1)
     await hub.start()
     yield hub, cache
     await hub.stop()
@@ -193,13 +206,7 @@ async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> 
     """Not one burst of writes a tick: each slot of streams gets the quote at its own time,
     every stream within the tick, and the slots stay even as streams come and go."""
     cache = MemoryCache()
-    hub = StreamHub(
-        cache,
-        price_channel=lambda symbol: f"prices:{symbol}",
-        quote_from_message=quote_of,
-        quotes_per_second=2,  # a 0.5 s tick
-        slot_seconds=0.1,  # five slots
-    )
+    hub = price_hub(cache, quotes_per_second=2, slot_seconds=0.1)  # a 0.5 s tick, five slots
     await hub.start()
     try:
         assert hub.slots == 5
@@ -237,13 +244,7 @@ async def test_a_stream_gets_every_symbol_that_changed_in_one_chunk_a_turn() -> 
     """However many streams a turn serves (here more than a slice between yields, of any
     size so far), each writes what changed for it as one chunk, not one chunk per symbol."""
     cache = MemoryCache()
-    hub = StreamHub(
-        cache,
-        price_channel=lambda symbol: f"prices:{symbol}",
-        quote_from_message=quote_of,
-        quotes_per_second=2,
-        slot_seconds=0.5,  # one slot: every stream in one turn
-    )
+    hub = price_hub(cache, quotes_per_second=2, slot_seconds=0.5)  # one slot: all in one turn
     await hub.start()
     try:
         streams = [ClientStream(f"user{n}", ["AAPL", "MSFT"]) for n in range(1100)]
