@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
-from tradeloom.storage.database import among, insert_if_absent
+from tradeloom.storage.database import insert_if_absent
 from tradeloom.storage.schema import broker_orders, broker_reports
+from tradeloom.storage.statements import ByDialect
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,28 @@ _SET_BROKER_ORDER_IDS_PG = text(
     " AS v(order_id, broker_order_id) WHERE broker_orders.order_id = v.order_id"
 )
 
+# The other statements are built once with bound parameters and reused too: building one and
+# deriving its cache key costs more here than PostgreSQL's part of running it (see
+# tradeloom.storage.statements).
+_FORGET_ORDERS = ByDialect(
+    lambda among: delete(broker_orders).where(among(broker_orders.c.order_id, "order_ids"))
+)
+_SENT_ORDERS = ByDialect(
+    lambda among: select(
+        broker_orders.c.order_id,
+        broker_orders.c.account_id,
+        broker_orders.c.symbol,
+        broker_orders.c.side,
+        broker_orders.c.correlation_id,
+        broker_orders.c.causation_id,
+    ).where(among(broker_orders.c.order_id, "order_ids"))
+)
+_SET_BROKER_ORDER_ID_SQLITE = (
+    update(broker_orders)
+    .where(broker_orders.c.order_id == bindparam("key_order_id"))
+    .values(broker_order_id=bindparam("broker_order_id"))
+)
+
 
 async def claim_orders(
     conn: AsyncConnection, rows: Sequence[Mapping[str, str]], sent_at: datetime
@@ -82,8 +105,7 @@ async def claim_orders(
 async def forget_orders(conn: AsyncConnection, order_ids: Collection[str]) -> None:
     """Delete the claims of orders that never reached the broker."""
     if order_ids:
-        unsent = among(conn, broker_orders.c.order_id, order_ids, name="order_ids")
-        await conn.execute(delete(broker_orders).where(unsent))
+        await conn.execute(_FORGET_ORDERS(conn), {"order_ids": list(order_ids)})
 
 
 async def load_sent_orders(
@@ -92,17 +114,10 @@ async def load_sent_orders(
     """The orders among ``order_ids`` that were sent, by order id."""
     if not order_ids:
         return {}
-    query = select(
-        broker_orders.c.order_id,
-        broker_orders.c.account_id,
-        broker_orders.c.symbol,
-        broker_orders.c.side,
-        broker_orders.c.correlation_id,
-        broker_orders.c.causation_id,
-    ).where(among(conn, broker_orders.c.order_id, order_ids, name="order_ids"))
+    rows = await conn.execute(_SENT_ORDERS(conn), {"order_ids": list(order_ids)})
     return {
         order_id: SentOrder(order_id, account, symbol, Side(side), correlation, causation)
-        for order_id, account, symbol, side, correlation, causation in await conn.execute(query)
+        for order_id, account, symbol, side, correlation, causation in rows
     }
 
 
@@ -135,12 +150,8 @@ async def set_broker_order_ids(conn: AsyncConnection, ids: Mapping[str, str]) ->
         arrays = {"order_id": ordered, "broker_order_id": [ids[key] for key in ordered]}
         await conn.execute(_SET_BROKER_ORDER_IDS_PG, arrays)
         return
-    for order_id, broker_order_id in ids.items():
-        await conn.execute(
-            update(broker_orders)
-            .where(broker_orders.c.order_id == order_id)
-            .values(broker_order_id=broker_order_id)
-        )
+    rows = [{"key_order_id": key, "broker_order_id": value} for key, value in ids.items()]
+    await conn.execute(_SET_BROKER_ORDER_ID_SQLITE, rows)
 
 
 def claim_row(

@@ -12,6 +12,8 @@ from datetime import datetime
 
 from sqlalchemy import and_, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import Insert as PostgresInsert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.market import Candle, Interval
@@ -51,17 +53,10 @@ def _candle(row: object) -> Candle:
     )
 
 
-async def save_candles(
-    conn: AsyncConnection, open_bars: Sequence[Candle], closed_bars: Sequence[Candle]
-) -> None:
-    """Upsert bars inside the caller's transaction; closed rows stay closed."""
-    rows = [_row(c, False) for c in open_bars] + [_row(c, True) for c in closed_bars]
-    if not rows:
-        return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(candles)
+def _upsert(statement: PostgresInsert | SqliteInsert) -> PostgresInsert | SqliteInsert:
+    """``statement`` (an insert into ``candles``) rewriting the bar's row while it is open."""
     excluded = statement.excluded
-    upsert = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[candles.c.symbol, candles.c.interval, candles.c.start],
         set_={
             name: getattr(excluded, name)
@@ -69,6 +64,22 @@ async def save_candles(
         },
         where=candles.c.closed.is_(False),
     )
+
+
+# Built once and reused: the recorder upserts at every flush (four a second by default), and
+# building the upsert and deriving its cache key costs ~0.5 ms here.
+_UPSERT_PG = _upsert(postgresql.insert(candles))
+_UPSERT_SQLITE = _upsert(sqlite.insert(candles))
+
+
+async def save_candles(
+    conn: AsyncConnection, open_bars: Sequence[Candle], closed_bars: Sequence[Candle]
+) -> None:
+    """Upsert bars inside the caller's transaction; closed rows stay closed."""
+    rows = [_row(c, False) for c in open_bars] + [_row(c, True) for c in closed_bars]
+    if not rows:
+        return
+    upsert = _UPSERT_PG if conn.dialect.name == "postgresql" else _UPSERT_SQLITE
     await conn.execute(upsert, rows)
 
 

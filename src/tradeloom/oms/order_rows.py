@@ -35,8 +35,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Order, OrderStatus, OrderType, Side, TimeInForce
-from tradeloom.storage.database import among
 from tradeloom.storage.schema import order_fills, orders, processed_events
+from tradeloom.storage.statements import ByDialect
 
 OrderFill = tuple[str, str]
 """(order id, fill id): a fill applied to an order."""
@@ -115,6 +115,28 @@ _RECORD_PROCESSED_PG = text(
     " ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
 )
 
+# The other statements are built once with bound parameters and reused too: building one and
+# deriving its cache key costs more here than PostgreSQL's part of running it (see
+# tradeloom.storage.statements).
+_RECORD_PROCESSED_SQLITE = (
+    sqlite.insert(processed_events)
+    .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
+    .returning(processed_events.c.event_id)
+)
+_LOCK_ORDERS = ByDialect(
+    lambda among: (
+        select(orders)
+        .where(among(orders.c.order_id, "ids"))
+        .order_by(orders.c.order_id)
+        .with_for_update()
+    )
+)
+_FILLS_OF_ORDERS = ByDialect(
+    lambda among: select(order_fills.c.order_id, order_fills.c.fill_id).where(
+        among(order_fills.c.order_id, "ids")
+    )
+)
+
 
 async def record_processed(
     conn: AsyncConnection, consumer: str, event_ids: Collection[str], at: datetime
@@ -128,12 +150,7 @@ async def record_processed(
         params = {"consumer": consumer, "processed_at": at, "event_ids": sorted(set(event_ids))}
         return set((await conn.execute(_RECORD_PROCESSED_PG, params)).scalars())
     rows = [{"consumer": consumer, "event_id": i, "processed_at": at} for i in set(event_ids)]
-    statement = (
-        sqlite.insert(processed_events)
-        .on_conflict_do_nothing(index_elements=["consumer", "event_id"])
-        .returning(processed_events.c.event_id)
-    )
-    return set((await conn.execute(statement, rows)).scalars())
+    return set((await conn.execute(_RECORD_PROCESSED_SQLITE, rows)).scalars())
 
 
 async def load_orders_for_update(
@@ -145,21 +162,12 @@ async def load_orders_for_update(
     wanted = sorted(set(order_ids))
     if not wanted:
         return {}
-    query = (
-        select(orders)
-        .where(among(conn, orders.c.order_id, wanted, name="ids"))
-        .order_by(orders.c.order_id)
-        .with_for_update()
-    )
-    rows = (await conn.execute(query)).all()
+    rows = (await conn.execute(_LOCK_ORDERS(conn), {"ids": wanted})).all()
     if not rows:
         return {}
     found = [row.order_id for row in rows]
-    fills_query = select(order_fills.c.order_id, order_fills.c.fill_id).where(
-        among(conn, order_fills.c.order_id, found, name="ids")
-    )
     fill_ids: dict[str, set[str]] = {order_id: set() for order_id in found}
-    for order_id, fill_id in await conn.execute(fills_query):
+    for order_id, fill_id in await conn.execute(_FILLS_OF_ORDERS(conn), {"ids": found}):
         fill_ids[order_id].add(fill_id)
     return {row.order_id: order_from_row(row, fill_ids[row.order_id]) for row in rows}
 
@@ -180,11 +188,15 @@ _INSERT_FILLS_PG = text(
     "INSERT INTO order_fills (order_id, fill_id) SELECT * FROM unnest("
     "CAST(:order_id AS varchar[]), CAST(:fill_id AS varchar[]))"
 )
-_UPDATE_ORDER = (
+UPDATE_ORDER = (
     update(orders)
     .where(orders.c.order_id == bindparam("key_order_id"))
     .values({name: bindparam(name) for name in (*_STATE_COLUMNS, "updated_at")})
 )
+"""One order's state columns and ``updated_at``; parameters: ``key_order_id`` (the order),
+the :func:`order_state_values` and ``updated_at``. Built once (it runs per cancel, amend and
+SQLite batch)."""
+_INSERT_FILLS = insert(order_fills)
 
 
 async def save_orders(
@@ -211,7 +223,7 @@ async def save_orders(
         rows = [
             {"key_order_id": o.order_id, **order_state_values(o), "updated_at": at} for o in ordered
         ]
-        await conn.execute(_UPDATE_ORDER, rows)
+        await conn.execute(UPDATE_ORDER, rows)
     if new_fills:
         fills = [{"order_id": order_id, "fill_id": fill_id} for order_id, fill_id in new_fills]
-        await conn.execute(insert(order_fills), fills)
+        await conn.execute(_INSERT_FILLS, fills)

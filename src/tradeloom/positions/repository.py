@@ -18,15 +18,15 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import String, any_, bindparam, insert, select, text, tuple_, update
+from sqlalchemy import bindparam, insert, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
 from tradeloom.domain.positions import Fill, Position, exact_sum
 from tradeloom.storage.database import INSERT_CHUNK
 from tradeloom.storage.schema import accounts, position_fills, positions
+from tradeloom.storage.statements import ByDialect
 
 PositionKey = tuple[str, str]
 """(account id, symbol)."""
@@ -162,14 +162,18 @@ async def record_fills(
     inserted: set[str] = set()
     for start in range(0, len(received), INSERT_CHUNK):
         rows = [_fill_values(r, applied_at) for r in received[start : start + INSERT_CHUNK]]
-        statement = (
-            sqlite.insert(position_fills)
-            .values(rows)
-            .on_conflict_do_nothing(index_elements=["fill_id"])
-            .returning(position_fills.c.fill_id)
-        )
-        inserted.update((await conn.execute(statement)).scalars())
+        inserted.update((await conn.execute(_RECORD_FILLS_SQLITE, rows)).scalars())
     return RecordedFills(inserted, await lock_positions_of(conn, keys))
+
+
+# SQLite: a chunk's rows go as the parameters of this one statement, which SQLAlchemy sends as
+# one multi-row INSERT ("insertmanyvalues"): the statement a VALUES list built per chunk was,
+# without building it (~40 us a row here).
+_RECORD_FILLS_SQLITE = (
+    sqlite.insert(position_fills)
+    .on_conflict_do_nothing(index_elements=["fill_id"])
+    .returning(position_fills.c.fill_id)
+)
 
 
 _ARRAY_COLUMNS = (
@@ -186,17 +190,38 @@ _ARRAY_COLUMNS = (
 )
 
 
+# The statements below are built once with bound parameters and reused: building one and
+# deriving its cache key costs more here than PostgreSQL's part of running it (see
+# tradeloom.storage.statements). On PostgreSQL a list of keys is one array: one statement
+# text for any number of keys.
+_FILLS_BY_ID = ByDialect(
+    lambda among: select(position_fills).where(among(position_fills.c.fill_id, "fill_ids"))
+)
+_FILLS_OF_KEYS_SQLITE = select(position_fills).where(
+    tuple_(position_fills.c.account_id, position_fills.c.symbol).in_(
+        bindparam("keys", expanding=True)
+    )
+)
+_POSITIONS_OF_KEYS_SQLITE = (
+    select(positions)
+    .where(
+        tuple_(positions.c.account_id, positions.c.symbol).in_(bindparam("keys", expanding=True))
+    )
+    .order_by(positions.c.account_id, positions.c.symbol)
+)
+_INSERT_POSITIONS = insert(positions)
+_CASH_OF_SQLITE = select(accounts.c.account_id, accounts.c.cash).where(
+    accounts.c.account_id.in_(bindparam("account_ids", expanding=True))
+)
+
+
 async def load_fills(conn: AsyncConnection, fill_ids: Iterable[str]) -> dict[str, Fill]:
     """The stored fills among ``fill_ids``, by id."""
     wanted = sorted(set(fill_ids))
     if not wanted:
         return {}
-    if conn.dialect.name == "postgresql":  # one statement text for any number of fills
-        ids = bindparam("fill_ids", wanted, type_=ARRAY(String()))
-        query = select(position_fills).where(position_fills.c.fill_id == any_(ids))
-    else:
-        query = select(position_fills).where(position_fills.c.fill_id.in_(wanted))
-    return {fill.fill_id: fill for fill in map(_fill, await conn.execute(query))}
+    rows = await conn.execute(_FILLS_BY_ID(conn), {"fill_ids": wanted})
+    return {fill.fill_id: fill for fill in map(_fill, rows)}
 
 
 async def load_position_fills(
@@ -211,8 +236,7 @@ async def load_position_fills(
         params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
         rows = await conn.execute(_FILLS_OF_KEYS_PG, params)
     else:
-        key = tuple_(position_fills.c.account_id, position_fills.c.symbol)
-        rows = await conn.execute(select(position_fills).where(key.in_(wanted)))
+        rows = await conn.execute(_FILLS_OF_KEYS_SQLITE, {"keys": wanted})
     for fill in map(_fill, rows):
         fills[(fill.account_id, fill.symbol)].append(fill)
     return fills
@@ -273,11 +297,7 @@ async def lock_positions_of(
         params = {"accounts": [k[0] for k in wanted], "symbols": [k[1] for k in wanted]}
         rows = await conn.execute(_LOCK_POSITIONS_OF_KEYS_PG, params)
     else:
-        rows = await conn.execute(
-            select(positions)
-            .where(tuple_(positions.c.account_id, positions.c.symbol).in_(wanted))
-            .order_by(positions.c.account_id, positions.c.symbol)
-        )
+        rows = await conn.execute(_POSITIONS_OF_KEYS_SQLITE, {"keys": wanted})
     return {row.key: row for row in map(position_row, rows)}
 
 
@@ -408,16 +428,15 @@ async def _save_positions_sqlite(
     if updates:
         await conn.execute(_UPDATE_POSITION, updates)
     if inserts:
-        await conn.execute(insert(positions), inserts)
+        await conn.execute(_INSERT_POSITIONS, inserts)
 
 
 async def _cash_of(conn: AsyncConnection, account_ids: Iterable[str]) -> dict[str, Decimal]:
     """The cash of each existing account among ``account_ids`` (SQLite: one writer, so
     nothing to lock)."""
-    query = select(accounts.c.account_id, accounts.c.cash).where(
-        accounts.c.account_id.in_(sorted(set(account_ids)))
-    )
-    return {account_id: cash for account_id, cash in (await conn.execute(query)).all()}
+    values = {"account_ids": sorted(set(account_ids))}
+    rows = (await conn.execute(_CASH_OF_SQLITE, values)).all()
+    return {account_id: cash for account_id, cash in rows}
 
 
 _UPDATE_CASH = (

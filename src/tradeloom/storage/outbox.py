@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Integer, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.events import Event, decode_event, encode_event
@@ -47,6 +47,7 @@ from tradeloom.domain.time import Clock, SystemClock
 from tradeloom.messaging.port import EventBus
 from tradeloom.storage.database import Database
 from tradeloom.storage.schema import UtcDateTime, outbox
+from tradeloom.storage.statements import ByDialect
 
 log = structlog.get_logger("tradeloom.storage.outbox")
 
@@ -73,6 +74,32 @@ _INSERT_ROWS_PG = text(
     " CAST(:payload AS bytea[])) WITH ORDINALITY"
     ' AS r(event_id, topic, "key", event_type, payload, n) ORDER BY r.n'
 ).bindparams(bindparam("created_at", type_=UtcDateTime()))
+
+
+# The relay's statements are built once with bound parameters and reused: building one and
+# deriving its cache key costs more here than PostgreSQL's part of running it, and the relay
+# runs them for every batch (see tradeloom.storage.statements).
+_INSERT_ROWS = insert(outbox)
+_UNPUBLISHED = (
+    select(outbox.c.sequence, outbox.c.topic, outbox.c.key, outbox.c.payload)
+    .where(outbox.c.published_at.is_(None))
+    .order_by(outbox.c.sequence)
+    .limit(bindparam("limit", type_=Integer()))
+)
+# By explicit sequence numbers, never by range: on PostgreSQL a row with a lower number may
+# commit after this batch was read, and it has not been published.
+_MARK_PUBLISHED = ByDialect(
+    lambda among: (
+        update(outbox)
+        .where(among(outbox.c.sequence, "sequences"))
+        .values(published_at=bindparam("published_at"))
+    )
+)
+_PURGE_PUBLISHED = delete(outbox).where(
+    outbox.c.published_at.is_not(None), outbox.c.published_at < bindparam("cutoff")
+)
+_TAKE_RELAY_LOCK = select(func.pg_advisory_lock(RELAY_LOCK_ID))
+_RELEASE_RELAY_LOCK = select(func.pg_advisory_unlock(RELAY_LOCK_ID))
 
 
 def _key_lock_id(key: str) -> int:
@@ -128,7 +155,7 @@ class Outbox:
             }
             for topic, key, event in items
         ]
-        await conn.execute(insert(outbox), rows)
+        await conn.execute(_INSERT_ROWS, rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,11 +247,7 @@ class OutboxRelay:
         keeps every event for that."""
         cutoff = self._clock.now() - older_than
         async with self._database.transaction() as conn:
-            result = await conn.execute(
-                delete(outbox).where(
-                    outbox.c.published_at.is_not(None), outbox.c.published_at < cutoff
-                )
-            )
+            result = await conn.execute(_PURGE_PUBLISHED, {"cutoff": cutoff})
         return result.rowcount
 
     async def _run(self) -> None:
@@ -263,25 +286,14 @@ class OutboxRelay:
         return len(batch)
 
     async def _read_batch(self) -> list[_Pending]:
-        query = (
-            select(outbox.c.sequence, outbox.c.topic, outbox.c.key, outbox.c.payload)
-            .where(outbox.c.published_at.is_(None))
-            .order_by(outbox.c.sequence)
-            .limit(self._batch_size)
-        )
         async with self._database.connect() as conn:
-            rows = (await conn.execute(query)).all()
+            rows = (await conn.execute(_UNPUBLISHED, {"limit": self._batch_size})).all()
         return [_Pending(row[0], row[1], row[2], decode_event(row[3])) for row in rows]
 
     async def _mark_published(self, sequences: Sequence[int]) -> None:
-        # By explicit sequence numbers, never by range: on PostgreSQL a row with a lower
-        # number may commit after this batch was read, and it has not been published.
         async with self._database.transaction() as conn:
-            await conn.execute(
-                update(outbox)
-                .where(outbox.c.sequence.in_(sequences))
-                .values(published_at=self._clock.now())
-            )
+            values = {"sequences": list(sequences), "published_at": self._clock.now()}
+            await conn.execute(_MARK_PUBLISHED(conn), values)
 
     @contextlib.asynccontextmanager
     async def _relay_lock(self) -> AsyncIterator[None]:
@@ -292,7 +304,7 @@ class OutboxRelay:
             return
         async with self._database.connect() as conn:
             try:
-                await conn.execute(select(func.pg_advisory_lock(RELAY_LOCK_ID)))
+                await conn.execute(_TAKE_RELAY_LOCK)
                 await conn.commit()
                 yield
             except BaseException:
@@ -300,7 +312,7 @@ class OutboxRelay:
                 # cancelled would be held unseen: closing the connection is the sure release.
                 await conn.invalidate()
                 raise
-            await conn.execute(select(func.pg_advisory_unlock(RELAY_LOCK_ID)))
+            await conn.execute(_RELEASE_RELAY_LOCK)
             await conn.commit()
 
 
