@@ -259,3 +259,18 @@ async def test_a_stream_gets_every_symbol_that_changed_in_one_chunk_a_turn() -> 
         assert set(chunks) == {both}
     finally:
         await hub.stop()
+
+
+async def test_every_slot_brings_heartbeats_to_its_silent_streams() -> None:
+    cache = MemoryCache()
+    hub = price_hub(cache, quotes_per_second=2, slot_seconds=0.1, heartbeat=0.3)
+    await hub.start()
+    try:
+        streams = [ClientStream(f"user{n}", ["AAPL"]) for n in range(hub.slots)]
+        for stream in streams:
+            await hub.open(stream)
+        assert {stream.slot for stream in streams} == set(range(hub.slots))
+        beats = await asyncio.gather(*(next_chunk(s.frames(), within=3.0) for s in streams))
+        assert beats == [HEARTBEAT] * hub.slots
+    finally:
+        await hub.stop()
