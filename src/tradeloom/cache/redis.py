@@ -31,6 +31,7 @@ Everything here belongs to one event loop and is not thread-safe.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -259,8 +260,13 @@ class RedisCache:
         loading = self._loading.get(script.sha)
         if loading is None:
             loading = self._loading[script.sha] = asyncio.create_task(self._load_now(script))
-            loading.add_done_callback(lambda _: self._loading.pop(script.sha, None))
+            loading.add_done_callback(functools.partial(self._loaded_one, script.sha))
         await asyncio.shield(loading)
+
+    def _loaded_one(self, sha: str, loading: asyncio.Task[None]) -> None:
+        self._loading.pop(sha, None)
+        if not loading.cancelled():
+            loading.exception()  # seen: every caller may have been cancelled meanwhile
 
     async def _load_now(self, script: AsyncScript) -> None:
         await self._redis.script_load(script.script)

@@ -116,7 +116,10 @@ class CommandBatcher:
                 queued.reply.set_exception(RuntimeError("the Redis pipeline was cancelled"))
         self._send_queued()
 
-    async def _send(self, batch: list[_Queued]) -> None:
+    async def _send(self, taken: list[_Queued]) -> None:
+        batch = [queued for queued in taken if not queued.reply.done()]  # cancelled meanwhile
+        if not batch:
+            return
         self.pipelines += 1
         self.pipelined += len(batch)
         try:
@@ -152,7 +155,10 @@ def _check_arguments(command: tuple[object, ...]) -> None:
 def _for_one(exc: Exception) -> Exception:
     """A copy of a pipeline's failure for one of its callers (so each caller's traceback is
     its own), caused by the failure itself."""
-    one = copy.copy(exc)
+    try:
+        one = copy.copy(exc)
+    except Exception:
+        return exc
     one.__traceback__ = None
     one.__cause__ = exc
     return one

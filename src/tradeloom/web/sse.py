@@ -75,6 +75,24 @@ class ClientStream:
     response iterates :meth:`frames`. A stream waits on one event, with no timer of its own:
     the hub's ticker brings quotes and heartbeats."""
 
+    # Slots rather than an instance dict: about 200 bytes less a stream, which 15,000 feel.
+    __slots__ = (
+        "_heartbeat",
+        "_initial",
+        "_max_user_events",
+        "_now",
+        "_quotes",
+        "_user",
+        "_wake",
+        "closed",
+        "last_sent",
+        "overflowed",
+        "owner",
+        "quotes_conflated",
+        "slot",
+        "symbols",
+    )
+
     def __init__(
         self,
         owner: str,
@@ -312,8 +330,12 @@ class StreamHub:
 
     def _on_price_message(self, symbol: str, message: bytes) -> None:
         """Only keep it: most upstream messages are superseded before the next tick, so
-        decoding waits for a turn (once per changed symbol, not once per message)."""
-        self._latest[symbol] = message
+        decoding waits for a turn (once per changed symbol, not once per message). A message
+        for a symbol no longer watched (one arriving while its subscription closes) is
+        dropped: kept, it would be offered as live to whoever watches the symbol next, however
+        old by then."""
+        if symbol in self._symbols:
+            self._latest[symbol] = message
 
     def _decoded(self, message: bytes) -> bytes | None:
         try:

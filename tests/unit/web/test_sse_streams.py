@@ -274,3 +274,34 @@ async def test_every_slot_brings_heartbeats_to_its_silent_streams() -> None:
         assert beats == [HEARTBEAT] * hub.slots
     finally:
         await hub.stop()
+
+
+class LateMessageCache(MemoryCache):
+    """A cache whose subscriptions deliver one more message while they close, as the Redis
+    pub/sub hub can while it waits for its lock."""
+
+    async def subscribe(self, channel: str, callback: MessageCallback) -> LocalSubscription:
+        inner = await super().subscribe(channel, callback)
+
+        class ClosingLate:
+            async def close(self) -> None:
+                callback(channel, b'[{"symbol":"AAPL","bid":"stale"}]')
+                await inner.close()
+
+        return ClosingLate()
+
+
+async def test_a_quote_arriving_while_its_symbol_is_dropped_is_never_offered_later() -> None:
+    cache = LateMessageCache()
+    hub = price_hub(cache, quotes_per_second=50, heartbeat=0.1)
+    await hub.start()
+    try:
+        first = ClientStream("alice", ["AAPL"])
+        await hub.open(first)
+        await hub.close(first)  # the last watcher leaves; a message comes in as it closes
+        assert hub.latest_quote("AAPL") is None
+        later = ClientStream("bob", ["AAPL"])
+        await hub.open(later)
+        assert await next_chunk(later.frames(), within=2.0) == HEARTBEAT  # not the stale quote
+    finally:
+        await hub.stop()
