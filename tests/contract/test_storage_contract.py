@@ -17,6 +17,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, inspect, select, text, update
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -476,6 +477,30 @@ async def test_publish_pending_returns_the_count_and_zero_when_idle(
     relay = relays(batch_size=2)
     assert await relay.publish_pending() == 5
     assert await relay.publish_pending() == 0
+
+
+async def test_a_postgresql_relay_pass_reads_and_marks_on_its_lock_connection(
+    db: Database, relays: Callable[..., OutboxRelay]
+) -> None:
+    """One pooled connection a pass whatever its batches (the lock's, in autocommit), and no
+    BEGIN or COMMIT around a mark: each batch costs its read and its mark only."""
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite has no relay lock: a pass reads and marks on its own connections")
+    await commit_events(db, Outbox(), [event("acct-1") for _ in range(5)])
+    checkouts: list[object] = []
+    statements: list[str] = []
+    engine = db.engine.sync_engine
+    on_checkout = lambda *args: checkouts.append(args)  # noqa: E731
+    on_statement = lambda *args: statements.append(str(args[2]).split(None, 1)[0])  # noqa: E731
+    sa_event.listen(engine, "checkout", on_checkout)
+    sa_event.listen(engine, "before_cursor_execute", on_statement)
+    try:
+        assert await relays(batch_size=2).publish_pending() == 5  # three batches
+    finally:
+        sa_event.remove(engine, "checkout", on_checkout)
+        sa_event.remove(engine, "before_cursor_execute", on_statement)
+    assert len(checkouts) == 1
+    assert statements == ["SELECT"] + ["SELECT", "UPDATE"] * 3 + ["SELECT"]  # lock ... unlock
 
 
 async def test_purge_deletes_only_rows_published_long_enough_ago(

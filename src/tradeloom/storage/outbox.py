@@ -233,9 +233,9 @@ class OutboxRelay:
         raised, after marking the batches it did acknowledge.
         """
         published = 0
-        async with self._one_pass_at_a_time, self._relay_lock():
+        async with self._one_pass_at_a_time, self._relay_lock() as locked:
             while True:
-                count = await self._publish_batch()
+                count = await self._publish_batch(locked)
                 published += count
                 if count < self._batch_size or self._stop.is_set():
                     return published
@@ -273,8 +273,8 @@ class OutboxRelay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout=self._poll_interval)
 
-    async def _publish_batch(self) -> int:
-        batch = await self._read_batch()
+    async def _publish_batch(self, locked: AsyncConnection | None) -> int:
+        batch = await self._read_batch(locked)
         acknowledged: list[int] = []
         try:
             for topic, items in _by_topic(batch).items():
@@ -282,31 +282,43 @@ class OutboxRelay:
                 acknowledged.extend(p.sequence for p in items)
         finally:
             if acknowledged:
-                await self._mark_published(acknowledged)
+                await self._mark_published(locked, acknowledged)
         return len(batch)
 
-    async def _read_batch(self) -> list[_Pending]:
-        async with self._database.connect() as conn:
-            rows = (await conn.execute(_UNPUBLISHED, {"limit": self._batch_size})).all()
+    async def _read_batch(self, locked: AsyncConnection | None) -> list[_Pending]:
+        values = {"limit": self._batch_size}
+        if locked is not None:
+            rows = (await locked.execute(_UNPUBLISHED, values)).all()
+        else:
+            async with self._database.connect() as conn:
+                rows = (await conn.execute(_UNPUBLISHED, values)).all()
         return [_Pending(row[0], row[1], row[2], decode_event(row[3])) for row in rows]
 
-    async def _mark_published(self, sequences: Sequence[int]) -> None:
+    async def _mark_published(
+        self, locked: AsyncConnection | None, sequences: Sequence[int]
+    ) -> None:
+        values = {"sequences": list(sequences), "published_at": self._clock.now()}
+        if locked is not None:
+            # One statement in autocommit: atomic by itself, one round trip, no BEGIN/COMMIT.
+            await locked.execute(_MARK_PUBLISHED(locked), values)
+            return
         async with self._database.transaction() as conn:
-            values = {"sequences": list(sequences), "published_at": self._clock.now()}
             await conn.execute(_MARK_PUBLISHED(conn), values)
 
     @contextlib.asynccontextmanager
-    async def _relay_lock(self) -> AsyncIterator[None]:
+    async def _relay_lock(self) -> AsyncIterator[AsyncConnection | None]:
         """Hold PostgreSQL's relay lock for one pass, waiting for it while another relay
-        makes its pass."""
+        makes its pass; yield the lock's connection (in autocommit), on which the pass reads
+        and marks its batches (one connection a pass, not three a batch). SQLite has no relay
+        lock (one relay per database file): None."""
         if self._database.dialect != "postgresql":
-            yield
+            yield None
             return
         async with self._database.connect() as conn:
             try:
                 await conn.execute(_TAKE_RELAY_LOCK)
                 await conn.commit()
-                yield
+                yield conn
             except BaseException:
                 # A session lock outlives rollback, and one granted just as the wait was
                 # cancelled would be held unseen: closing the connection is the sure release.
