@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from tradeloom.domain.events import Event, decode_event, encode_event
 from tradeloom.domain.order_view import OrderView
 from tradeloom.domain.orders import OrderStatus, OrderType, Side, TimeInForce
-from tradeloom.storage.database import among
 from tradeloom.storage.schema import order_history, order_views
+from tradeloom.storage.statements import ByDialect
 
 # Advisory locks of order views: (class, order) in PostgreSQL's two-key space, apart from the
 # outbox's class and from the one-key locks.
@@ -174,18 +174,33 @@ async def record_history(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]
     )
 
 
+# Built once per dialect and reused (see tradeloom.storage.statements): the projection runs
+# them for every batch.
+_SUMMARIES = ByDialect(
+    lambda among: (
+        select(
+            order_history.c.order_id,
+            func.count(),
+            func.max(order_history.c.occurred_at).filter(order_history.c.event_type != _SUBMITTED),
+        )
+        .where(among(order_history.c.order_id, "order_ids"))
+        .group_by(order_history.c.order_id)
+    )
+)
+_HISTORIES = ByDialect(
+    lambda among: select(order_history.c.order_id, order_history.c.event).where(
+        among(order_history.c.order_id, "order_ids")
+    )
+)
+
+
 async def _summaries(
     conn: AsyncConnection, order_ids: Collection[str]
 ) -> dict[str, tuple[int, datetime | None]]:
     """Each order's count of recorded events and latest ``occurred_at`` (submissions aside);
     an order without events is absent."""
-    latest = func.max(order_history.c.occurred_at).filter(order_history.c.event_type != _SUBMITTED)
-    query = (
-        select(order_history.c.order_id, func.count(), latest)
-        .where(order_history.c.order_id.in_(list(order_ids)))
-        .group_by(order_history.c.order_id)
-    )
-    return {order_id: (count, at) for order_id, count, at in await conn.execute(query)}
+    rows = await conn.execute(_SUMMARIES(conn), {"order_ids": list(order_ids)})
+    return {order_id: (count, at) for order_id, count, at in rows}
 
 
 async def load_histories(
@@ -195,10 +210,7 @@ async def load_histories(
     histories: dict[str, list[Event]] = {order_id: [] for order_id in order_ids}
     if not order_ids:
         return histories
-    query = select(order_history.c.order_id, order_history.c.event).where(
-        among(conn, order_history.c.order_id, order_ids, name="order_ids")
-    )
-    for order_id, data in await conn.execute(query):
+    for order_id, data in await conn.execute(_HISTORIES(conn), {"order_ids": list(order_ids)}):
         histories[order_id].append(decode_event(data))
     return histories
 

@@ -45,13 +45,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, Table, any_, bindparam, event, text
+from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -180,20 +179,6 @@ async def insert_if_absent(
 INSERT_CHUNK = 500
 """Rows per multi-row INSERT where a dialect needs chunks: far below either dialect's limit
 on bound parameters."""
-
-
-def among(
-    conn: AsyncConnection,
-    column: ColumnElement[Any],
-    values: Collection[str],
-    *,
-    name: str = "values",
-) -> ColumnElement[bool]:
-    """``column IN values``; on PostgreSQL ``column = ANY(:name)``, ONE statement text for any
-    number of values (an ``IN`` list is a new text, prepared anew, per count)."""
-    if conn.dialect.name == "postgresql":
-        return column == any_(bindparam(name, list(values), type_=ARRAY(String())))
-    return column.in_(list(values))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -6,8 +6,8 @@ running it again costs next to nothing before the driver. The hot paths therefor
 their statements at import with bound parameters and pass the values to ``execute``.
 
 A statement that takes a list of keys differs by dialect: PostgreSQL takes the list as one
-array (``column = ANY(:name)``, one statement text whatever the list's length, as
-:func:`tradeloom.storage.database.among` renders it), SQLite, which has no arrays, as an
+array (``column = ANY(:name)``, one statement text whatever the list's length: an ``IN``
+list would be a new text, prepared anew, per count), SQLite, which has no arrays, as an
 expanding ``IN`` (the list spliced in at each execution). :class:`ByDialect` builds both.
 """
 
