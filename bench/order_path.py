@@ -95,6 +95,7 @@ from benchkit import (
     server_cpu_delta,
 )
 from tradeloom.bootstrap import Platform, build_platform, settle_heap
+from tradeloom.cache.redis import RedisCache
 from tradeloom.config import Settings, load_settings
 from tradeloom.domain.commands import PlaceOrder
 from tradeloom.domain.errors import DomainError
@@ -149,6 +150,7 @@ class Run:
     checkouts: int = 0  # connections taken from the pool (each pre-pinged)
     pg_xacts: dict[str, int] = field(default_factory=dict)  # pg_stat_database deltas
     redis_commands: int = 0
+    redis_pipelined: tuple[int, int] | None = None  # this process: (commands, pipelines)
     pg_sessions: Counter[str] = field(default_factory=Counter)
     pg_samples: int = 0
     profile: str | None = None
@@ -441,6 +443,11 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
 
         xacts0 = await _pg_xacts(args.database_url)
         redis0 = await _redis_commands(args.redis_url)
+        pipelined0 = (
+            (platform.cache.batcher.pipelined, platform.cache.batcher.pipelines)
+            if isinstance(platform.cache, RedisCache)
+            else (0, 0)
+        )
         _count_statements(platform, run)
         cpu0, servers0, machine0 = process_cpu(os.getpid()), server_cpu(), _total_cpu()
         workers0 = [process_cpu(pid) for pid in run.worker_pids]
@@ -473,6 +480,12 @@ async def order_path(args: argparse.Namespace, settings: Settings) -> Run:
         xacts1 = await _pg_xacts(args.database_url)
         run.pg_xacts = {k: xacts1[k] - xacts0[k] for k in xacts1}
         run.redis_commands = await _redis_commands(args.redis_url) - redis0
+        if isinstance(platform.cache, RedisCache):
+            batcher = platform.cache.batcher
+            run.redis_pipelined = (
+                batcher.pipelined - pipelined0[0],
+                batcher.pipelines - pipelined0[1],
+            )
         run.filled_in_window = probe.filled_in_window
         run.filled = len(probe.filled_at)
         run.to_fill = [
@@ -595,6 +608,13 @@ def report(args: argparse.Namespace, run: Run, base: Baseline | None) -> None:
             f" read-only blocks), {run.checkouts / per:.1f} pool checkouts,"
             f" {run.pg_xacts.get('sessions', 0):,} pg sessions opened in all,"
             f" {run.redis_commands / per:.1f} redis commands (whole server)",
+        ),
+        (
+            "  redis commands pipelined (this process)",
+            "n/a"
+            if run.redis_pipelined is None
+            else f"{run.redis_pipelined[0]:,} in {run.redis_pipelined[1]:,} pipelines"
+            f" ({run.redis_pipelined[0] / per:.1f} per order; the rest went alone)",
         ),
         (
             "  SQL statements per order (this process)",
