@@ -36,10 +36,11 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
+from starlette.types import Send
 
 from tradeloom.cache.port import Cache, LocalSubscription
 from tradeloom.notifications.wakeup import Wakeup
@@ -47,9 +48,12 @@ from tradeloom.notifications.wakeup import Wakeup
 log = structlog.get_logger("tradeloom.web.sse")
 
 HEARTBEAT = b": heartbeat\n\n"
-_SLICE = 100
+_SLICE = 25
 """Streams served between yields to the event loop: each wakes one writer, so a slice is about
-this many socket writes (a few ms here) before requests and user events get the loop."""
+this many socket writes (about a millisecond here) before requests and user events get the
+loop. Every step an order takes in the web process (its request, risk, placement, relay)
+waits about one slice per await: at 15,000 streams a slice of 100 made a /healthz round trip
+6-9 ms at p50 and 10 made it 2 ms, for the same CPU."""
 SLOT_SECONDS = 0.05
 """How far apart the slots of a tick are served: at 1 quote a second, 20 slots, each about
 1/20 of the streams. Short enough that a burst of one slot's writes delays little, long
@@ -72,7 +76,7 @@ def sse_frame(data: bytes, *, event: str | None = None, event_id: int | None = N
 
 class ClientStream:
     """The outbox of one SSE connection. Owned by the event loop; the hub offers, the
-    response iterates :meth:`frames`. A stream waits on one event, with no timer of its own:
+    response's :meth:`write_to` sends. A stream waits on one event, with no timer of its own:
     the hub's ticker brings quotes and heartbeats."""
 
     # Slots rather than an instance dict: about 200 bytes less a stream, which 15,000 feel.
@@ -151,16 +155,20 @@ class ClientStream:
 
     # --- the response's side --------------------------------------------------------------
 
-    async def frames(self) -> AsyncIterator[bytes]:
-        """Chunks to write, until the stream is closed or overflows."""
+    async def write_to(self, send: Send) -> None:
+        """Send what is ready as ASGI body chunks, one chunk per wake-up, until the stream is
+        closed or overflows. The loop awaits the stream's wake-up future directly, with no
+        async generator between it and the response: each wake-up then costs the collector
+        and the loop the fewest objects and calls."""
+        wake = self._wake
         while not self.closed and not self.overflowed:
             chunk = self._take_ready()
             if chunk:
                 self.last_sent = self._now()
-                yield chunk
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 continue
-            self._wake.clear()
-            await self._wake.wait()
+            wake.clear()
+            await wake.wait()
 
     def _take_ready(self) -> bytes:
         parts = self._initial

@@ -9,14 +9,38 @@ from collections.abc import AsyncIterator
 
 import msgspec
 import pytest
+from starlette.types import Message
 
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import LocalSubscription, MessageCallback
 from tradeloom.web.sse import HEARTBEAT, SLOT_SECONDS, ClientStream, StreamHub, sse_frame
 
 
-async def next_chunk(frames: AsyncIterator[bytes], within: float = 1.0) -> bytes:
-    return await asyncio.wait_for(anext(frames), within)
+async def frames(stream: ClientStream) -> AsyncIterator[bytes]:
+    """The body chunks the stream's response writes, one by one, until the stream ends."""
+    chunks: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    async def send(message: Message) -> None:
+        assert message["type"] == "http.response.body"
+        assert message["more_body"]
+        chunks.put_nowait(message["body"])
+
+    async def write() -> None:
+        try:
+            await stream.write_to(send)
+        finally:
+            chunks.put_nowait(None)
+
+    writer = asyncio.create_task(write())
+    try:
+        while (chunk := await chunks.get()) is not None:
+            yield chunk
+    finally:
+        writer.cancel()
+
+
+async def next_chunk(chunks: AsyncIterator[bytes], within: float = 1.0) -> bytes:
+    return await asyncio.wait_for(anext(chunks), within)
 
 
 async def test_the_snapshot_goes_first_then_user_events_in_order() -> None:
@@ -24,7 +48,7 @@ async def test_the_snapshot_goes_first_then_user_events_in_order() -> None:
     stream.offer_user_frame(b"five\n\n")
     stream.start_with([sse_frame(b"{}", event="snapshot")])
     stream.offer_user_frame(b"six\n\n")
-    chunk = await next_chunk(stream.frames())
+    chunk = await next_chunk(frames(stream))
     assert chunk == b"event: snapshot\ndata: {}\n\n" + b"five\n\n" + b"six\n\n"
 
 
@@ -32,7 +56,7 @@ async def test_quotes_are_conflated_latest_wins() -> None:
     stream = ClientStream("alice", ["AAPL"])
     stream.offer_quote("AAPL", sse_frame(b'{"bid":"1"}', event="quote"))
     stream.offer_quote("AAPL", sse_frame(b'{"bid":"2"}', event="quote"))
-    chunk = await next_chunk(stream.frames())
+    chunk = await next_chunk(frames(stream))
     assert chunk == b'event: quote\ndata: {"bid":"2"}\n\n'
     assert stream.quotes_conflated == 1
 
@@ -42,18 +66,18 @@ async def test_user_events_are_never_dropped_an_overflowing_stream_closes() -> N
     for event_id in range(1, 5):
         stream.offer_user_frame(b"e%d\n\n" % event_id)
     assert stream.overflowed
-    received = [chunk async for chunk in stream.frames()]
+    received = [chunk async for chunk in frames(stream)]
     assert received == []  # closed: the client reconnects and resumes from the buffer
 
 
 async def test_a_heartbeat_goes_out_only_when_nothing_else_does() -> None:
     stream = ClientStream("alice", [])
     stream.offer_heartbeat()
-    frames = stream.frames()
-    assert await next_chunk(frames) == HEARTBEAT
+    chunks = frames(stream)
+    assert await next_chunk(chunks) == HEARTBEAT
     stream.offer_heartbeat()
     stream.offer_user_frame(b"e1\n\n")
-    assert await next_chunk(frames) == b"e1\n\n"
+    assert await next_chunk(chunks) == b"e1\n\n"
 
 
 class CountingCache(MemoryCache):
@@ -130,11 +154,11 @@ async def test_quotes_reach_every_stream_watching_the_symbol_and_no_other(
     await hub.open(apple)
     await hub.open(microsoft)
     await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"1"},{"symbol":"AAPL","bid":"2"}]')
-    chunk = await next_chunk(apple.frames())
+    chunk = await next_chunk(frames(apple))
     assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"2"}', event="quote")
     # MSFT never changed: the first thing its stream sends is the hub's heartbeat (a quote
     # offered to it would go out first, and a heartbeat only goes out alone).
-    assert await next_chunk(microsoft.frames(), within=2.0) == HEARTBEAT
+    assert await next_chunk(frames(microsoft), within=2.0) == HEARTBEAT
     assert hub.latest_quote("MSFT") is None
 
 
@@ -150,7 +174,7 @@ async def test_quotes_keep_flowing_after_the_last_watcher_left_and_a_new_one_cam
     await hub.open(second)
     await asyncio.sleep(0.05)  # ticks pass over the forgotten symbol
     await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"2"}]')
-    chunk = await next_chunk(second.frames())
+    chunk = await next_chunk(frames(second))
     assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"2"}', event="quote")
 
 
@@ -163,7 +187,7 @@ async def test_closing_every_stream_ends_their_responses(
         await hub.open(stream)
     hub.close_streams()
     for stream in streams:
-        assert [chunk async for chunk in stream.frames()] == []
+        assert [chunk async for chunk in frames(stream)] == []
 
 
 async def test_a_symbol_reaches_a_stream_at_most_once_a_tick(
@@ -174,7 +198,7 @@ async def test_a_symbol_reaches_a_stream_at_most_once_a_tick(
     await hub.open(stream)
     for bid in range(1, 6):  # five quotes inside one 20 ms tick: the newest goes out
         await cache.publish("prices:AAPL", b'[{"symbol":"AAPL","bid":"%d"}]' % bid)
-    chunk = await next_chunk(stream.frames())
+    chunk = await next_chunk(frames(stream))
     assert chunk == sse_frame(b'{"symbol":"AAPL","bid":"5"}', event="quote")
 
 
@@ -184,7 +208,7 @@ async def test_the_hub_sends_heartbeats_to_silent_streams(
     hub, _ = hub_and_cache
     stream = ClientStream("alice", ["AAPL"])
     await hub.open(stream)
-    assert await next_chunk(stream.frames(), within=2.0) == HEARTBEAT
+    assert await next_chunk(frames(stream), within=2.0) == HEARTBEAT
 
 
 async def test_a_stream_closed_while_the_hub_is_busy_is_gone_even_if_its_close_is_cancelled(
@@ -225,7 +249,7 @@ async def test_a_tick_is_spread_over_slots_so_its_streams_are_served_apart() -> 
         published = loop.time()
 
         async def arrival(stream: ClientStream) -> float:
-            await next_chunk(stream.frames(), within=2.0)
+            await next_chunk(frames(stream), within=2.0)
             return loop.time() - published
 
         arrivals = await asyncio.gather(*(arrival(stream) for stream in streams))
@@ -255,7 +279,7 @@ async def test_a_stream_gets_every_symbol_that_changed_in_one_chunk_a_turn() -> 
         both = sse_frame(b'{"symbol":"AAPL","bid":"1"}', event="quote") + sse_frame(
             b'{"symbol":"MSFT","bid":"2"}', event="quote"
         )
-        chunks = await asyncio.gather(*(next_chunk(s.frames(), within=2.0) for s in streams))
+        chunks = await asyncio.gather(*(next_chunk(frames(s), within=2.0) for s in streams))
         assert set(chunks) == {both}
     finally:
         await hub.stop()
@@ -270,7 +294,7 @@ async def test_every_slot_brings_heartbeats_to_its_silent_streams() -> None:
         for stream in streams:
             await hub.open(stream)
         assert {stream.slot for stream in streams} == set(range(hub.slots))
-        beats = await asyncio.gather(*(next_chunk(s.frames(), within=3.0) for s in streams))
+        beats = await asyncio.gather(*(next_chunk(frames(s), within=3.0) for s in streams))
         assert beats == [HEARTBEAT] * hub.slots
     finally:
         await hub.stop()
@@ -302,6 +326,6 @@ async def test_a_quote_arriving_while_its_symbol_is_dropped_is_never_offered_lat
         assert hub.latest_quote("AAPL") is None
         later = ClientStream("bob", ["AAPL"])
         await hub.open(later)
-        assert await next_chunk(later.frames(), within=2.0) == HEARTBEAT  # not the stale quote
+        assert await next_chunk(frames(later), within=2.0) == HEARTBEAT  # not the stale quote
     finally:
         await hub.stop()
