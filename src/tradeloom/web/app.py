@@ -20,6 +20,7 @@ import tradeloom
 from tradeloom.bootstrap import Platform, build_passwords, settle_heap
 from tradeloom.config import Settings
 from tradeloom.market_data.observers import price_channel
+from tradeloom.observability.gc_pauses import GcPauses
 from tradeloom.positions.queries import PositionQueries
 from tradeloom.users.passwords import Passwords
 from tradeloom.users.repository import UserRepository
@@ -131,6 +132,7 @@ def create_app(
     has started (see :func:`~tradeloom.bootstrap.settle_heap`): for ``tradeloom serve``, not
     for tests that build many apps in one process."""
     trading = trading_services(platform)
+    gc_pauses = GcPauses(platform.metrics.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -138,9 +140,11 @@ def create_app(
         await trading.hub.start()
         if settle_heap_after_start:
             settle_heap()
+        gc_pauses.install()
         try:
             yield
         finally:
+            gc_pauses.uninstall()
             await trading.hub.stop()
             await platform.close()
 
