@@ -103,6 +103,7 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import resource
 import signal
 import subprocess
@@ -1031,6 +1032,9 @@ class Recorder:
         self.measuring = measuring
         self.started = time.perf_counter()
         self.quotes, self.events, self.counts = new_histogram(), new_histogram(), Counter[str]()
+        # order.submitted is stamped by the web process (the HTTP handler), every other order
+        # event by a worker: apart, they tell which side of the bus the latency is on.
+        self.submitted = new_histogram()
 
     def frames(self, block: bytes, received: float) -> None:
         """Complete SSE frames, ``\\n\\n``-separated, received at ``received`` (epoch s)."""
@@ -1048,7 +1052,10 @@ class Recorder:
                 kind = frame[at + 8 : frame.index(b"\n", at + 8)]
                 counts[kind.decode()] += 1
                 if kind != b"reset" and self.measuring:
-                    observe(self.events, received - self._stamp(frame, b'"occurred_at":"'))
+                    latency = received - self._stamp(frame, b'"occurred_at":"')
+                    observe(self.events, latency)
+                    if kind == b"order.submitted":
+                        observe(self.submitted, latency)
             elif frame.startswith(b":"):
                 counts["heartbeats"] += 1
             elif frame.startswith(b"event: snapshot"):
@@ -1233,7 +1240,16 @@ async def _stream_clients(pipe: Connection, *args: Any) -> None:
             pipe.send("measuring")
         elif command[0] == "collect":
             elapsed = time.perf_counter() - recorder.started
-            pipe.send(("stats", recorder.quotes, recorder.events, recorder.counts, elapsed))
+            pipe.send(
+                (
+                    "stats",
+                    recorder.quotes,
+                    recorder.events,
+                    recorder.submitted,
+                    recorder.counts,
+                    elapsed,
+                )
+            )
             recorder.reset(measuring=False)
         elif command[0] == "close":
             clients.close()
@@ -1259,7 +1275,9 @@ class Level:
     rss_mb: float = 0.0
     quotes: list[int] = field(default_factory=new_histogram)
     events: list[int] = field(default_factory=new_histogram)
+    submitted: list[int] = field(default_factory=new_histogram)  # order.submitted among events
     counts: Counter[str] = field(default_factory=Counter)
+    gc_pauses: dict[str, tuple[float, float]] = field(default_factory=dict)  # count, seconds
     health: list[float] = field(default_factory=list)
     placed: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -1333,6 +1351,24 @@ async def probe_health(
     finally:
         http.close()
     return samples
+
+
+async def gc_pauses(port: int) -> dict[str, tuple[float, float]]:
+    """The server's garbage-collector pauses so far (``tradeloom_gc_pause_seconds`` on
+    ``/metrics``): generation -> (collections, seconds in all); empty for a bare server."""
+    http, found = Http(port), dict[str, list[float]]()
+    try:
+        status, _, body = await http.send(http_request("GET", "/metrics"))
+    finally:
+        http.close()
+    if status != 200:
+        return {}
+    for line in body.decode().splitlines():
+        match = re.match(r'tradeloom_gc_pause_seconds_(count|sum)\{generation="(\d)"\} (\S+)', line)
+        if match:
+            kind, generation, value = match.groups()
+            found.setdefault(generation, [0.0, 0.0])[kind == "sum"] = float(value)
+    return {generation: (count, seconds) for generation, (count, seconds) in found.items()}
 
 
 async def open_streams(
@@ -1490,6 +1526,7 @@ async def measure_level(
     await probe.start()
     profiler = start_profiler(profile, f"hold at {level.streams}", server.pid)
     with_streams = logins[: min(len(logins), level.opened)]
+    gc_before = await gc_pauses(server.port) if logins else {}
     level.placed, level.health = await asyncio.gather(
         place_orders(server.port, with_streams, args.stream_order_rate, hold, rng),
         probe_health(server.port, hold, "/healthz" if logins else "/docs"),
@@ -1499,14 +1536,21 @@ async def measure_level(
     await asyncio.sleep(tail)
     await finish_profiler(profiler, profiles)
     await probe.stop()
+    if logins:
+        gc_after = await gc_pauses(server.port)
+        level.gc_pauses = {
+            g: (count - gc_before.get(g, (0.0, 0.0))[0], seconds - gc_before.get(g, (0.0, 0.0))[1])
+            for g, (count, seconds) in sorted(gc_after.items())
+        }
     level.window = hold + tail
     level.cpu, level.machine_busy = probe.cpu, probe.machine_busy
     level.rss_mb = rss_mb(server.pid)
     for child in children:
-        _, quotes, events, counts, elapsed = await child.ask(("collect",))
+        _, quotes, events, submitted, counts, elapsed = await child.ask(("collect",))
         level.recorded = max(level.recorded, elapsed)
         level.quotes = merged([level.quotes, quotes])
         level.events = merged([level.events, events])
+        level.submitted = merged([level.submitted, submitted])
         level.counts.update(counts)
 
 
@@ -1535,6 +1579,13 @@ def _hist(histogram: Sequence[int]) -> str:
         histogram_max(histogram),
     )
     return f"{p50:.0f} / {p99:.0f} / {top:.0f} ms over {sum(histogram):,}"
+
+
+def _gc(pauses: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(
+        f"gen{g} x{count:.0f} ({seconds * 1000:.0f} ms in all)"
+        for g, (count, seconds) in pauses.items()
+    )
 
 
 def _cpu(cpu: dict[str, float], busy: float) -> str:
@@ -1653,12 +1704,25 @@ def stream_rows(args: argparse.Namespace, run: StreamRun) -> list[tuple[str, str
                     _hist(level.events) + f" ({events:,} received)",
                 ),
                 (
+                    "      order.submitted (stamped in the server)",
+                    _hist(level.submitted),
+                ),
+                (
+                    "      the rest (stamped in the workers)",
+                    _hist([e - s for e, s in zip(level.events, level.submitted, strict=True)]),
+                ),
+                (
                     "    orders placed in the hold",
                     ", ".join(f"{k} x{v}" for k, v in level.placed.most_common()) or "none",
                 ),
             ]
         rows += [
             (f"    {'/healthz' if run.users else '/docs'} p50/p99/max", _ms(level.health)),
+            *(
+                [("    server GC pauses in the hold", _gc(level.gc_pauses))]
+                if level.gc_pauses
+                else []
+            ),
             (
                 "    received",
                 f"{level.counts['chunks']:,} chunks, {level.counts['heartbeats']:,} heartbeats, "
