@@ -171,8 +171,12 @@ class ClientStream:
             await wake.wait()
 
     def _take_ready(self) -> bytes:
-        parts = self._initial
-        self._initial = []
+        # The stream's own lists are replaced only when they held something: a fresh empty
+        # list per take would outlive it and be one more object per waiting stream for every
+        # young collection to scan.
+        parts: list[bytes] = []
+        if self._initial:
+            parts, self._initial = self._initial, []
         if self._user:
             parts += self._user
             self._user = []
