@@ -25,6 +25,7 @@ from tradeloom.notifications import MemoizedOwners, Notifier, ReplayBuffer, Rese
 from tradeloom.notifications.messages import decode_notification, notification_body, user_channel
 from tradeloom.notifications.replay_buffer import Entry
 from tradeloom.notifications.script import APPEND
+from tradeloom.notifications.stream import StreamItem
 
 pytestmark = pytest.mark.redis
 
@@ -146,7 +147,15 @@ async def test_a_stream_follows_live_messages_through_redis_pub_sub(
         ManualClock(NOW),
     )
     await notifier.handle([submitted("A1", "o1")])
-    async with await UserStreams(web).stream_from("alice", 0) as stream:
+    items: list[StreamItem] = []
+    three = asyncio.Event()
+
+    def deliver(item: StreamItem) -> None:
+        items.append(item)
+        if len(items) >= 3:
+            three.set()
+
+    async with await UserStreams(web).stream_from("alice", 0, deliver):
         await notifier.handle([submitted("A1", "o2"), filled("A1", "o2")])
-        items = [await asyncio.wait_for(anext(stream), 5.0) for _ in range(3)]
+        await asyncio.wait_for(three.wait(), 5.0)
     assert [getattr(item, "id", None) for item in items] == [1, 2, 3]

@@ -1,4 +1,4 @@
-"""One user's live stream, resumable after a reconnect: what the web tier's SSE endpoint reads.
+"""One user's live stream, resumable after a reconnect: what the web tier's SSE endpoint serves.
 
 SSE mapping (the endpoint is the web tier's; :func:`sse_frame` writes it):
 
@@ -13,28 +13,35 @@ first message.
 
 How no message is lost or sent twice:
 
-1. subscribe to the owner's channel first: live messages from then on are queued;
+1. subscribe to the owner's channel first: live messages from then on are kept;
 2. then read the replay buffer after ``Last-Event-ID``;
-3. then forward live messages in id order, dropping ids already sent. A message published
-   between 1 and 2 arrives both ways; its second copy is dropped.
+3. then deliver live messages in id order, dropping ids already delivered. A message
+   published between 1 and 2 arrives both ways; its second copy is dropped.
 
 Live messages may arrive out of id order (three topics, several notifier processes): one after
 a gap is held until the missing ids arrive; if they have not after ``gap_timeout`` seconds (a
 notifier died between append and publish; a pub/sub reconnect lost some) they are read from
-the buffer, or a Reset is sent when the buffer no longer has them. So the stream yields
-strictly consecutive ids, and a Reset whenever it cannot.
+the buffer, or a Reset is delivered when the buffer no longer has them. The clock starts when
+the gap is first seen; later arrivals do not restart it. So the stream delivers strictly
+consecutive ids, and a Reset whenever it cannot.
 
-Backpressure: the cache hands messages over on the event loop and must not be blocked, so
-they are queued; when more than ``max_pending`` wait (the client reads too slowly) the stream
-ends with ``overflowed`` set. The web tier then closes the response, and the browser's
-reconnect resumes from the buffer. A cache error while reading the buffer is raised from the
-iteration: the web tier ends the response the same way.
+Pushed, not pulled: each item goes to the ``deliver`` callback as soon as it is ready, on the
+event loop, from the cache's own callback. No task waits per stream (at 15,000 streams a task
+each cost memory and one more loop hop per event): a timer exists only while a gap is held,
+and a task only while a gap is read from the buffer. ``deliver`` must not block; an exception
+from it ends the stream.
+
+Ending: a stream holding more than ``max_pending`` messages behind a gap ends with
+``overflowed`` set, and a cache error while reading the buffer for a gap ends it too; either
+way ``on_end`` is called once, the web tier closes the response, and the browser's reconnect
+resumes from the buffer. An error while opening is raised from :meth:`UserStreams.stream_from`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import TracebackType
 
 import msgspec
@@ -48,11 +55,11 @@ from tradeloom.notifications.messages import (
     user_channel,
 )
 from tradeloom.notifications.replay_buffer import CAPACITY, ReplayBuffer, Reset, Resume
-from tradeloom.notifications.wakeup import Wakeup
 
 log = structlog.get_logger("tradeloom.notifications.stream")
 
 StreamItem = Notification | Reset
+Deliver = Callable[[StreamItem], None]
 GAP_TIMEOUT = 0.5  # seconds
 
 
@@ -71,8 +78,12 @@ def sse_frame(item: StreamItem) -> str:
     return f"id: {item.id}\nevent: {item.type}\ndata: {encode_notification(item).decode()}\n\n"
 
 
+def _nothing() -> None:
+    return None
+
+
 class UserStream:
-    """An async iterator of one owner's :class:`Notification` and :class:`Reset` items.
+    """One owner's :class:`Notification` and :class:`Reset` items, pushed to ``deliver``.
 
     Open it with :meth:`UserStreams.stream_from`; close it (or use ``async with``) when the
     client goes away. It belongs to one event loop.
@@ -84,7 +95,9 @@ class UserStream:
         replay: ReplayBuffer,
         owner: str,
         last_event_id: int | None,
+        deliver: Deliver,
         *,
+        on_end: Callable[[], None] = _nothing,
         gap_timeout: float = GAP_TIMEOUT,
         max_pending: int = CAPACITY,
     ) -> None:
@@ -92,38 +105,44 @@ class UserStream:
         self._cache = cache
         self._replay = replay
         self._last_event_id = last_event_id
+        self._deliver = deliver
+        self._on_end = on_end
         self._gap_timeout = gap_timeout
         self._max_pending = max_pending
-        # Lists rather than deques: an empty deque costs ~760 bytes, and most streams hold
-        # nothing most of the time (see wakeup.py for the Event).
-        self._inbox: list[bytes] = []
-        self._arrived = Wakeup()
-        self._ready: list[StreamItem] = []
-        self._taken = 0  # items of _ready handed out (read by index: popping the front is O(n))
+        self._early: list[bytes] | None = []  # arrivals before the buffer was read; then None
         self._held: dict[int, Notification] = {}
-        self._gap_since: float | None = None  # loop time the current gap was first seen
         self._next = 1
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._filling: asyncio.Task[None] | None = None
         self._subscription: LocalSubscription | None = None
         self._closed = False
         self.overflowed = False
 
     async def open(self) -> None:
-        """Subscribe, then catch up from the buffer (in this order: see the module docstring)."""
+        """Subscribe, then catch up from the buffer (in this order: see the module docstring),
+        then deliver what arrived meanwhile."""
         self._subscription = await self._cache.subscribe(user_channel(self.owner), self._receive)
         try:
             if self._last_event_id is None:
-                self._catch_up(Reset(await self._replay.current_id(self.owner)))
+                found: Resume | Reset = Reset(await self._replay.current_id(self.owner))
             else:
                 self._next = self._last_event_id + 1
-                self._catch_up(await self._replay.since(self.owner, self._last_event_id))
+                found = await self._replay.since(self.owner, self._last_event_id)
         except BaseException:
             await self.close()
             raise
+        early, self._early = self._early or [], None
+        self._catch_up(found)
+        for raw in early:
+            self._take(raw)
 
     async def close(self) -> None:
-        """Stop receiving; a pending iteration ends. Idempotent."""
+        """Stop delivering; ``on_end`` is not called. Idempotent."""
         self._closed = True
-        self._arrived.set()
+        self._stop_gap_timer()
+        filling, self._filling = self._filling, None
+        if filling is not None:
+            filling.cancel()
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             await subscription.close()
@@ -139,78 +158,113 @@ class UserStream:
     ) -> None:
         await self.close()
 
-    def __aiter__(self) -> UserStream:
-        return self
-
-    async def __anext__(self) -> StreamItem:
-        while self._taken >= len(self._ready):
-            if self._closed or self.overflowed:
-                raise StopAsyncIteration
-            self._ready.clear()
-            self._taken = 0
-            await self._take_arrivals()
-        item = self._ready[self._taken]
-        self._taken += 1
-        return item
+    # --- arrivals -------------------------------------------------------------------------
 
     def _receive(self, channel: str, raw: bytes) -> None:
         # Seam: the cache's fan-out calls this on the event loop; it must never block.
-        if len(self._inbox) + len(self._held) >= self._max_pending:
-            self.overflowed = True
+        if self._closed:
+            return
+        if self._early is None:
+            self._take(raw)
+        elif len(self._early) >= self._max_pending:
+            self._overflow()
         else:
-            self._inbox.append(raw)
-        self._arrived.set()
+            self._early.append(raw)
 
-    async def _take_arrivals(self) -> None:
-        """Accept what arrived; wait for more, or fill a gap from the buffer when it lasts."""
-        if not self._inbox:
-            self._arrived.clear()
-            if not await self._arrival():
-                self._catch_up(await self._replay.since(self.owner, self._next - 1))
-                return
-        arrived, self._inbox = self._inbox, []
-        for raw in arrived:
-            try:
-                self._accept(decode_notification(raw))
-            except msgspec.DecodeError:
-                log.warning("notifications.undecodable_message", owner=self.owner)
-
-    async def _arrival(self) -> bool:
-        """Wait for a message (or close); False once a held gap has lasted ``gap_timeout``
-        since it was first seen (later arrivals do not restart that clock)."""
-        loop = asyncio.get_running_loop()
-        if not self._held:
-            self._gap_since = None
-        elif self._gap_since is None:
-            self._gap_since = loop.time()
-        deadline = None if self._gap_since is None else self._gap_since + self._gap_timeout
+    def _take(self, raw: bytes) -> None:
         try:
-            async with asyncio.timeout_at(deadline):
-                await self._arrived.wait()
-        except TimeoutError:
-            self._gap_since = None
-            return False
-        return True
+            message = decode_notification(raw)
+        except msgspec.DecodeError:
+            log.warning("notifications.undecodable_message", owner=self.owner)
+            return
+        self._accept(message)
 
     def _catch_up(self, found: Resume | Reset) -> None:
+        if self._closed:
+            return
         if isinstance(found, Reset):
-            self._ready.append(found)
             self._next = found.current + 1
             self._held = {i: m for i, m in self._held.items() if i >= self._next}
+            self._hand(found)
+            self._release()
         else:
             for message in found.messages:
                 self._accept(message)
-        self._release()
 
     def _accept(self, message: Notification) -> None:
-        if message.id >= self._next:
-            self._held.setdefault(message.id, message)
+        if self._closed or message.id < self._next:
+            return
+        if message.id not in self._held and len(self._held) >= self._max_pending:
+            self._overflow()
+            return
+        self._held[message.id] = message
         self._release()
 
     def _release(self) -> None:
-        while self._next in self._held:
-            self._ready.append(self._held.pop(self._next))
+        while not self._closed and self._next in self._held:
+            item = self._held.pop(self._next)
             self._next += 1
+            self._hand(item)
+        self._watch_gap()
+
+    def _hand(self, item: StreamItem) -> None:
+        try:
+            self._deliver(item)
+        except Exception:
+            log.exception("notifications.deliver_failed", owner=self.owner)
+            self._end()
+
+    # --- gaps -----------------------------------------------------------------------------
+
+    def _watch_gap(self) -> None:
+        """A timer while messages are held behind a missing id (armed when the gap is first
+        seen), none otherwise."""
+        if self._closed or not self._held:
+            self._stop_gap_timer()
+        elif self._gap_timer is None and self._filling is None:
+            loop = asyncio.get_running_loop()
+            self._gap_timer = loop.call_later(self._gap_timeout, self._gap_lasted)
+
+    def _stop_gap_timer(self) -> None:
+        timer, self._gap_timer = self._gap_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _gap_lasted(self) -> None:
+        self._gap_timer = None
+        if not self._closed and self._held and self._filling is None:
+            self._filling = asyncio.get_running_loop().create_task(
+                self._fill_gap(), name="user-stream-gap"
+            )
+
+    async def _fill_gap(self) -> None:
+        """Read what the gap lacks from the buffer (a Reset if it is gone from there)."""
+        try:
+            found = await self._replay.since(self.owner, self._next - 1)
+        except Exception as exc:
+            self._filling = None
+            log.warning("notifications.gap_read_failed", owner=self.owner, error=repr(exc))
+            self._end()
+            return
+        self._filling = None
+        self._catch_up(found)
+        self._watch_gap()
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        log.info("notifications.stream_overflowed", owner=self.owner)
+        self._end()
+
+    def _end(self) -> None:
+        """End the stream from inside (overflow, error): stop delivering, tell ``on_end``
+        once. The subscription is closed by :meth:`close`, which the owner still calls."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_gap_timer()
+        self._on_end()
 
 
 class UserStreams:
@@ -229,13 +283,23 @@ class UserStreams:
         self._gap_timeout = gap_timeout
         self._max_pending = max_pending
 
-    async def stream_from(self, owner: str, last_event_id: int | None) -> UserStream:
-        """``owner``'s stream, open, resuming after ``last_event_id`` (None: a new stream)."""
+    async def stream_from(
+        self,
+        owner: str,
+        last_event_id: int | None,
+        deliver: Deliver,
+        *,
+        on_end: Callable[[], None] = _nothing,
+    ) -> UserStream:
+        """``owner``'s stream, open, resuming after ``last_event_id`` (None: a new stream):
+        its items go to ``deliver`` from now on, the first ones before this returns."""
         stream = UserStream(
             self._cache,
             self._replay,
             owner,
             last_event_id,
+            deliver,
+            on_end=on_end,
             gap_timeout=self._gap_timeout,
             max_pending=self._max_pending,
         )

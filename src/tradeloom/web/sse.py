@@ -7,7 +7,7 @@ a stream loop that sleeps after every message, and a slow client slowing the oth
   symbol's price channel when the first stream of this process wants the symbol, and closes
   it with the last one; the cache adapter itself keeps one upstream connection per process.
   (A user's events come through :mod:`tradeloom.notifications.stream`, which resumes from
-  ``Last-Event-ID``; the response pumps them into the same :class:`ClientStream`.)
+  ``Last-Event-ID``; it pushes them into the same :class:`ClientStream`, with no task per stream.)
 * **Quotes are conflated on one ticker, its work spread over the tick.** The hub keeps only
   the newest quote of each symbol. Every stream is served once a tick (``quotes_per_second``
   ticks a second): each changed symbol it watches is offered to it, framed once per symbol

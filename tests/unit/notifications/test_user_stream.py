@@ -16,7 +16,6 @@ from tradeloom.notifications import (
     ReplayBuffer,
     Reset,
     Resume,
-    UserStream,
     UserStreams,
     parse_last_event_id,
     sse_frame,
@@ -50,17 +49,48 @@ def ids(items: list[StreamItem]) -> list[int | str]:
     return [f"reset@{i.current}" if isinstance(i, Reset) else i.id for i in items]
 
 
-async def take(stream: UserStream, count: int) -> list[int | str]:
-    return ids([await asyncio.wait_for(anext(stream), 5.0) for _ in range(count)])
+class Received:
+    """What a stream delivered, in order (its ``deliver``), and whether it ended itself."""
+
+    def __init__(self) -> None:
+        self.items: list[StreamItem] = []
+        self.taken = 0
+        self.ended = False
+        self._more = asyncio.Event()
+
+    def __call__(self, item: StreamItem) -> None:
+        self.items.append(item)
+        self._more.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._more.set()
+
+    async def take(self, count: int) -> list[int | str]:
+        """The next ``count`` items' ids, waiting for them (5 s at most)."""
+        async with asyncio.timeout(5.0):
+            while len(self.items) - self.taken < count:
+                self._more.clear()
+                await self._more.wait()
+        taken = self.items[self.taken : self.taken + count]
+        self.taken += count
+        return ids(taken)
+
+    async def until_ended(self) -> None:
+        async with asyncio.timeout(5.0):
+            while not self.ended:
+                self._more.clear()
+                await self._more.wait()
+
+    async def nothing_pending(self) -> bool:
+        """True when nothing more was delivered, even after the loop ran once more."""
+        await asyncio.sleep(0)
+        return len(self.items) == self.taken
 
 
-async def nothing_pending(stream: UserStream) -> bool:
-    """True when the stream has nothing to yield right now (checked without waiting)."""
-    pending = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
-    done = pending.done()
-    pending.cancel()
-    return not done
+@pytest.fixture
+def received() -> Received:
+    return Received()
 
 
 @pytest.fixture
@@ -75,26 +105,26 @@ def streams(users: Users) -> UserStreams:
 
 
 async def test_a_new_stream_starts_with_a_reset_at_the_current_id_then_follows_live(
-    users: Users, streams: UserStreams
+    users: Users, streams: UserStreams, received: Received
 ) -> None:
     await users.notify("alice", 3)
-    async with await streams.stream_from("alice", None) as stream:
+    async with await streams.stream_from("alice", None, received):
         await users.notify("alice", 2)
-        assert await take(stream, 3) == ["reset@3", 4, 5]
+        assert await received.take(3) == ["reset@3", 4, 5]
 
 
 async def test_a_reconnect_resumes_after_last_event_id_then_follows_live(
-    users: Users, streams: UserStreams
+    users: Users, streams: UserStreams, received: Received
 ) -> None:
     await users.notify("alice", 5)
-    async with await streams.stream_from("alice", 2) as stream:
+    async with await streams.stream_from("alice", 2, received):
         await users.notify("alice")
-        assert await take(stream, 4) == [3, 4, 5, 6]
-        assert await nothing_pending(stream)
+        assert await received.take(4) == [3, 4, 5, 6]
+        assert await received.nothing_pending()
 
 
 async def test_a_message_published_between_subscribe_and_buffer_read_comes_once(
-    users: Users,
+    users: Users, received: Received
 ) -> None:
     await users.notify("alice", 2)
 
@@ -106,33 +136,35 @@ async def test_a_message_published_between_subscribe_and_buffer_read_comes_once(
             return await super().since(owner, last_id)
 
     seam = SeamBuffer(users.cache, capacity=8, ttl=300.0)
-    async with await UserStreams(users.cache, seam).stream_from("alice", 1) as stream:
+    async with await UserStreams(users.cache, seam).stream_from("alice", 1, received):
         await users.notify("alice")
-        assert await take(stream, 3) == [2, 3, 4]
-        assert await nothing_pending(stream)
+        assert await received.take(3) == [2, 3, 4]
+        assert await received.nothing_pending()
 
 
 async def test_live_messages_out_of_id_order_are_yielded_in_order(
-    users: Users, streams: UserStreams
+    users: Users, streams: UserStreams, received: Received
 ) -> None:
-    async with await streams.stream_from("alice", 0) as stream:
+    async with await streams.stream_from("alice", 0, received):
         first, second, third = await users.append("alice", 3)
         await users.publish(third, first, second)
-        assert await take(stream, 3) == [1, 2, 3]
+        assert await received.take(3) == [1, 2, 3]
 
 
-async def test_a_lasting_gap_is_filled_from_the_buffer(users: Users, streams: UserStreams) -> None:
-    async with await streams.stream_from("alice", 0) as stream:
+async def test_a_lasting_gap_is_filled_from_the_buffer(
+    users: Users, streams: UserStreams, received: Received
+) -> None:
+    async with await streams.stream_from("alice", 0, received):
         _, second = await users.append("alice", 2)
         await users.publish(second)  # the first one's publish was lost
-        assert await take(stream, 2) == [1, 2]
+        assert await received.take(2) == [1, 2]
 
 
-async def test_a_gap_is_filled_even_while_later_messages_keep_arriving() -> None:
+async def test_a_gap_is_filled_even_while_later_messages_keep_arriving(received: Received) -> None:
     cache = MemoryCache(clock=Monotonic())
     users = Users(cache, ReplayBuffer(cache, capacity=64, ttl=300.0))
     streams = UserStreams(cache, users.buffer, gap_timeout=0.05)
-    async with await streams.stream_from("alice", 0) as stream:
+    async with await streams.stream_from("alice", 0, received):
         _lost, *rest = await users.append("alice", 40)  # the first one's publish was lost
 
         async def trickle() -> None:  # a message every 10 ms: never 50 ms of quiet
@@ -141,57 +173,98 @@ async def test_a_gap_is_filled_even_while_later_messages_keep_arriving() -> None
                 await asyncio.sleep(0.01)
 
         feeding = asyncio.create_task(trickle())
-        assert await take(stream, 1) == [1]
+        assert await received.take(1) == [1]
         assert not feeding.done(), "the gap waited for the trickle to stop"
-        assert await take(stream, 39) == list(range(2, 41))
+        assert await received.take(39) == list(range(2, 41))
         await feeding
 
 
 async def test_a_gap_the_buffer_no_longer_holds_yields_reset(
-    users: Users, streams: UserStreams
+    users: Users, streams: UserStreams, received: Received
 ) -> None:
-    async with await streams.stream_from("alice", 0) as stream:
+    async with await streams.stream_from("alice", 0, received):
         appended = await users.append("alice", 10)  # capacity 8: ids 1 and 2 are gone
         await users.publish(appended[-1])
-        assert await take(stream, 1) == ["reset@10"]
+        assert await received.take(1) == ["reset@10"]
         await users.notify("alice")
-        assert await take(stream, 1) == [11]
+        assert await received.take(1) == [11]
 
 
 async def test_a_reconnect_older_than_the_buffer_yields_reset_then_live(
-    users: Users, streams: UserStreams
+    users: Users, streams: UserStreams, received: Received
 ) -> None:
     await users.notify("alice", 10)
-    async with await streams.stream_from("alice", 1) as stream:
+    async with await streams.stream_from("alice", 1, received):
         await users.notify("alice")
-        assert await take(stream, 2) == ["reset@10", 11]
+        assert await received.take(2) == ["reset@10", 11]
 
 
-async def test_a_stream_yields_only_its_owners_messages(users: Users, streams: UserStreams) -> None:
-    async with await streams.stream_from("alice", 0) as stream:
+async def test_a_stream_yields_only_its_owners_messages(
+    users: Users, streams: UserStreams, received: Received
+) -> None:
+    async with await streams.stream_from("alice", 0, received):
         await users.notify("bob", 2)
         await users.notify("alice")
-        assert await take(stream, 1) == [1]
-        assert await nothing_pending(stream)
+        assert await received.take(1) == [1]
+        assert await received.nothing_pending()
 
 
-async def test_a_reader_too_slow_for_max_pending_ends_the_stream(users: Users) -> None:
-    streams = UserStreams(users.cache, users.buffer, max_pending=3)
-    async with await streams.stream_from("alice", 0) as stream:
-        await users.notify("alice", 5)
-        assert [item async for item in stream] == []
+async def test_a_gap_holding_more_than_max_pending_ends_the_stream(users: Users) -> None:
+    streams = UserStreams(users.cache, users.buffer, max_pending=3, gap_timeout=5.0)
+    first, ended = Received(), Received()
+    stream = await streams.stream_from("alice", 0, first, on_end=ended.end)
+    try:
+        appended = await users.append("alice", 5)
+        await users.publish(*appended[1:])  # the first publish was lost: 4 held behind it
         assert stream.overflowed
-    async with await streams.stream_from("alice", 0) as again:  # the browser reconnects
-        assert await take(again, 5) == [1, 2, 3, 4, 5]
+        assert ended.ended
+        assert first.items == []
+    finally:
+        await stream.close()
+    again = Received()  # the browser reconnects and resumes from the buffer
+    async with await streams.stream_from("alice", 0, again):
+        assert await again.take(5) == [1, 2, 3, 4, 5]
 
 
-async def test_closing_ends_a_waiting_iteration(streams: UserStreams) -> None:
-    stream = await streams.stream_from("alice", 0)
-    waiting = asyncio.ensure_future(anext(stream))
-    await asyncio.sleep(0)
+async def test_a_buffer_error_while_filling_a_gap_ends_the_stream(users: Users) -> None:
+    class Failing(ReplayBuffer):
+        reads = 0
+
+        async def since(self, owner: str, last_id: int) -> Resume | Reset:
+            Failing.reads += 1
+            if Failing.reads > 1:  # the open's read works, the gap's fails
+                raise ConnectionError("cache down")
+            return await super().since(owner, last_id)
+
+    failing = Failing(users.cache, capacity=8, ttl=300.0)
+    streams = UserStreams(users.cache, failing, gap_timeout=0.01)
+    received, ended = Received(), Received()
+    async with await streams.stream_from("alice", 0, received, on_end=ended.end):
+        _, second = await users.append("alice", 2)
+        await users.publish(second)
+        await ended.until_ended()
+        assert received.items == []
+
+
+async def test_after_close_nothing_is_delivered(
+    users: Users, streams: UserStreams, received: Received
+) -> None:
+    stream = await streams.stream_from("alice", 0, received)
+    await users.notify("alice")
+    assert await received.take(1) == [1]
     await stream.close()
-    with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(waiting, 5.0)
+    await users.notify("alice")
+    assert await received.nothing_pending()
+
+
+async def test_a_waiting_stream_holds_no_task_and_no_timer_without_a_gap(
+    users: Users, streams: UserStreams, received: Received
+) -> None:
+    tasks_before = len(asyncio.all_tasks())
+    async with await streams.stream_from("alice", 0, received):
+        await users.notify("alice", 2)
+        assert await received.take(2) == [1, 2]
+        assert len(asyncio.all_tasks()) == tasks_before
 
 
 async def test_sse_frames_map_id_and_type(users: Users) -> None:

@@ -21,7 +21,6 @@ event dropped; it reconnects and resumes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
@@ -34,6 +33,7 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tradeloom.notifications import Reset, UserStream, parse_last_event_id, sse_frame
+from tradeloom.notifications.stream import StreamItem
 from tradeloom.positions.queries import PositionQueries
 from tradeloom.web.auth import AuthenticatedUser, rate_limit
 from tradeloom.web.json import json_object
@@ -68,26 +68,23 @@ async def snapshot(
     return frame(msgspec.json.encode(json_object(body)), event="snapshot")
 
 
-async def pump_user_events(events: UserStream, client: ClientStream, *, resumed: bool) -> None:
-    """Copy the user's events into the client's outbox until either side ends.
+def user_event_frames(client: ClientStream, *, resumed: bool) -> Callable[[StreamItem], None]:
+    """What puts the user's events into the client's outbox, as the user stream delivers them.
 
     A new stream (not ``resumed``) starts with a Reset that only tells the current id: the
     snapshot is already current, so it goes out as a bare ``id:`` line, which sets the
     browser's Last-Event-ID without an event to handle."""
     first = not resumed
-    try:
-        async for item in events:
-            if first and isinstance(item, Reset):
-                client.offer_user_frame(b"id: %d\n\n" % item.current)
-            else:
-                client.offer_user_frame(sse_frame(item).encode())
-            first = False
-            if client.overflowed or client.closed:
-                break
-    except Exception:
-        log.exception("web.stream_user_events_failed", owner=client.owner)
-    finally:
-        client.close()
+
+    def deliver(item: StreamItem) -> None:
+        nonlocal first
+        if first and isinstance(item, Reset):
+            client.offer_user_frame(b"id: %d\n\n" % item.current)
+        else:
+            client.offer_user_frame(sse_frame(item).encode())
+        first = False
+
+    return deliver
 
 
 class EventStreamResponse(Response):
@@ -161,22 +158,20 @@ def stream_router() -> APIRouter:
         await trading.hub.open(client)
         events: UserStream | None = None
         try:
-            events = await trading.user_streams.stream_from(user.username, resume_after)
+            events = await trading.user_streams.stream_from(
+                user.username,
+                resume_after,
+                user_event_frames(client, resumed=resume_after is not None),
+                on_end=client.close,
+            )
             client.start_with([await snapshot(user.username, names, trading, positions)])
         except BaseException:
             if events is not None:
                 await events.close()
             await trading.hub.close(client)
             raise
-        pump = asyncio.create_task(
-            pump_user_events(events, client, resumed=resume_after is not None),
-            name="sse-user-events",
-        )
 
         async def finish() -> None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
             assert events is not None
             await events.close()
             await trading.hub.close(client)
