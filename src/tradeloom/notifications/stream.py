@@ -194,7 +194,11 @@ class UserStream:
     def _accept(self, message: Notification) -> None:
         if self._closed or message.id < self._next:
             return
-        if message.id not in self._held and len(self._held) >= self._max_pending:
+        if (
+            message.id != self._next  # the one that releases the others is never too many
+            and message.id not in self._held
+            and len(self._held) >= self._max_pending
+        ):
             self._overflow()
             return
         self._held[message.id] = message
@@ -238,16 +242,20 @@ class UserStream:
             )
 
     async def _fill_gap(self) -> None:
-        """Read what the gap lacks from the buffer (a Reset if it is gone from there)."""
+        """Read what the gap lacks from the buffer (a Reset if it is gone from there). An
+        answer to a gap that live arrivals closed meanwhile is dropped: a Reset from it would
+        move the next id back and deliver ids twice (a gap still open re-arms the timer)."""
+        after = self._next - 1
         try:
-            found = await self._replay.since(self.owner, self._next - 1)
+            found = await self._replay.since(self.owner, after)
         except Exception as exc:
             self._filling = None
             log.warning("notifications.gap_read_failed", owner=self.owner, error=repr(exc))
             self._end()
             return
         self._filling = None
-        self._catch_up(found)
+        if self._next - 1 == after:
+            self._catch_up(found)
         self._watch_gap()
 
     # --- ending ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 ``asyncio.Event`` does the same for any number of waiters, and pays for it with a deque of
 waiters allocated with every Event (about 760 bytes). A process holding 15,000 streams, each
 with a reader that waits, spends megabytes on deques that never hold more than one future.
-:class:`Wakeup` keeps one optional future instead, created only while its reader waits.
+:class:`Wakeup` keeps one optional future instead: the one of the current (or last) wait.
 
 ``wait`` hands out that future itself rather than a coroutine awaiting it: a stream waits
 several times a second, and every object a waiting stream holds is one the garbage collector

@@ -257,7 +257,7 @@ async def test_after_close_nothing_is_delivered(
     assert await received.nothing_pending()
 
 
-async def test_a_waiting_stream_holds_no_task_and_no_timer_without_a_gap(
+async def test_a_waiting_stream_holds_no_task(
     users: Users, streams: UserStreams, received: Received
 ) -> None:
     tasks_before = len(asyncio.all_tasks())
@@ -265,6 +265,106 @@ async def test_a_waiting_stream_holds_no_task_and_no_timer_without_a_gap(
         await users.notify("alice", 2)
         assert await received.take(2) == [1, 2]
         assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_the_message_that_closes_a_full_gap_releases_it_rather_than_overflowing(
+    users: Users, received: Received
+) -> None:
+    streams = UserStreams(users.cache, users.buffer, max_pending=3, gap_timeout=5.0)
+    async with await streams.stream_from("alice", 0, received) as stream:
+        first, *rest = await users.append("alice", 4)
+        await users.publish(*rest)  # three held behind the first: the bound
+        await users.publish(first)
+        assert await received.take(4) == [1, 2, 3, 4]
+        assert not stream.overflowed
+
+
+async def test_a_gap_read_answered_after_live_arrivals_closed_the_gap_changes_nothing(
+    users: Users, received: Received
+) -> None:
+    reading, answer = asyncio.Event(), asyncio.Event()
+
+    class Slow(ReplayBuffer):
+        """The gap's read waits until told, then says Reset (as if the buffer lost ids)."""
+
+        opened = False
+
+        async def since(self, owner: str, last_id: int) -> Resume | Reset:
+            if not self.opened:  # the open's read
+                self.opened = True
+                return await super().since(owner, last_id)
+            reading.set()
+            await answer.wait()
+            return Reset(1)
+
+    streams = UserStreams(users.cache, Slow(users.cache, capacity=8, ttl=300.0), gap_timeout=0.01)
+    async with await streams.stream_from("alice", 0, received):
+        first, second, third = await users.append("alice", 3)
+        await users.publish(second, third)
+        await asyncio.wait_for(reading.wait(), 5.0)
+        await users.publish(first)  # the gap closes while its read is in flight
+        assert await received.take(3) == [1, 2, 3]
+        answer.set()
+        await users.notify("alice")
+        assert await received.take(1) == [4]
+        assert await received.nothing_pending()
+
+
+async def test_closing_during_a_gap_read_delivers_nothing_more(
+    users: Users, received: Received
+) -> None:
+    reading = asyncio.Event()
+
+    class Stuck(ReplayBuffer):
+        opened = False
+
+        async def since(self, owner: str, last_id: int) -> Resume | Reset:
+            if not self.opened:  # the open's read
+                self.opened = True
+                return await super().since(owner, last_id)
+            reading.set()
+            await asyncio.Event().wait()  # never answers
+            raise AssertionError("unreachable")
+
+    streams = UserStreams(users.cache, Stuck(users.cache, capacity=8, ttl=300.0), gap_timeout=0.01)
+    stream = await streams.stream_from("alice", 0, received)
+    _, second = await users.append("alice", 2)
+    await users.publish(second)
+    await asyncio.wait_for(reading.wait(), 5.0)
+    tasks = len(asyncio.all_tasks())
+    await stream.close()
+    await asyncio.sleep(0)
+    assert len(asyncio.all_tasks()) == tasks - 1  # the read was cancelled
+    assert received.items == []
+
+
+async def test_a_failing_deliver_ends_the_stream(users: Users) -> None:
+    ended = Received()
+
+    def deliver(item: StreamItem) -> None:
+        raise RuntimeError("the client is gone")
+
+    streams = UserStreams(users.cache, users.buffer)
+    async with await streams.stream_from("alice", None, deliver, on_end=ended.end):
+        await ended.until_ended()
+
+
+async def test_more_early_arrivals_than_max_pending_end_the_stream_while_it_opens(
+    users: Users, received: Received
+) -> None:
+    class Late(ReplayBuffer):
+        """Five messages arrive after the subscription, before the buffer is read."""
+
+        async def since(self, owner: str, last_id: int) -> Resume | Reset:
+            await users.notify(owner, 5)
+            return await super().since(owner, last_id)
+
+    ended = Received()
+    streams = UserStreams(users.cache, Late(users.cache, capacity=8, ttl=300.0), max_pending=3)
+    async with await streams.stream_from("alice", 0, received, on_end=ended.end) as stream:
+        assert stream.overflowed
+        assert ended.ended
+        assert received.items == []
 
 
 async def test_sse_frames_map_id_and_type(users: Users) -> None:

@@ -25,6 +25,7 @@ from tradeloom.users.model import Role
 from tradeloom.users.passwords import CHEAP_PARAMETERS, Passwords
 from tradeloom.web.app import build_web_services, create_app
 from tradeloom.web.ratelimit import RateLimit
+from tradeloom.web.sse import StreamHub
 
 PASSWORD = "correct horse battery"
 GENEROUS = {
@@ -38,6 +39,7 @@ GENEROUS = {
 class Served:
     platform: Platform
     base_url: str
+    hub: StreamHub
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
     port = server.servers[0].sockets[0].getsockname()[1]
     for username in ("alice", "bob"):
         await services.users.register(username, PASSWORD, role=Role.TRADER)
-    yield Served(platform, f"http://127.0.0.1:{port}")
+    yield Served(platform, f"http://127.0.0.1:{port}", app.state.trading.hub)
     server.should_exit = True
     await serving
 
@@ -177,6 +179,17 @@ async def test_a_stream_starts_with_a_snapshot_then_carries_quotes_and_own_order
             await bobs.until("order.submitted", within=0.5)
     for client in (alice, bob):
         await client.aclose()
+
+
+async def test_a_client_that_hangs_up_while_idle_leaves_nothing_behind(served: Served) -> None:
+    alice = await logged_in(served, "alice")
+    async with alice.stream("GET", "/api/stream?symbols=AAPL,MSFT") as stream:
+        await EventReader(stream).until("snapshot")
+        assert served.hub.streams == 1
+    # Hung up with nothing to write: the server notices on its own (not at its next write)
+    # and the response's finish unsubscribes the user's events and leaves the hub.
+    await eventually(lambda: served.hub.streams == 0)
+    await alice.aclose()
 
 
 async def test_a_reconnect_with_last_event_id_resumes_without_a_gap(served: Served) -> None:

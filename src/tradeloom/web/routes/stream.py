@@ -33,6 +33,7 @@ from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from tradeloom.notifications import Reset, UserStream, parse_last_event_id, sse_frame
+from tradeloom.notifications.replay_buffer import CAPACITY as REPLAY_CAPACITY
 from tradeloom.notifications.stream import StreamItem
 from tradeloom.positions.queries import PositionQueries
 from tradeloom.web.auth import AuthenticatedUser, rate_limit
@@ -112,21 +113,29 @@ class EventStreamResponse(Response):
         hangup = asyncio.ensure_future(_hung_up(receive))
         hangup.add_done_callback(functools.partial(_close_on_hangup, client))
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            start = {"type": "http.response.start", "status": self.status_code}
+            await send({**start, "headers": self.raw_headers})
             await client.write_to(send)
-            if not hangup.done():
+            if not _hung_up_cleanly(hangup):
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             hangup.cancel()
-            # A cancelled response (server shutdown) must still unsubscribe: shielded.
+            # A cancelled response (server shutdown) must still unsubscribe. The finish runs
+            # as a task of its own: a native cancel of this one (uvicorn's shutdown timeout)
+            # stops the wait, never the finish; the anyio scope covers anyio's cancellation.
+            finishing = asyncio.ensure_future(self._finish())
             with anyio.CancelScope(shield=True):
-                await self._finish()
+                await asyncio.shield(finishing)
 
 
 def _close_on_hangup(client: ClientStream, hangup: asyncio.Future[None]) -> None:
     client.close()
     if not hangup.cancelled() and hangup.exception() is not None:
         log.warning("web.stream_receive_failed", owner=client.owner, error=repr(hangup.exception()))
+
+
+def _hung_up_cleanly(hangup: asyncio.Future[None]) -> bool:
+    return hangup.done() and not hangup.cancelled() and hangup.exception() is None
 
 
 async def _hung_up(receive: Receive) -> None:
@@ -153,7 +162,9 @@ def stream_router() -> APIRouter:
     ) -> EventStreamResponse:
         """Live quotes of ``symbols`` and your own order and position events (see above)."""
         names = parse_symbols(trading, symbols) if symbols else []
-        client = ClientStream(user.username, names)
+        # Room for a whole replay (a resume may bring up to the buffer's capacity at once)
+        # and live events on top: a resume must never overflow before it has caught up.
+        client = ClientStream(user.username, names, max_user_events=2 * REPLAY_CAPACITY)
         resume_after = parse_last_event_id(last_event_id)
         await trading.hub.open(client)
         events: UserStream | None = None
@@ -173,8 +184,10 @@ def stream_router() -> APIRouter:
 
         async def finish() -> None:
             assert events is not None
-            await events.close()
-            await trading.hub.close(client)
+            try:
+                await events.close()
+            finally:
+                await trading.hub.close(client)
 
         return EventStreamResponse(client, finish)
 
