@@ -338,7 +338,9 @@ def build_platform(
         clock=clock,
         timeout=settings.broker_timeout,
     )
-    execution = ExecutionEngine(bus, database, outbox, gateway, clock, notify=relay.notify)
+    execution = ExecutionEngine(
+        bus, database, outbox, gateway, clock, notify=relay.notify, metrics=metrics
+    )
     order_state = OrderStateUpdater(bus, database, clock)
     order_projection = OrderProjection(bus, database, clock, metrics=metrics)
     positions = PositionProjection(

@@ -35,7 +35,10 @@ class Service(StrEnum):
       execution engine, and what keeps the command side current from order events (the OMS's
       order rows, risk's exposures). The paper broker is one simulated venue per process and
       its price feed one consumer group: run ONE execution process with it (a second would
-      take half the price partitions, and each venue would see half the symbols);
+      take half the price partitions, and each venue would see half the symbols). On
+      PostgreSQL this is enforced: the execution engine consumes commands only while it holds
+      an advisory lock, so a second execution process stands by (consuming no command) and
+      takes over, reconciling first, when the first stops or loses its database session;
     * ``read-side``: the order read model, positions and P&L, notifications.
     """
 

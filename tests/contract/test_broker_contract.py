@@ -4,7 +4,8 @@ Each scenario runs on the paper broker and on the replay broker. For ``replay`` 
 first runs on a paper broker wrapped in a ``RecordingAdapter`` (ids prefixed ``rec``), then on
 a ``ReplayBroker`` of that recording with other ids (``run``): the replayed reports must equal
 the recorded ones translated to the new ids, and every assertion of the scenario must hold on
-both runs. Adapters call back on their own thread; ``drain()`` waits for them, no sleeps.
+both runs (open-orders answers included). Adapters call back on their own thread; ``drain()``
+waits for them, no sleeps.
 A later adapter joins by adding a param to ``run`` and a way to drain and halt it.
 """
 
@@ -35,6 +36,7 @@ from tradeloom.broker.reports import (
     BrokerReplaced,
     BrokerReport,
     CancelRequest,
+    OpenOrders,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
@@ -62,12 +64,19 @@ class Session:
         self.clock = clock
         self.prefix = prefix
         self.reports: list[BrokerReport] = []
+        self.answers: list[OpenOrders] = []
+        self.reports_before_answer: list[int] = []
         self.threads: set[str] = set()
         self._seen = 0
 
     def receive(self, report: BrokerReport) -> None:  # on the adapter's thread
         self.threads.add(threading.current_thread().name)
         self.reports.append(report)
+
+    def answer(self, answer: OpenOrders) -> None:  # on the adapter's thread
+        self.threads.add(threading.current_thread().name)
+        self.reports_before_answer.append(len(self.reports))
+        self.answers.append(answer)
 
     def oid(self, n: int) -> str:
         return f"{self.prefix}-order-{n}"
@@ -114,6 +123,15 @@ class Session:
             )
         )
 
+    def ask_open_orders(self) -> None:
+        self.adapter.query_open_orders(self.answer)
+
+    def open_orders(self) -> tuple[str, ...]:
+        """The broker's answer to a query asked now (once it handled everything sent)."""
+        self.ask_open_orders()
+        self.venue.drain()
+        return self.answers[-1].order_ids
+
     def halt(self, symbol: str) -> None:
         """Venue control: only a simulated venue can be halted; a replay already has it."""
         if isinstance(self.venue, PaperBroker):
@@ -151,6 +169,10 @@ def _renamed(report: BrokerReport, old: str, new: str) -> BrokerReport:
     )
 
 
+def _renamed_answer(answer: OpenOrders, old: str, new: str) -> OpenOrders:
+    return OpenOrders(order_ids=tuple(i.replace(old, new) for i in answer.order_ids))
+
+
 def _paper(clock: ManualClock) -> PaperBroker:
     return PaperBroker(INSTRUMENTS, clock, displayed_quantity=D(100))
 
@@ -171,6 +193,7 @@ def run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[Scenario], 
         replayed = _play(replay, replay, ManualClock(START), "run", scenario)
         assert replay.finished, "the replay did not consume the whole recording"
         assert replayed.reports == [_renamed(r, "rec", "run") for r in recorded.reports]
+        assert replayed.answers == [_renamed_answer(a, "rec", "run") for a in recorded.answers]
 
     return on_paper if request.param == "paper" else on_replay
 
@@ -336,5 +359,36 @@ def test_day_order_expires_at_the_session_close(run: Callable[[Scenario], None])
         (expired,) = s.new()
         assert isinstance(expired, BrokerExpired)
         assert expired.order_id == s.oid(1)
+
+    run(scenario)
+
+
+def test_open_orders_are_those_accepted_and_not_finished(run: Callable[[Scenario], None]) -> None:
+    def scenario(s: Session) -> None:
+        assert s.open_orders() == (), "a new venue works no order"
+        s.quote("99.98", "100.02")
+        s.submit(1, B, LMT, "10", limit_price="99.00", tif=TimeInForce.GTC)
+        s.submit(2, B, MKT, "10")  # filled at once
+        s.submit(3, S, LMT, "10", limit_price="101.00")
+        s.submit(4, B, LMT, "10", limit_price="98.00")
+        s.cancel(4)
+        s.submit(5, B, LMT, "10", limit_price="10.00", symbol="NOPE")  # rejected
+        s.submit(6, B, STP, "150", stop_price="100.00")  # triggered, partly filled
+        assert s.open_orders() == (s.oid(1), s.oid(3), s.oid(6))
+
+    run(scenario)
+
+
+def test_open_orders_are_answered_after_the_reports_produced_before(
+    run: Callable[[Scenario], None],
+) -> None:
+    def scenario(s: Session) -> None:
+        s.quote("99.98", "100.02")
+        s.submit(1, B, MKT, "10")
+        s.submit(2, B, LMT, "10", limit_price="99.00")
+        s.ask_open_orders()  # not drained in between: the answer still comes after the fill
+        _one(s.new(), BrokerAccepted, BrokerFill, BrokerAccepted)
+        assert s.reports_before_answer == [3]
+        assert s.answers[-1].order_ids == (s.oid(2),)
 
     run(scenario)

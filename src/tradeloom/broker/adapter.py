@@ -7,10 +7,15 @@ gateway does that with ``loop.call_soon_threadsafe``.
 
 Guarantees an adapter gives (the contract suite proves them):
 
-* every request is answered by at least one report, never by a return value;
+* every order request (submit, cancel, amend) is answered by at least one report, never by a
+  return value;
 * reports of one order come in the order the venue produced them;
-* ``submit``/``cancel``/``amend`` raise only when the request could not be handed to the
-  broker at all (disconnected, stopped); a refusal by the venue is a report.
+* ``submit``/``cancel``/``amend``/``query_open_orders`` raise only when the request could not
+  be handed to the broker at all (disconnected, stopped); a refusal by the venue is a report;
+* an open-orders query is answered once, through the callback given with it (on any thread),
+  and AFTER every report the broker produced before answering was passed to ``on_report``:
+  what the answer leaves out has either never reached the broker, or its last report has
+  already been handed over. Execution's reconciliation at start relies on that order.
 """
 
 from __future__ import annotations
@@ -18,11 +23,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from tradeloom.broker.reports import AmendRequest, BrokerReport, CancelRequest, SubmitOrder
+from tradeloom.broker.reports import (
+    AmendRequest,
+    BrokerReport,
+    CancelRequest,
+    OpenOrders,
+    SubmitOrder,
+)
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.events import PriceUpdate
 
 ReportCallback = Callable[[BrokerReport], None]
+OpenOrdersCallback = Callable[[OpenOrders], None]
 
 
 class BrokerAdapter(Protocol):
@@ -39,6 +51,11 @@ class BrokerAdapter(Protocol):
     def cancel(self, request: CancelRequest) -> None: ...
 
     def amend(self, request: AmendRequest) -> None: ...
+
+    def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
+        """Ask which orders the broker still works; ``on_answer`` gets the :class:`OpenOrders`
+        later, from any thread (a real broker's query is a network round trip)."""
+        ...
 
     def on_price(self, update: PriceUpdate) -> None:
         """Market data for adapters that simulate a venue; a no-op for real brokers."""

@@ -20,8 +20,18 @@ What it guarantees:
   sink has been given the same report. Each call hands its request to the adapter before it
   first suspends, so calls started in order (tasks created in order) reach the broker in that
   order: the execution engine relies on it to send a batch's commands concurrently.
-* **Fail fast.** Timeouts and adapter errors feed a circuit breaker; while it is open calls
-  raise :class:`BrokerUnavailable` at once, without reaching the broker.
+* **Open orders.** :meth:`open_orders` asks the broker which orders it still works; the
+  answer comes on the broker's thread and resolves a future on the loop the same way reports
+  do. The adapter answers after every report it produced before answering, and both cross
+  the seam in one ``call_soon_threadsafe`` sequence, so when the call returns those reports
+  are queued for the sink. The answer says how many reports were received before it, and
+  :meth:`wait_taken` waits (bounded) for THOSE only, not for reports received since, and
+  names the orders whose earlier reports the sink has still not taken.
+* **Fail fast.** Timeouts and adapter errors of order requests feed a circuit breaker; while
+  it is open they raise :class:`BrokerUnavailable` at once, without reaching the broker.
+  Open-orders queries are kept out of it: they neither count as failures nor take the
+  half-open trial (a broken query path must not dead-letter orders the broker would take);
+  they have their own ``query_timeout`` and failure count (``query_failures``).
 * **Adaptive timeout.** Latency from submit to the first report of the order is measured on
   the injected clock (late answers included); while its p95 over the recent window exceeds
   ``slow_latency`` (2 s), the timeout is ``slow_timeout`` (30 s) instead of ``timeout`` (10 s),
@@ -31,13 +41,20 @@ What it guarantees:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
 import structlog
 
-from tradeloom.broker.adapter import BrokerAdapter, BrokerTimeout, BrokerUnavailable
+from tradeloom.broker.adapter import (
+    BrokerAdapter,
+    BrokerTimeout,
+    BrokerUnavailable,
+    OpenOrdersCallback,
+)
 from tradeloom.broker.dispatch import (
     DEFAULT_MAX_BATCH,
     AccountDispatcher,
@@ -51,6 +68,7 @@ from tradeloom.broker.reports import (
     BrokerReport,
     BrokerRequest,
     CancelRequest,
+    OpenOrders,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
@@ -62,6 +80,16 @@ log = structlog.get_logger("tradeloom.broker.gateway")
 _MAX_UNANSWERED = 100_000
 _Waiter = tuple[type[BrokerRequest], "asyncio.Future[BrokerReport]"]
 R = TypeVar("R", SubmitOrder, CancelRequest, AmendRequest)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrdersAnswer:
+    """The broker's open orders, and how many reports the gateway had received when the
+    answer arrived: every report the broker produced before answering is among those
+    (``reports_before`` is a mark for :meth:`BrokerGateway.wait_taken`)."""
+
+    orders: OpenOrders
+    reports_before: int
 
 
 class BrokerGateway:
@@ -79,6 +107,7 @@ class BrokerGateway:
         breaker: CircuitBreaker,
         clock: Clock,
         timeout: float = 10.0,
+        query_timeout: float = 10.0,
         slow_timeout: float = 30.0,
         slow_latency: float = 2.0,
         latency_window: int = 200,
@@ -93,22 +122,32 @@ class BrokerGateway:
         self._breaker = breaker
         self._clock = clock
         self._timeout = timeout
+        self._query_timeout = query_timeout
         self._slow_timeout = slow_timeout
         self._slow_latency = slow_latency
         self._latencies = LatencyWindow(latency_window)
         self._observe_latency = observe_latency
+        self._sink = report_sink
+        self._dead_letter = dead_letter
         self._dispatcher = AccountDispatcher(
-            report_sink,
+            self._to_sink,
             max_batch=sink_max_batch,
             retry_delay=sink_retry_delay,
             retry_max_delay=sink_retry_max_delay,
-            dead_letter=dead_letter,
+            dead_letter=None if dead_letter is None else self._to_dead_letter,
             dead_letter_after=dead_letter_after,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: dict[str, list[_Waiter]] = {}
+        self._queries: set[asyncio.Future[OpenOrdersAnswer]] = set()
         self._sent_at: dict[str, datetime] = {}
+        # Per order, the numbers (1, 2, ... in arrival order) of its reports received and not
+        # yet taken by the sink; an order's reports are taken in arrival order, so the first
+        # is the oldest still in transit. ``_progress`` is set (and replaced) at every take.
+        self._in_transit: dict[str, deque[int]] = {}
+        self._progress = asyncio.Event()
         self.reports_received = 0
+        self.query_failures = 0
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -128,11 +167,36 @@ class BrokerGateway:
                 if not future.done():  # sent, outcome unknown: a timeout, not "unavailable"
                     future.set_exception(BrokerTimeout("the gateway stopped before an answer"))
         self._waiters.clear()
+        for query in self._queries:
+            if not query.done():
+                query.set_exception(BrokerTimeout("the gateway stopped before an answer"))
+        self._queries.clear()
+        self._in_transit.clear()  # what the dispatcher gave up on is no longer awaited
+        self._made_progress()
         self._loop = None
 
     async def wait_delivered(self) -> None:
         """Return once every report received so far has been taken by the sink."""
         await self._dispatcher.wait_delivered()
+
+    async def wait_taken(self, reports_before: int, within: float) -> frozenset[str]:
+        """Wait up to ``within`` seconds until the sink (or the dead letter) has taken every
+        report among the first ``reports_before`` received; reports received later are not
+        waited for, so a steady flow of reports cannot hold this up. Return the orders that
+        still have such a report in transit when the time is up (empty: all taken)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while late := self._in_transit_before(reports_before):
+            progress = self._progress
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return late
+            try:
+                async with asyncio.timeout(remaining):
+                    await progress.wait()
+            except TimeoutError:
+                return self._in_transit_before(reports_before)
+        return frozenset()
 
     @property
     def reports_delivered(self) -> int:
@@ -161,6 +225,38 @@ class BrokerGateway:
 
     async def amend(self, request: AmendRequest) -> BrokerReport:
         return await self._call(request, self._adapter.amend)
+
+    async def open_orders(self) -> OpenOrdersAnswer:
+        """The orders the broker still works, by our order id. Every report the broker
+        produced before answering has been received (queued for the sink) when this returns,
+        and is among the answer's ``reports_before``.
+
+        Raises :class:`BrokerTimeout` (no answer within ``query_timeout``) or
+        :class:`BrokerUnavailable` (the adapter refused the query). Neither touches the order
+        breaker, nor does an open breaker stop the query: both are counted in
+        ``query_failures``.
+        """
+        if self._loop is None:
+            raise BrokerUnavailable("the broker gateway is not started")
+        future: asyncio.Future[OpenOrdersAnswer] = self._loop.create_future()
+        self._queries.add(future)
+        try:
+            try:
+                self._adapter.query_open_orders(self._answer_from_broker(self._loop, future))
+            except Exception as exc:
+                self.query_failures += 1
+                log.exception("broker.open_orders_failed")
+                raise BrokerUnavailable(f"the broker refused the query: {exc}") from exc
+            timeout = self._query_timeout
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                self.query_failures += 1
+                log.warning("broker.open_orders_timeout", timeout=timeout)
+                raise BrokerTimeout(f"no open orders from the broker within {timeout}s") from None
+        finally:
+            self._queries.discard(future)
 
     def on_price(self, update: PriceUpdate) -> None:
         self._adapter.on_price(update)
@@ -251,9 +347,32 @@ class BrokerGateway:
         except RuntimeError:
             log.error("broker.report_after_loop_closed", report=repr(report))
 
+    def _answer_from_broker(
+        self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[OpenOrdersAnswer]
+    ) -> OpenOrdersCallback:
+        """The callback an open-orders answer comes back through, on the BROKER'S thread.
+
+        ASYNC/SYNC SEAM: as for reports, the broker's thread only hands the answer to the loop
+        with ``call_soon_threadsafe``, behind the reports it handed over before."""
+
+        def on_answer(answer: OpenOrders) -> None:
+            try:
+                loop.call_soon_threadsafe(self._settle, future, answer)
+            except RuntimeError:
+                log.error("broker.answer_after_loop_closed", answer=repr(answer))
+
+        return on_answer
+
+    def _settle(self, future: asyncio.Future[OpenOrdersAnswer], answer: OpenOrders) -> None:
+        """On the loop: resolve a query unless it already ended (timed out, gateway stopped),
+        marking how many reports came before the answer."""
+        if not future.done():
+            future.set_result(OpenOrdersAnswer(answer, self.reports_received))
+
     def _receive(self, report: BrokerReport) -> None:
         """On the loop: answer whoever waits, measure latency, queue for the sink."""
         self.reports_received += 1
+        self._in_transit.setdefault(report.order_id, deque()).append(self.reports_received)
         sent_at = self._sent_at.pop(report.order_id, None)
         if sent_at is not None:
             seconds = (self._clock.now() - sent_at).total_seconds()
@@ -274,3 +393,35 @@ class BrokerGateway:
                 waiter[1].set_result(report)
         if not waiters:
             del self._waiters[report.order_id]
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    async def _to_sink(self, reports: Sequence[BrokerReport]) -> None:
+        await self._sink(reports)
+        self._taken(reports)
+
+    async def _to_dead_letter(self, report: BrokerReport) -> None:
+        assert self._dead_letter is not None
+        await self._dead_letter(report)
+        self._taken([report])
+
+    def _taken(self, reports: Sequence[BrokerReport]) -> None:
+        """On the loop: ``reports`` left transit, each the oldest of its order still in it."""
+        for report in reports:
+            numbers = self._in_transit.get(report.order_id)
+            if numbers:
+                numbers.popleft()
+                if not numbers:
+                    del self._in_transit[report.order_id]
+        self._made_progress()
+
+    def _made_progress(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    def _in_transit_before(self, reports_before: int) -> frozenset[str]:
+        return frozenset(
+            order_id
+            for order_id, numbers in self._in_transit.items()
+            if numbers[0] <= reports_before
+        )

@@ -5,6 +5,10 @@ order, runs the venue (``PaperVenue``) and calls ``on_report`` FROM THAT THREAD,
 FIX engine would. Requests are delayed by ``latency`` seconds (plus a seeded random jitter)
 on the broker's thread; prices are not delayed but never overtake earlier requests.
 
+The venue lives in this process: a new ``PaperBroker`` (a restarted worker) knows no order of
+the previous one. ``query_open_orders`` says so, and execution's reconciliation at start
+cancels what the old venue held.
+
 For tests: ``drain()`` blocks until everything queued before it was processed and reported,
 so no sleeps are needed; with ``latency=0`` and an injected clock every run is identical.
 """
@@ -22,7 +26,7 @@ from functools import partial
 
 import structlog
 
-from tradeloom.broker.adapter import BrokerUnavailable, ReportCallback
+from tradeloom.broker.adapter import BrokerUnavailable, OpenOrdersCallback, ReportCallback
 from tradeloom.broker.paper_venue import PaperVenue
 from tradeloom.broker.reports import AmendRequest, BrokerReport, CancelRequest, SubmitOrder
 from tradeloom.domain.events import PriceUpdate
@@ -89,6 +93,11 @@ class PaperBroker:
     def amend(self, request: AmendRequest) -> None:
         self._put(partial(self._venue.amend, request), delayed=True)
 
+    def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
+        """Answered from the venue's book on the broker's thread, after everything queued
+        before it (and so after every report produced before it), with a request's latency."""
+        self._put(partial(self._answer_open_orders, on_answer), delayed=True)
+
     def on_price(self, update: PriceUpdate) -> None:
         self._put(partial(self._venue.on_price, update))
 
@@ -145,6 +154,14 @@ class PaperBroker:
                 continue
             for report in reports:
                 self._emit(report)
+
+    def _answer_open_orders(self, on_answer: OpenOrdersCallback) -> list[BrokerReport]:
+        answer = self._venue.open_orders()
+        try:
+            on_answer(answer)
+        except Exception:
+            log.exception("paper_broker.answer_callback_failed")
+        return []
 
     def _emit(self, report: BrokerReport) -> None:
         assert self._on_report is not None

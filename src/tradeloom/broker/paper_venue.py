@@ -39,6 +39,7 @@ from tradeloom.broker.reports import (
     BrokerReplaceRejected,
     BrokerReport,
     CancelRequest,
+    OpenOrders,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
@@ -155,6 +156,11 @@ class PaperVenue:
         for update in updates:
             reports += self.on_price(update)
         return reports
+
+    def open_orders(self) -> OpenOrders:
+        """Every working order, in time priority. A DAY order past its close that no price or
+        ``check_expiry`` has expired yet is still working here, as it would be at a venue."""
+        return OpenOrders(order_ids=tuple(self._working))
 
     def check_expiry(self) -> Reports:
         now = self._clock.now()

@@ -1,11 +1,12 @@
 """Recording a broker session: every input (request or price) and every report, as JSONL.
 
 One line per entry: ``{"kind": ..., "type": ..., "body": {...}}`` where ``kind`` is
-``submit``, ``cancel``, ``amend``, ``price`` or ``report``. Bodies are msgspec JSON: decimals
-as strings (exact), timestamps RFC 3339 with their UTC zone. An input is written BEFORE it is
-passed on, and a report when the broker calls back, so the file reads in causal order: the
-reports after an input were produced while or after it was handled. ``ReplayBroker`` plays
-such a file back.
+``submit``, ``cancel``, ``amend``, ``price``, ``open_orders`` (inputs), ``report`` or
+``answer`` (outputs: a report, the answer to an open-orders query). Bodies are msgspec JSON:
+decimals as strings (exact), timestamps RFC 3339 with their UTC zone. An input is written
+BEFORE it is passed on, and an output when the broker calls back, so the file reads in causal
+order: the outputs after an input were produced while or after it was handled.
+``ReplayBroker`` plays such a file back.
 """
 
 from __future__ import annotations
@@ -16,27 +17,34 @@ from typing import IO, Literal, TypeAlias
 
 import msgspec
 
-from tradeloom.broker.adapter import BrokerAdapter, ReportCallback
+from tradeloom.broker.adapter import BrokerAdapter, OpenOrdersCallback, ReportCallback
 from tradeloom.broker.reports import (
     REPORT_TYPES,
     AmendRequest,
     BrokerReport,
     CancelRequest,
+    OpenOrders,
+    OpenOrdersQuery,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
 
-Kind = Literal["submit", "cancel", "amend", "price", "report"]
-Input: TypeAlias = SubmitOrder | CancelRequest | AmendRequest | PriceUpdate
-Entry: TypeAlias = Input | BrokerReport
+Kind = Literal["submit", "cancel", "amend", "price", "open_orders", "report", "answer"]
+Input: TypeAlias = SubmitOrder | CancelRequest | AmendRequest | PriceUpdate | OpenOrdersQuery
+Output: TypeAlias = BrokerReport | OpenOrders
+Entry: TypeAlias = Input | Output
 
 _INPUT_KINDS: dict[type[Input], Kind] = {
     SubmitOrder: "submit",
     CancelRequest: "cancel",
     AmendRequest: "amend",
     PriceUpdate: "price",
+    OpenOrdersQuery: "open_orders",
 }
-_TYPES: dict[str, type[Entry]] = {cls.__name__: cls for cls in (*_INPUT_KINDS, *REPORT_TYPES)}
+OUTPUT_KINDS: frozenset[Kind] = frozenset({"report", "answer"})
+_TYPES: dict[str, type[Entry]] = {
+    cls.__name__: cls for cls in (*_INPUT_KINDS, *REPORT_TYPES, OpenOrders)
+}
 
 
 class _Line(msgspec.Struct, frozen=True):
@@ -47,7 +55,7 @@ class _Line(msgspec.Struct, frozen=True):
 
 def encode_entry(entry: Entry) -> bytes:
     """One JSONL line (with its newline) for ``entry``."""
-    kind: Kind = "report"
+    kind: Kind = "answer" if type(entry) is OpenOrders else "report"
     for cls, input_kind in _INPUT_KINDS.items():
         if type(entry) is cls:
             kind = input_kind
@@ -110,6 +118,14 @@ class RecordingAdapter:
     def amend(self, request: AmendRequest) -> None:
         self._write(request)
         self._inner.amend(request)
+
+    def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
+        def record_then_answer(answer: OpenOrders) -> None:  # on the broker's thread
+            self._write(answer)
+            on_answer(answer)
+
+        self._write(OpenOrdersQuery())
+        self._inner.query_open_orders(record_then_answer)
 
     def on_price(self, update: PriceUpdate) -> None:
         self._write(update)

@@ -1,17 +1,28 @@
 """The replay broker: plays back a recording (``RecordingAdapter``) deterministically.
 
-The recording is cut into steps: one input (submit, cancel, amend or price) and the reports
-recorded after it, up to the next input. When the replay receives an input it compares it with
-the next recorded one; on a match it reports that step's reports, from its OWN thread like a
-real broker. Order and account ids may differ from the recording: the first submit of a
-recorded id binds it to the id used now, and every later input and report is translated
-through that binding. Anything else that differs is a divergence: the call raises
-:class:`ReplayDivergence` saying what was expected, and so does every call after it, since
-the recording no longer describes this session.
+The recording is cut into steps: one input (submit, cancel, amend, price or open-orders query)
+and the outputs (reports, answers to queries) recorded after it, up to the next input. When
+the replay receives an input it compares it with the next recorded one; on a match it reports
+that step's outputs, from its OWN thread like a real broker. Order and account ids may differ
+from the recording: the first submit of a recorded id binds it to the id used now, and every
+later input and output is translated through that binding. Anything else that differs is a
+divergence: the call raises :class:`ReplayDivergence` saying what was expected, and so does
+every call after it, since the recording no longer describes this session.
 
 Reports that in the recording trailed the last input follow it here too. A recording whose
 reports lagged behind later inputs replays them later in the same way: the sequence of
 reports is always the recorded one.
+
+An open-orders query is an input like the others: the replay answers it with what the recorded
+broker answered at that point of the session (its order ids translated), not with a book of
+its own, so a recording of a venue that had forgotten orders (a restart) replays as one. Each
+answer goes to the oldest query still unanswered, in the recorded place among the reports.
+
+Queries are only as deterministic as the session that made them. Execution asks once when it
+becomes active, but when that query fails it retries in the background on a timer, so how
+many queries a session makes, and where they fall among the other inputs, depends on timing.
+A recording that contains such retries may therefore not replay: a replayed session that asks
+a different number of times, or at another point, diverges.
 """
 
 from __future__ import annotations
@@ -19,15 +30,23 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
 import structlog
 
-from tradeloom.broker.adapter import BrokerUnavailable, ReportCallback
-from tradeloom.broker.recording import Entry, Input, read_recording
-from tradeloom.broker.reports import AmendRequest, BrokerReport, CancelRequest, SubmitOrder
+from tradeloom.broker.adapter import BrokerUnavailable, OpenOrdersCallback, ReportCallback
+from tradeloom.broker.recording import OUTPUT_KINDS, Entry, Input, Output, read_recording
+from tradeloom.broker.reports import (
+    AmendRequest,
+    BrokerReport,
+    CancelRequest,
+    OpenOrders,
+    OpenOrdersQuery,
+    SubmitOrder,
+)
 from tradeloom.domain.errors import DomainError
 from tradeloom.domain.events import PriceUpdate
 
@@ -43,7 +62,16 @@ class ReplayDivergence(DomainError):
 @dataclass(slots=True)
 class _Step:
     input: Input
-    reports: list[BrokerReport] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """What the replay's thread delivers next: outputs in recorded order, and the callback of
+    the query whose step this is (its answer may come in this step or a later one)."""
+
+    outputs: list[Output]
+    on_answer: OpenOrdersCallback | None = None
 
 
 @dataclass(slots=True)
@@ -54,14 +82,16 @@ class _Ids:
     accounts: dict[str, str] = field(default_factory=dict)
 
     def bind(self, recorded: Entry, live: Entry) -> None:
-        if isinstance(recorded, PriceUpdate) or isinstance(live, PriceUpdate):
+        if isinstance(recorded, _WITHOUT_IDS) or isinstance(live, _WITHOUT_IDS):
             return
         self.orders.setdefault(recorded.order_id, live.order_id)
         self.accounts.setdefault(recorded.account_id, live.account_id)
 
     def translate(self, recorded: Entry) -> Entry:
-        if isinstance(recorded, PriceUpdate):
+        if isinstance(recorded, (PriceUpdate, OpenOrdersQuery)):
             return recorded
+        if isinstance(recorded, OpenOrders):
+            return OpenOrders(order_ids=tuple(self.orders.get(i, i) for i in recorded.order_ids))
         return dataclasses.replace(
             recorded,
             order_id=self.orders.get(recorded.order_id, recorded.order_id),
@@ -69,14 +99,17 @@ class _Ids:
         )
 
 
-def _steps(path: Path) -> tuple[list[BrokerReport], list[_Step]]:
-    leading: list[BrokerReport] = []
+_WITHOUT_IDS = (PriceUpdate, OpenOrdersQuery, OpenOrders)
+
+
+def _steps(path: Path) -> tuple[list[Output], list[_Step]]:
+    leading: list[Output] = []
     steps: list[_Step] = []
     for kind, entry in read_recording(path):
-        if kind != "report":
+        if kind not in OUTPUT_KINDS:
             steps.append(_Step(entry))  # type: ignore[arg-type]
         elif steps:
-            steps[-1].reports.append(entry)  # type: ignore[arg-type]
+            steps[-1].outputs.append(entry)  # type: ignore[arg-type]
         else:
             leading.append(entry)  # type: ignore[arg-type]
     return leading, steps
@@ -89,7 +122,7 @@ class ReplayBroker:
         self._ids = _Ids()
         self._divergence: ReplayDivergence | None = None
         self._lock = threading.Lock()
-        self._queue: queue.Queue[list[BrokerReport] | threading.Event | None] = queue.Queue()
+        self._queue: queue.Queue[_Delivery | threading.Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._on_report: ReportCallback | None = None
 
@@ -102,7 +135,7 @@ class ReplayBroker:
         self._on_report = on_report
         self._thread = threading.Thread(target=self._run, name="replay-broker", daemon=True)
         self._thread.start()
-        self._queue.put(self._leading)
+        self._queue.put(_Delivery(self._leading))
 
     def stop(self) -> None:
         thread, self._thread = self._thread, None
@@ -119,6 +152,9 @@ class ReplayBroker:
     def amend(self, request: AmendRequest) -> None:
         self._play(request)
 
+    def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
+        self._play(OpenOrdersQuery(), on_answer)
+
     def on_price(self, update: PriceUpdate) -> None:
         self._play(update)
 
@@ -129,9 +165,9 @@ class ReplayBroker:
         if not done.wait(within):
             raise TimeoutError(f"the replay broker did not drain within {within}s")
 
-    def _play(self, live: Input) -> None:
+    def _play(self, live: Input, on_answer: OpenOrdersCallback | None = None) -> None:
         """Match ``live`` with the next recorded input (on the caller's thread, under a lock,
-        so concurrent callers consume the recording one at a time) and queue its reports."""
+        so concurrent callers consume the recording one at a time) and queue its outputs."""
         if self._thread is None:
             raise BrokerUnavailable("the replay broker is not running")
         with self._lock:
@@ -139,7 +175,8 @@ class ReplayBroker:
                 raise self._divergence
             step = self._next_step(live)
             self._ids.bind(step.input, live)
-            self._queue.put([self._ids.translate(r) for r in step.reports])  # type: ignore[misc]
+            outputs = [self._ids.translate(output) for output in step.outputs]
+            self._queue.put(_Delivery(outputs, on_answer))  # type: ignore[arg-type]
 
     def _next_step(self, live: Input) -> _Step:
         if self._position >= len(self._steps):
@@ -166,13 +203,29 @@ class ReplayBroker:
         raise self._divergence
 
     def _run(self) -> None:
-        """The replay's own thread: reports are called back from here, as a broker would."""
+        """The replay's own thread: reports and answers are called back from here, as a
+        broker would, in recorded order."""
+        unanswered: deque[OpenOrdersCallback] = deque()
         while (item := self._queue.get()) is not None:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            for report in item:
-                self._emit(report)
+            if item.on_answer is not None:
+                unanswered.append(item.on_answer)
+            for output in item.outputs:
+                if isinstance(output, OpenOrders):
+                    self._answer(unanswered, output)
+                else:
+                    self._emit(output)
+
+    def _answer(self, unanswered: deque[OpenOrdersCallback], answer: OpenOrders) -> None:
+        if not unanswered:
+            log.error("replay_broker.answer_without_query", answer=repr(answer))
+            return
+        try:
+            unanswered.popleft()(answer)
+        except Exception:
+            log.exception("replay_broker.answer_callback_failed")
 
     def _emit(self, report: BrokerReport) -> None:
         assert self._on_report is not None

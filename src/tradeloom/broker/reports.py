@@ -154,6 +154,24 @@ class BrokerReplaceRejected:
     reason: str
 
 
+# -- the open-orders query ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOrdersQuery:
+    """Ask the broker which orders it still works. It has no terms (a broker connection
+    answers for every account it trades); it exists so a recording can hold the question."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenOrders:
+    """The broker's answer to :class:`OpenOrdersQuery`: the platform's ``order_id`` of every
+    order it has accepted and not finished (not filled, canceled, rejected or expired), as of
+    the moment it answered. An order missing here is unknown to the broker or finished."""
+
+    order_ids: tuple[str, ...]
+
+
 BrokerRequest: TypeAlias = SubmitOrder | CancelRequest | AmendRequest
 
 BrokerReport: TypeAlias = (

@@ -8,8 +8,24 @@ through the gateway and becomes order events there, never here.
   ``broker_orders``: every ``order.submitted`` of a batch is claimed in one transaction with
   one statement, and only the orders claimed by it are sent. A redelivered ``order.submitted``
   finds the row and sends nothing. The price of that guarantee is at-most-once on a crash
-  between the commit and the send: such an order is sent zero times and stays ``pending_new``
-  until reconciled with the broker's open orders (not done yet; see the README).
+  between the commit and the send: such an order is sent zero times, and the reconciliation
+  at the next start rejects it (below).
+* **One active process.** On PostgreSQL the engine consumes commands only while it holds
+  the execution lock (:mod:`tradeloom.execution.lock`). ``start`` tries it; if another
+  process holds it, this one logs a warning and stands by in the background, consuming
+  nothing, until it gets the lock: then it reconciles and only then subscribes. If the lock
+  is lost (its connection failed), the engine stops consuming at once, logs an error and
+  stands by again; whoever takes the lock next reconciles. ``active`` says whether this
+  process runs execution now. SQLite (one process) needs no lock.
+* **Reconciled when it becomes active.** Before it consumes any command, the engine compares
+  the orders execution believes live (its open ``broker_orders`` rows) with the broker's open
+  orders, so no command of this run races it: an order claimed but never acknowledged that
+  the broker does not have is rejected (``NOT_SENT``), an acknowledged one the venue no
+  longer knows (the paper venue restarts empty) is canceled, and either releases its
+  reservation (see :mod:`tradeloom.execution.reconcile`). When the broker cannot be asked,
+  commands are consumed all the same and the reconciliation is retried in the background
+  with backoff, over the rows of the previous run only; while it is pending, a batch and a
+  retry never overlap (one lock), so a retry never judges an order mid-send.
 * **In order.** A batch's commands reach the broker in batch order (so a cancel after a
   submit of the same order follows it), all sent before any answer is awaited; then the
   answers are awaited together. While the gateway's breaker is not closed, commands are sent
@@ -26,6 +42,7 @@ through the gateway and becomes order events there, never here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +70,8 @@ from tradeloom.domain.events import (
     new_event,
 )
 from tradeloom.domain.time import Clock
+from tradeloom.execution.lock import ExecutionLock
+from tradeloom.execution.reconcile import Reconciler
 from tradeloom.execution.store import claim_orders, claim_row, forget_orders
 from tradeloom.messaging.port import (
     PERSISTENT_RETRY,
@@ -62,6 +81,7 @@ from tradeloom.messaging.port import (
     Subscription,
 )
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_COMMANDS, ORDER_EVENTS
+from tradeloom.observability.metrics import Metrics
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
 
@@ -98,6 +118,11 @@ class ExecutionEngine:
         *,
         notify: Callable[[], None] = lambda: None,
         group: str = "execution",
+        metrics: Metrics | None = None,
+        lock: ExecutionLock | None = None,
+        reconcile_at_start: bool = True,
+        reconcile_retry_delay: float = 1.0,
+        reconcile_retry_max_delay: float = 60.0,
     ) -> None:
         self._bus = bus
         self._database = database
@@ -106,12 +131,97 @@ class ExecutionEngine:
         self._clock = clock
         self._notify = notify
         self._group = group
+        self._metrics = metrics
         self._subscription: Subscription | None = None
+        self.reconciler = Reconciler(
+            database, outbox, gateway, clock, notify=notify, metrics=metrics
+        )
+        self._lock = lock or ExecutionLock(database)
+        self._reconcile_at_start = reconcile_at_start
+        self._retry_delay = reconcile_retry_delay
+        self._retry_max_delay = reconcile_retry_max_delay
+        self._active = False
+        self._leading: asyncio.Task[None] | None = None
+        # While a reconciliation is pending: the orders this run claimed (never the previous
+        # run's to judge), and the lock that keeps batches and retries apart.
+        self._claimed_meanwhile: set[str] | None = None
+        self._unreconciled = asyncio.Lock()
+        self._retry: asyncio.Task[None] | None = None
         self.sent = 0
         self.skipped = 0
         self.send_errors = 0  # the gateway failed in an unexpected way (a bug): see the log
 
+    @property
+    def active(self) -> bool:
+        """True while this process runs execution (holds the lock, consumes commands); False
+        while it stands by, or before ``start``."""
+        return self._active
+
+    @property
+    def reconciled(self) -> bool:
+        """False while a reconciliation with the broker is pending (retried in the
+        background); True once one succeeded, or when none was asked for (a standby has
+        none pending: it reconciles when it takes over)."""
+        return self._claimed_meanwhile is None
+
     async def start(self) -> None:
+        """Take the execution lock, reconcile, then consume commands; or, when another process
+        holds the lock, stand by in the background (see the module docstring)."""
+        if self._leading is not None or self._active:
+            raise RuntimeError("the execution engine is already started")
+        if not await self._lock.try_take():
+            log.warning("execution standby: another process runs execution")
+            self._leading = asyncio.create_task(self._lead(), name="execution-standby")
+            return
+        try:
+            await self._activate()
+        except BaseException:
+            await self._deactivate()
+            await self._lock.release()
+            raise
+        if self._lock.needed:
+            self._leading = asyncio.create_task(self._lead(), name="execution-lock")
+
+    async def stop(self) -> None:
+        """Stop consuming (in-flight batches finish), stop retrying, release the lock."""
+        leading, self._leading = self._leading, None
+        if leading is not None:
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
+        await self._deactivate()
+        await self._lock.release()
+
+    async def _lead(self) -> None:
+        """In the background: while active, watch the lock and step down when it is lost
+        (then wait ``retry_every`` before trying it again); while standing by, wait for it
+        and take over (reconcile first)."""
+        while True:
+            if not self._active:
+                await self._lock.take()
+                log.info("execution.lock_taken")
+                try:
+                    await self._activate()
+                except Exception:
+                    log.exception("execution.activation_failed")
+                    await self._deactivate()
+                    await self._lock.release()
+                    await asyncio.sleep(self._lock.retry_every)
+                    continue
+            await self._lock.lost()
+            log.error("execution stopped consuming: the execution lock was lost; standing by")
+            await self._deactivate()
+            # Give a standby that noticed first the lock; it reconciles before it consumes.
+            await asyncio.sleep(self._lock.retry_every)
+
+    async def _activate(self) -> None:
+        """Reconcile (or start retrying it), then subscribe; from a clean state, so a stopped
+        and restarted engine (or one taking over again) starts over."""
+        self._claimed_meanwhile = None
+        self._unreconciled = asyncio.Lock()
+        if self._reconcile_at_start and await self.reconciler.reconcile() is None:
+            self._claimed_meanwhile = set()
+            self._retry = asyncio.create_task(self._reconcile_until_done())
         # A short linger: a command waits at most VIEW_MAX_WAIT for others to share its
         # batch, and a backlog still comes in full batches.
         self._subscription = await self._bus.subscribe_batch(
@@ -125,11 +235,37 @@ class ExecutionEngine:
                 max_wait=VIEW_MAX_WAIT,
             ),
         )
+        self._set_active(True)
 
-    async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.stop()
-            self._subscription = None
+    async def _deactivate(self) -> None:
+        """Stop consuming (in-flight batches finish) and stop retrying the reconciliation."""
+        self._set_active(False)
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            await subscription.stop()
+        retry, self._retry = self._retry, None
+        if retry is not None:
+            retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
+
+    def _set_active(self, active: bool) -> None:
+        self._active = active
+        if self._metrics is not None:
+            self._metrics.execution_active.set(1 if active else 0)
+
+    async def _reconcile_until_done(self) -> None:
+        """Retry the reconciliation with capped backoff until one pass succeeds; each pass
+        holds the lock batches take while it is pending, and skips this run's claims."""
+        delay = self._retry_delay
+        while True:
+            await asyncio.sleep(delay)
+            async with self._unreconciled:
+                skip = self._claimed_meanwhile or set()
+                if await self.reconciler.reconcile(skip=skip) is not None:
+                    self._claimed_meanwhile = None
+                    return
+            delay = min(delay * 2, self._retry_max_delay)
 
     async def handle(self, event: Event) -> None:
         """Handle one command (a batch of one)."""
@@ -142,6 +278,13 @@ class ExecutionEngine:
         cancels and amends again and re-claim orders that were parked, so an unexpected gateway
         failure is logged and counted (``send_errors``), its command left like a timed-out one
         (sent, outcome unknown, to be reconciled)."""
+        if self._claimed_meanwhile is None:
+            await self._handle_batch(events)
+            return
+        async with self._unreconciled:
+            await self._handle_batch(events)
+
+    async def _handle_batch(self, events: Sequence[Event]) -> None:
         claimed = await self._claim(events)
         commands = [
             _Command(event, request)
@@ -184,7 +327,10 @@ class ExecutionEngine:
         if not rows:
             return set()
         async with self._database.transaction() as conn:
-            return await claim_orders(conn, list(rows.values()), self._clock.now())
+            claimed = await claim_orders(conn, list(rows.values()), self._clock.now())
+        if self._claimed_meanwhile is not None:
+            self._claimed_meanwhile.update(claimed)
+        return claimed
 
     def _request(self, event: Event, claimed: set[str]) -> BrokerRequest | None:
         """The broker request of ``event``, or None when there is nothing to send. A claim

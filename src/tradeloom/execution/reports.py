@@ -3,7 +3,8 @@
 The gateway hands reports here in batches (many accounts at once, each account's reports in
 the broker's order). A batch is recorded and turned into its events in ONE transaction with
 the outbox, in a fixed number of statements whatever its size: one read of the orders, one
-insert of idempotency keys, one update of broker order ids, one outbox write. A fill is keyed
+insert of idempotency keys, one update of what was learned of the orders (broker order id,
+first acknowledgement, end), one outbox write. A fill is keyed
 by its fill id, an acknowledgement, rejection, cancel or expiry by order, so a report repeated
 by the broker (in the same batch or a later one, or handled again after a crash) publishes
 nothing new. Recording a batch is equivalent to recording its reports one after another: the
@@ -12,12 +13,18 @@ account's events keep the broker's order). Fills become ``order.partially_filled
 ``order.filled`` with the fill's own id, quantity, price and time; a refused cancel becomes
 ``order.cancel_rejected`` and a refused amend ``order.replace_rejected``, so the user is told
 which of the two requests the broker turned down.
+
+The ``broker_orders`` row of an order is marked acknowledged by its first report that shows
+the broker had it (anything but a refused cancel or amend), and closed by the first that ends
+it (rejection, cancel, expiry, the fill that leaves nothing): reconciliation at start asks the
+broker only about the rows still open, in the same transaction as the events that closed them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 
 import msgspec
 import structlog
@@ -50,10 +57,12 @@ from tradeloom.domain.events import (
 )
 from tradeloom.domain.time import Clock
 from tradeloom.execution.store import (
+    Closing,
+    OrderMark,
     SentOrder,
     load_sent_orders,
+    mark_orders,
     record_report_ids,
-    set_broker_order_ids,
 )
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
 from tradeloom.storage.database import Database
@@ -112,13 +121,14 @@ class ReportRecorder:
                 if order is None:
                     outcome.items.append(self._parked(report))
                     outcome.unknown += 1
-                elif _first_time(report, fresh):
+                    continue
+                first = _first_time(report, fresh)
+                if first:
                     outcome.items.append(self._announced(report, order))
-                    if isinstance(report, BrokerAccepted):
-                        outcome.broker_order_ids[report.order_id] = report.broker_order_id
                 else:
                     outcome.duplicates += 1
-            await set_broker_order_ids(conn, outcome.broker_order_ids)
+                outcome.learn(order, report, first=first)
+            await mark_orders(conn, outcome.marks, now)
             await self._outbox.add_many(conn, outcome.items)
         self.recorded += len(outcome.items) - outcome.unknown
         self.duplicates += outcome.duplicates
@@ -127,14 +137,7 @@ class ReportRecorder:
             self._notify()
 
     def _announced(self, report: BrokerReport, sent: SentOrder) -> OutboxItem:
-        event = new_event(
-            to_payload(report, sent),
-            occurred_at=self._clock.now(),
-            correlation_id=sent.correlation_id,
-            causation_id=sent.causation_id,
-            account_id=sent.account_id,
-        )
-        return ORDER_EVENTS.name, sent.account_id, event
+        return announcement(report, sent, self._clock.now())
 
     def _parked(self, report: BrokerReport) -> OutboxItem:
         """A report for an order execution never sent (another system's order, or a broker
@@ -166,9 +169,44 @@ class _Outcome:
     """What recording one batch produced, applied to the counters once it committed."""
 
     items: list[OutboxItem] = field(default_factory=list)
-    broker_order_ids: dict[str, str] = field(default_factory=dict)
+    marks: dict[str, OrderMark] = field(default_factory=dict)
     duplicates: int = 0
     unknown: int = 0
+
+    def learn(self, order: SentOrder, report: BrokerReport, *, first: bool) -> None:
+        """Note what ``report`` tells of ``order`` that its row does not say yet (duplicates
+        included: they heal a row the first report left unmarked). The broker id comes from
+        the first acknowledgement only, as before."""
+        acknowledges, closing = _learned(report)
+        mark = self.marks.get(order.order_id)
+        if first and isinstance(report, BrokerAccepted):
+            mark = mark or OrderMark()
+            mark.broker_order_id = report.broker_order_id
+        if acknowledges and not order.acknowledged:
+            mark = mark or OrderMark()
+            mark.acknowledged = True
+        if closing is not None and not order.closed and (mark is None or not mark.closed_as):
+            mark = mark or OrderMark()
+            mark.closed_as = closing
+        if mark is not None:
+            self.marks[order.order_id] = mark
+
+
+_CLOSINGS: dict[type[BrokerReport], Closing] = {
+    BrokerRejected: Closing.REJECTED,
+    BrokerCanceled: Closing.CANCELED,
+    BrokerExpired: Closing.EXPIRED,
+}
+
+
+def _learned(report: BrokerReport) -> tuple[bool, Closing | None]:
+    """Whether ``report`` shows the broker had the order, and how it ended it (None: not).
+    A refused cancel or amend shows neither: "unknown order" is a refusal too."""
+    if isinstance(report, (BrokerCancelRejected, BrokerReplaceRejected)):
+        return False, None
+    if isinstance(report, BrokerFill):
+        return True, Closing.FILLED if report.leaves_quantity == 0 else None
+    return True, _CLOSINGS.get(type(report))
 
 
 def _first_time(report: BrokerReport, fresh: set[str]) -> bool:
@@ -181,6 +219,19 @@ def _first_time(report: BrokerReport, fresh: set[str]) -> bool:
         fresh.discard(key)
         return True
     return False
+
+
+def announcement(report: BrokerReport, sent: SentOrder, occurred_at: datetime) -> OutboxItem:
+    """The outbox item of the order event that announces ``report``, in the order's
+    correlation, caused by the command that sent it, keyed by its account."""
+    event = new_event(
+        to_payload(report, sent),
+        occurred_at=occurred_at,
+        correlation_id=sent.correlation_id,
+        causation_id=sent.causation_id,
+        account_id=sent.account_id,
+    )
+    return ORDER_EVENTS.name, sent.account_id, event
 
 
 def to_payload(report: BrokerReport, sent: SentOrder) -> AnyPayload:

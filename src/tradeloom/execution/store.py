@@ -1,5 +1,6 @@
-"""Execution's two tables, a batch at a time: ``broker_orders`` (what was sent to the broker)
-and ``broker_reports`` (which broker reports already became events).
+"""Execution's two tables, a batch at a time: ``broker_orders`` (what was sent to the broker,
+and whether the broker acknowledged and ended it) and ``broker_reports`` (which broker reports
+already became events).
 
 On PostgreSQL every statement here has ONE text whatever the batch size (rows go in as arrays
 through ``unnest``, keys through ``= ANY``), so each is prepared once per connection. Rows are
@@ -12,20 +13,33 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import String, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.orders import Side
 from tradeloom.storage.database import insert_if_absent
-from tradeloom.storage.schema import broker_orders, broker_reports
+from tradeloom.storage.schema import UtcDateTime, broker_orders, broker_reports
 from tradeloom.storage.statements import ByDialect
+
+
+class Closing(StrEnum):
+    """How an order execution sent came to an end (``broker_orders.closed_as``)."""
+
+    FILLED = "filled"
+    CANCELED = "canceled"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    NOT_SENT = "not_sent"  # reconciliation: claimed, never acknowledged, not at the broker
+    VENUE_LOST = "venue_lost"  # reconciliation: acknowledged, then forgotten by the venue
 
 
 @dataclass(frozen=True, slots=True)
 class SentOrder:
-    """What execution remembers of an order it sent: enough to describe its fills."""
+    """What execution remembers of an order it sent: enough to describe its fills, and
+    whether the broker acknowledged it and whether it ended."""
 
     order_id: str
     account_id: str
@@ -33,6 +47,18 @@ class SentOrder:
     side: Side
     correlation_id: str
     causation_id: str
+    acknowledged: bool = False
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class OrderMark:
+    """What a batch learned of one order. Only what is still unknown is written: a first
+    acknowledgement, a first closing (a broker order id, when given, replaces the stored one)."""
+
+    broker_order_id: str | None = None
+    acknowledged: bool = False
+    closed_as: Closing | None = None
 
 
 _CLAIM_COLUMNS = ("order_id", "account_id", "symbol", "side", "correlation_id", "causation_id")
@@ -53,10 +79,18 @@ _RECORD_REPORTS_PG = text(
     " ON CONFLICT (report_id) DO NOTHING RETURNING report_id"
 )
 
-_SET_BROKER_ORDER_IDS_PG = text(
-    "UPDATE broker_orders SET broker_order_id = v.broker_order_id FROM unnest("
-    "CAST(:order_id AS varchar[]), CAST(:broker_order_id AS varchar[]))"
-    " AS v(order_id, broker_order_id) WHERE broker_orders.order_id = v.order_id"
+_MARK_ORDERS_PG = text(
+    "UPDATE broker_orders SET"
+    " broker_order_id = COALESCE(v.broker_order_id, broker_orders.broker_order_id),"
+    " acknowledged_at = COALESCE(broker_orders.acknowledged_at,"
+    " CASE WHEN v.acknowledged THEN CAST(:at AS timestamptz) END),"
+    " closed_as = COALESCE(broker_orders.closed_as, v.closed_as),"
+    " closed_at = COALESCE(broker_orders.closed_at,"
+    " CASE WHEN v.closed_as IS NOT NULL THEN CAST(:at AS timestamptz) END)"
+    " FROM unnest(CAST(:order_id AS varchar[]), CAST(:broker_order_id AS varchar[]),"
+    " CAST(:acknowledged AS boolean[]), CAST(:closed_as AS varchar[]))"
+    " AS v(order_id, broker_order_id, acknowledged, closed_as)"
+    " WHERE broker_orders.order_id = v.order_id"
 )
 
 # The other statements are built once with bound parameters and reused too: building one and
@@ -65,20 +99,40 @@ _SET_BROKER_ORDER_IDS_PG = text(
 _FORGET_ORDERS = ByDialect(
     lambda among: delete(broker_orders).where(among(broker_orders.c.order_id, "order_ids"))
 )
-_SENT_ORDERS = ByDialect(
-    lambda among: select(
-        broker_orders.c.order_id,
-        broker_orders.c.account_id,
-        broker_orders.c.symbol,
-        broker_orders.c.side,
-        broker_orders.c.correlation_id,
-        broker_orders.c.causation_id,
-    ).where(among(broker_orders.c.order_id, "order_ids"))
+_SENT_COLUMNS = (
+    broker_orders.c.order_id,
+    broker_orders.c.account_id,
+    broker_orders.c.symbol,
+    broker_orders.c.side,
+    broker_orders.c.correlation_id,
+    broker_orders.c.causation_id,
+    broker_orders.c.acknowledged_at.is_not(None),
+    broker_orders.c.closed_at.is_not(None),
 )
-_SET_BROKER_ORDER_ID_SQLITE = (
+_SENT_ORDERS = ByDialect(
+    lambda among: select(*_SENT_COLUMNS).where(among(broker_orders.c.order_id, "order_ids"))
+)
+# Served by the partial index of open rows; in a fixed order, so outcomes are published in it.
+_OPEN_ORDERS = (
+    select(*_SENT_COLUMNS)
+    .where(broker_orders.c.closed_at.is_(None))
+    .order_by(broker_orders.c.sent_at, broker_orders.c.order_id)
+)
+_MARK_ORDER_SQLITE = (
     update(broker_orders)
     .where(broker_orders.c.order_id == bindparam("key_order_id"))
-    .values(broker_order_id=bindparam("broker_order_id"))
+    .values(
+        broker_order_id=func.coalesce(
+            bindparam("broker_order_id", type_=String()), broker_orders.c.broker_order_id
+        ),
+        acknowledged_at=func.coalesce(
+            broker_orders.c.acknowledged_at, bindparam("acknowledged_at", type_=UtcDateTime())
+        ),
+        closed_as=func.coalesce(broker_orders.c.closed_as, bindparam("closed_as", type_=String())),
+        closed_at=func.coalesce(
+            broker_orders.c.closed_at, bindparam("closed_at", type_=UtcDateTime())
+        ),
+    )
 )
 
 
@@ -115,10 +169,26 @@ async def load_sent_orders(
     if not order_ids:
         return {}
     rows = await conn.execute(_SENT_ORDERS(conn), {"order_ids": list(order_ids)})
-    return {
-        order_id: SentOrder(order_id, account, symbol, Side(side), correlation, causation)
-        for order_id, account, symbol, side, correlation, causation in rows
-    }
+    return {row[0]: _sent_order(row) for row in rows}
+
+
+async def load_open_orders(conn: AsyncConnection) -> list[SentOrder]:
+    """Every order sent and not closed, oldest claim first: what execution believes live."""
+    return [_sent_order(row) for row in await conn.execute(_OPEN_ORDERS)]
+
+
+def _sent_order(row: Sequence[Any]) -> SentOrder:
+    order_id, account, symbol, side, correlation, causation, acknowledged, closed = row
+    return SentOrder(
+        order_id,
+        account,
+        symbol,
+        Side(side),
+        correlation,
+        causation,
+        bool(acknowledged),
+        bool(closed),
+    )
 
 
 async def record_report_ids(
@@ -141,17 +211,36 @@ async def record_report_ids(
     return fresh
 
 
-async def set_broker_order_ids(conn: AsyncConnection, ids: Mapping[str, str]) -> None:
-    """Store the broker's id of each order (``order_id → broker_order_id``)."""
-    if not ids:
+async def mark_orders(conn: AsyncConnection, marks: Mapping[str, OrderMark], at: datetime) -> None:
+    """Write what was learned of each order (``order_id → mark``), stamped ``at``: an
+    acknowledgement or a closing already stored is kept (the first one wins)."""
+    if not marks:
         return
+    ordered = sorted(marks)
     if conn.dialect.name == "postgresql":
-        ordered = sorted(ids)
-        arrays = {"order_id": ordered, "broker_order_id": [ids[key] for key in ordered]}
-        await conn.execute(_SET_BROKER_ORDER_IDS_PG, arrays)
+        arrays = {
+            "order_id": ordered,
+            "broker_order_id": [marks[key].broker_order_id for key in ordered],
+            "acknowledged": [marks[key].acknowledged for key in ordered],
+            "closed_as": [_value(marks[key].closed_as) for key in ordered],
+        }
+        await conn.execute(_MARK_ORDERS_PG, {**arrays, "at": at})
         return
-    rows = [{"key_order_id": key, "broker_order_id": value} for key, value in ids.items()]
-    await conn.execute(_SET_BROKER_ORDER_ID_SQLITE, rows)
+    rows = [
+        {
+            "key_order_id": key,
+            "broker_order_id": marks[key].broker_order_id,
+            "acknowledged_at": at if marks[key].acknowledged else None,
+            "closed_as": _value(marks[key].closed_as),
+            "closed_at": at if marks[key].closed_as is not None else None,
+        }
+        for key in ordered
+    ]
+    await conn.execute(_MARK_ORDER_SQLITE, rows)
+
+
+def _value(closing: Closing | None) -> str | None:
+    return None if closing is None else closing.value
 
 
 def claim_row(

@@ -85,6 +85,27 @@ class Metrics:
             ["kind"],
             registry=self.registry,
         )
+        self.reconciled_orders = Counter(
+            "tradeloom_reconciled_orders",
+            "Open orders execution compared with the broker's at start, by outcome (not_sent:"
+            " rejected, never acknowledged and not at the broker; venue_lost: canceled, the"
+            " broker no longer has it; at_broker: left alone; in_transit: left for the next"
+            " start, a report of it was still being recorded)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.execution_active = Gauge(
+            "tradeloom_execution_active",
+            "1 while this process runs execution (holds the execution lock and consumes"
+            " commands), 0 while it stands by for another process or is stopped",
+            registry=self.registry,
+        )
+        self.reconciliation_failures = Counter(
+            "tradeloom_reconciliation_failures",
+            "Reconciliations with the broker that changed nothing because the broker could not"
+            " be asked or the outcome could not be stored (retried)",
+            registry=self.registry,
+        )
         self.price_subscribers = Gauge(
             "tradeloom_price_subscribers",
             "Local subscribers of per-symbol price channels",

@@ -194,7 +194,10 @@ order_fills = Table(
 )
 
 # What execution sent to the broker: one row per order, inserted before the broker is called,
-# so a redelivered order.submitted never reaches the broker twice.
+# so a redelivered order.submitted never reaches the broker twice. ``acknowledged_at`` is set
+# by the first report that shows the broker had the order, ``closed_at``/``closed_as`` by the
+# first that ended it (filled, canceled, rejected, expired) or by reconciliation at start
+# (not_sent, venue_lost): the rows still open are the orders execution believes live.
 broker_orders = Table(
     "broker_orders",
     metadata,
@@ -206,6 +209,18 @@ broker_orders = Table(
     Column("causation_id", String(64), nullable=False),
     Column("broker_order_id", String(64), nullable=True),
     Column("sent_at", UtcDateTime(), nullable=False),
+    Column("acknowledged_at", UtcDateTime(), nullable=True),
+    Column("closed_at", UtcDateTime(), nullable=True),
+    Column("closed_as", String(16), nullable=True),
+)
+
+# Only the open claims are in this index, so reconciliation reads them without a scan of
+# every order ever sent.
+Index(
+    "ix_broker_orders_open",
+    broker_orders.c.order_id,
+    postgresql_where=broker_orders.c.closed_at.is_(None),
+    sqlite_where=broker_orders.c.closed_at.is_(None),
 )
 
 # Broker reports already turned into events, by report id (fill id, or order id and kind):

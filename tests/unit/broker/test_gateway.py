@@ -20,7 +20,12 @@ from typing import Any
 import pytest
 
 from tests.helpers import eventually
-from tradeloom.broker.adapter import BrokerTimeout, BrokerUnavailable, ReportCallback
+from tradeloom.broker.adapter import (
+    BrokerTimeout,
+    BrokerUnavailable,
+    OpenOrdersCallback,
+    ReportCallback,
+)
 from tradeloom.broker.gateway import BrokerGateway
 from tradeloom.broker.reports import (
     AmendRequest,
@@ -30,6 +35,7 @@ from tradeloom.broker.reports import (
     BrokerReplaced,
     BrokerReport,
     CancelRequest,
+    OpenOrders,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
@@ -41,21 +47,29 @@ D = Decimal
 START = datetime(2026, 3, 2, 14, 30, tzinfo=UTC)
 
 
+_Answer = tuple[OpenOrdersCallback, OpenOrders]
+
+
 class ThreadedBroker:
-    """An adapter whose reports come from its own thread, when the test says so."""
+    """An adapter whose reports and answers come from its own thread, when the test says so."""
 
     def __init__(self) -> None:
         self.requests: list[object] = []
+        self.queries: list[OpenOrdersCallback] = []
         self.failing = False
-        self._outbox: queue.Queue[BrokerReport | None] = queue.Queue()
+        self._outbox: queue.Queue[BrokerReport | _Answer | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self.callback_threads: set[str] = set()
 
     def start(self, on_report: ReportCallback) -> None:
         def run() -> None:
-            while (report := self._outbox.get()) is not None:
+            while (item := self._outbox.get()) is not None:
                 self.callback_threads.add(threading.current_thread().name)
-                on_report(report)
+                if isinstance(item, tuple):
+                    on_answer, answer = item
+                    on_answer(answer)
+                else:
+                    on_report(item)
 
         self._thread = threading.Thread(target=run, name="fake-broker", daemon=True)
         self._thread.start()
@@ -79,12 +93,20 @@ class ThreadedBroker:
     def amend(self, request: AmendRequest) -> None:
         self._take(request)
 
+    def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
+        self._take("open orders")
+        self.queries.append(on_answer)
+
     def on_price(self, update: PriceUpdate) -> None:
         pass
 
     def report(self, *reports: BrokerReport) -> None:
         for item in reports:
             self._outbox.put(item)
+
+    def answer(self, *order_ids: str) -> None:
+        """Answer the oldest open-orders query, behind the reports queued before."""
+        self._outbox.put((self.queries.pop(0), OpenOrders(order_ids=order_ids)))
 
 
 @dataclass
@@ -169,12 +191,14 @@ MakeRig = Callable[..., Awaitable[Rig]]
 
 @pytest.fixture
 async def make_rig() -> AsyncIterator[MakeRig]:
-    """Builds started gateways (options go to ``BrokerGateway``) and stops them afterwards."""
+    """Builds started gateways (options go to ``BrokerGateway``, but ``failure_threshold``
+    to the breaker) and stops them afterwards."""
     started: list[BrokerGateway] = []
 
     async def make(**options: Any) -> Rig:
         clock = ManualClock(START)
-        breaker = CircuitBreaker(failure_threshold=3, reset_timeout=30.0, clock=clock)
+        threshold = options.pop("failure_threshold", 3)
+        breaker = CircuitBreaker(failure_threshold=threshold, reset_timeout=30.0, clock=clock)
         broker, sink = ThreadedBroker(), Sink()
         options.setdefault("sink_retry_delay", 0.001)
         gateway = BrokerGateway(broker, sink, breaker=breaker, clock=clock, **options)
@@ -384,3 +408,108 @@ async def test_stop_turns_calls_still_waiting_into_timeouts(make_rig: MakeRig) -
     await rig.gateway.stop()
     with pytest.raises(BrokerTimeout, match="stopped before an answer"):
         await pending
+
+
+async def test_open_orders_are_answered_on_the_loop_behind_earlier_reports(rig: Rig) -> None:
+    asking = asyncio.create_task(rig.gateway.open_orders())
+    await rig.sent(1)
+    rig.broker.report(accepted("o-1"), accepted("o-2"), fill("o-2", 3))
+    rig.broker.answer("o-1")
+    answer = await asking
+    assert answer.orders == OpenOrders(order_ids=("o-1",))
+    assert answer.reports_before == 3, "reports sent before the answer came before it"
+    assert await rig.gateway.wait_taken(answer.reports_before, 5.0) == frozenset()
+    assert [r.order_id for r in rig.sink.delivered] == ["o-1", "o-2", "o-2"]
+    assert rig.broker.callback_threads == {"fake-broker"}
+
+
+async def test_waiting_for_reports_before_an_answer_ignores_those_after_it(rig: Rig) -> None:
+    rig.sink.poisoned = {"o-late"}  # refused, and retried, for as long as the test runs
+    asking = asyncio.create_task(rig.gateway.open_orders())
+    await rig.sent(1)
+    rig.broker.report(accepted("o-1"))
+    rig.broker.answer("o-1")
+    rig.broker.report(accepted("o-late", account="acct-2"))
+    answer = await asking
+    await eventually(lambda: rig.gateway.reports_received == 2, 5.0, message="the later one")
+    assert await rig.gateway.wait_taken(answer.reports_before, 5.0) == frozenset()
+    assert rig.gateway.sink_failures >= 1, "the later report is still being retried"
+    rig.sink.poisoned.clear()
+
+
+async def test_a_report_before_the_answer_still_in_transit_is_named_when_time_is_up(
+    rig: Rig,
+) -> None:
+    rig.sink.poisoned = {"o-stuck"}
+    asking = asyncio.create_task(rig.gateway.open_orders())
+    await rig.sent(1)
+    rig.broker.report(accepted("o-stuck"), accepted("o-2", account="acct-2"))
+    rig.broker.answer("o-2")
+    answer = await asking
+    assert await rig.gateway.wait_taken(answer.reports_before, 0.1) == {"o-stuck"}
+    assert [r.order_id for r in rig.sink.delivered] == ["o-2"]
+    rig.sink.poisoned.clear()
+
+
+async def test_an_unanswered_query_times_out_without_touching_the_breaker(
+    make_rig: MakeRig,
+) -> None:
+    rig = await make_rig(timeout=5.0, query_timeout=0.05)
+    for _ in range(3):  # the rig's breaker opens after 3 failures of order requests
+        with pytest.raises(BrokerTimeout):
+            await rig.gateway.open_orders()
+    rig.broker.answer("o-1")  # a late answer is dropped quietly
+    assert rig.gateway.query_failures == 3
+    assert state_of(rig.breaker) is CircuitState.CLOSED
+
+
+async def test_failing_queries_never_open_the_breaker_at_its_default_threshold(
+    make_rig: MakeRig,
+) -> None:
+    threshold = CircuitBreaker(clock=ManualClock(START)).failure_threshold  # as in production
+    rig = await make_rig(timeout=5.0, failure_threshold=threshold)
+    rig.broker.failing = True
+    for _ in range(threshold * 2):
+        with pytest.raises(BrokerUnavailable, match="refused the query"):
+            await rig.gateway.open_orders()
+    rig.broker.failing = False
+    assert state_of(rig.breaker) is CircuitState.CLOSED
+    placing = asyncio.create_task(rig.gateway.submit(submit_request("o-1")))
+    await rig.sent(1)
+    rig.broker.report(accepted("o-1"))
+    assert await placing == accepted("o-1"), "orders still reach the broker"
+    assert rig.gateway.query_failures == threshold * 2
+
+
+async def test_a_query_neither_takes_nor_spoils_the_half_open_trial(rig: Rig) -> None:
+    rig.broker.failing = True
+    for n in range(3):
+        with pytest.raises(BrokerUnavailable):
+            await rig.gateway.submit(submit_request(f"down-{n}"))
+    rig.broker.failing = False
+    rig.clock.advance(timedelta(seconds=30))  # half-open: one trial may go
+    asking = asyncio.create_task(rig.gateway.open_orders())  # asked even with the breaker open
+    await rig.sent(1)
+    rig.broker.answer()
+    assert (await asking).orders == OpenOrders(order_ids=())
+    assert state_of(rig.breaker) is CircuitState.HALF_OPEN, "the answer decided nothing"
+    trial = asyncio.create_task(rig.gateway.submit(submit_request("o-1")))
+    await rig.sent(2)
+    rig.broker.report(accepted("o-1"))
+    assert await trial == accepted("o-1"), "the trial was still there for an order to take"
+    assert state_of(rig.breaker) is CircuitState.CLOSED
+
+
+async def test_a_query_the_adapter_cannot_take_is_unavailable(rig: Rig) -> None:
+    rig.broker.failing = True
+    with pytest.raises(BrokerUnavailable, match="refused the query"):
+        await rig.gateway.open_orders()
+
+
+async def test_stop_turns_a_query_still_waiting_into_a_timeout(make_rig: MakeRig) -> None:
+    rig = await make_rig(timeout=5.0)
+    asking = asyncio.create_task(rig.gateway.open_orders())
+    await rig.sent(1)
+    await rig.gateway.stop()
+    with pytest.raises(BrokerTimeout, match="stopped before an answer"):
+        await asking

@@ -18,6 +18,8 @@ from tradeloom.broker.reports import (
     BrokerFill,
     BrokerReport,
     CancelRequest,
+    OpenOrders,
+    OpenOrdersQuery,
     SubmitOrder,
 )
 from tradeloom.domain.events import PriceUpdate
@@ -64,12 +66,14 @@ def test_entries_round_trip_exactly() -> None:
         leaves_quantity=D("0E-3"),
         fee=D("0.050"),
     )
-    for entry in (fill, order("o"), QUOTE):
+    for entry in (fill, order("o"), QUOTE, OpenOrdersQuery(), OpenOrders(order_ids=("o", "p"))):
         _kind, decoded = decode_entry(encode_entry(entry))
         assert decoded == entry
         assert str(getattr(decoded, "quantity", "")) == str(getattr(entry, "quantity", ""))
     assert decode_entry(encode_entry(fill))[0] == "report"
     assert decode_entry(encode_entry(QUOTE))[0] == "price"
+    assert decode_entry(encode_entry(OpenOrdersQuery()))[0] == "open_orders"
+    assert decode_entry(encode_entry(OpenOrders(order_ids=())))[0] == "answer"
 
 
 @pytest.fixture
@@ -137,3 +141,14 @@ def test_a_request_past_the_end_of_the_recording_diverges(recording: Path) -> No
 def test_replay_refuses_requests_before_start(recording: Path) -> None:
     with pytest.raises(BrokerUnavailable):
         ReplayBroker(recording).submit(order("x"))
+
+
+def test_an_open_orders_query_the_recording_does_not_hold_diverges(recording: Path) -> None:
+    replay = ReplayBroker(recording)
+    replay.start(lambda report: None)
+    try:
+        replay.on_price(QUOTE)
+        with pytest.raises(ReplayDivergence, match="at input 2: expected SubmitOrder"):
+            replay.query_open_orders(lambda answer: None)
+    finally:
+        replay.stop()

@@ -4,6 +4,7 @@ order, nothing is sent twice, a timeout counts as sent, an unreachable broker de
 ``ScriptedBroker`` takes requests in order and answers them at once or when the test says so
 (from the loop's thread, through the gateway's thread seam all the same). Reports go through
 the real gateway to the real recorder, so what the broker answered ends in the outbox.
+Reconciliation at start has tests of its own (``test_reconcile.py``); these engines skip it.
 """
 
 from __future__ import annotations
@@ -18,17 +19,10 @@ import pytest
 from sqlalchemy import delete, select
 
 from tests.helpers import eventually
-from tradeloom.broker.adapter import BrokerUnavailable, ReportCallback
+from tests.unit.execution.scripted_broker import ScriptedBroker
+from tradeloom.broker.adapter import BrokerUnavailable
 from tradeloom.broker.gateway import BrokerGateway
-from tradeloom.broker.reports import (
-    AmendRequest,
-    BrokerAccepted,
-    BrokerCanceled,
-    BrokerReplaced,
-    BrokerReport,
-    CancelRequest,
-    SubmitOrder,
-)
+from tradeloom.broker.reports import SubmitOrder
 from tradeloom.domain.events import (
     AnyPayload,
     DeadLettered,
@@ -38,7 +32,6 @@ from tradeloom.domain.events import (
     OrderCancelRequested,
     OrderReplaceRejected,
     OrderSubmitted,
-    PriceUpdate,
     decode_event,
     new_event,
 )
@@ -55,62 +48,6 @@ from tradeloom.storage.outbox import Outbox
 from tradeloom.storage.schema import broker_orders, outbox
 
 NOW = datetime(2026, 11, 25, 15, 0, tzinfo=UTC)
-Request = SubmitOrder | CancelRequest | AmendRequest
-
-
-class ScriptedBroker:
-    """Takes requests in order; answers each at once, or (``answering`` off) on ``release``."""
-
-    def __init__(self) -> None:
-        self.requests: list[Request] = []
-        self.answering = True
-        self.failing = False
-        self._held: list[BrokerReport] = []
-        self._on_report: ReportCallback | None = None
-
-    def start(self, on_report: ReportCallback) -> None:
-        self._on_report = on_report
-
-    def stop(self) -> None:
-        self._on_report = None
-
-    def submit(self, request: SubmitOrder) -> None:
-        answer = BrokerAccepted(
-            order_id=request.order_id,
-            account_id=request.account_id,
-            broker_order_id=f"B-{request.order_id}",
-        )
-        self._take(request, answer)
-
-    def cancel(self, request: CancelRequest) -> None:
-        answer = BrokerCanceled(
-            order_id=request.order_id, account_id=request.account_id, reason="by request"
-        )
-        self._take(request, answer)
-
-    def amend(self, request: AmendRequest) -> None:
-        quantity = request.quantity or Decimal(1)
-        answer = BrokerReplaced(
-            order_id=request.order_id, account_id=request.account_id, quantity=quantity
-        )
-        self._take(request, answer)
-
-    def on_price(self, update: PriceUpdate) -> None:
-        pass
-
-    def release(self) -> None:
-        held, self._held = self._held, []
-        for report in held:
-            assert self._on_report is not None
-            self._on_report(report)
-
-    def _take(self, request: Request, answer: BrokerReport) -> None:
-        if self.failing:
-            raise ConnectionError("broker link down")
-        self.requests.append(request)
-        self._held.append(answer)
-        if self.answering:
-            self.release()
 
 
 @dataclass
@@ -189,7 +126,7 @@ async def desk(database: Database, unique: str) -> AsyncIterator[Desk]:
     gateway = BrokerGateway(broker, recorder.record_many, breaker=breaker, clock=clock)
     await gateway.start()
     bus = MemoryBus()
-    engine = ExecutionEngine(bus, database, Outbox(clock), gateway, clock)
+    engine = ExecutionEngine(bus, database, Outbox(clock), gateway, clock, reconcile_at_start=False)
     yield Desk(database, engine, gateway, broker, breaker, clock, f"acc-{unique}", bus)
     await engine.stop()
     await bus.close()

@@ -179,6 +179,34 @@ async def test_an_ack_and_fills_of_one_order_in_one_batch_keep_their_order(desk:
     assert stored == {desk.order("o1"): "B-o1", desk.order("o2"): "B-o2"}
 
 
+async def test_the_row_says_whether_the_broker_had_the_order_and_how_it_ended(
+    desk: Desk,
+) -> None:
+    """What reconciliation at start reads: the first report that shows the broker had the
+    order acknowledges it, the first that ends it closes it, and a refused cancel does
+    neither ("unknown order" is a refusal too)."""
+    refused = BrokerCancelRejected(
+        order_id=desk.order("o1"), account_id=desk.account, reason="unknown order"
+    )
+    await desk.recorder.record_many([refused])
+    assert await _states(desk) == {"o1": (False, None), "o2": (False, None)}
+    await desk.recorder.record_many([desk.fill("o1", 1, of=2), desk.fill("o2", 1)])
+    assert await _states(desk) == {"o1": (True, None), "o2": (True, "filled")}
+    await desk.recorder.record_many([desk.canceled("o1"), desk.canceled("o2"), desk.ack("o1")])
+    assert await _states(desk) == {"o1": (True, "canceled"), "o2": (True, "filled")}
+
+
+async def _states(desk: Desk) -> dict[str, tuple[bool, str | None]]:
+    """(acknowledged, closed as) of the desk's orders, by order name."""
+    query = select(
+        broker_orders.c.order_id, broker_orders.c.acknowledged_at, broker_orders.c.closed_as
+    ).where(broker_orders.c.account_id == desk.account)
+    async with desk.database.connect() as conn:
+        rows = (await conn.execute(query)).all()
+    prefix = len(desk.account) + 1
+    return {order_id[prefix:]: (acked is not None, closed) for order_id, acked, closed in rows}
+
+
 async def test_reports_without_a_key_always_go_through(desk: Desk) -> None:
     await desk.recorder.record_many([desk.replaced("o1"), desk.replaced("o1")])
     await desk.recorder.record_many([desk.replaced("o1")])
