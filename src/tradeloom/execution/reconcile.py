@@ -158,8 +158,10 @@ class Reconciler:
             await self._outbox.add_many(conn, items)
         if items:
             self._notify()
+        # Per order at info (the audit trail: which order, why); the pass's summary is the
+        # warning, so a restart that closes thousands of orders is one warning, not thousands.
         for row, verdict in verdicts:
-            log.warning(
+            log.info(
                 "execution.reconciled_order",
                 order_id=row.order_id,
                 account_id=row.account_id,
@@ -180,7 +182,8 @@ class Reconciler:
             "at_broker": len(found.at_broker),
             "in_transit": len(found.in_transit),
         }
-        log.info("execution.reconciled", **outcomes)
+        closed = len(found.not_sent) + len(found.venue_lost)
+        (log.warning if closed else log.info)("execution.reconciled", **outcomes)
         if self._metrics is not None:
             for outcome, count in outcomes.items():
                 self._metrics.reconciled_orders.labels(outcome).inc(count)
