@@ -118,10 +118,14 @@ async def flow(request: pytest.FixtureRequest, tmp_path: Path, unique: str) -> A
     if request.param == "production":
         await upgrade_database(settings.database_url)
     platform = build_platform(settings)
-    await platform.start()
-    # Execution runs here (it holds the lock) and its reconciliation at start is done: no
-    # retry runs in the background of the test (it would write rows of earlier tests' orders).
-    assert (platform.execution.active, platform.execution.reconciled) == (True, True)
+    try:
+        await platform.start()
+        # Execution runs here (it holds the lock) and its reconciliation at start is done: no
+        # retry runs in the background of the test (it would write rows of earlier tests').
+        assert (platform.execution.active, platform.execution.reconciled) == (True, True)
+    except BaseException:
+        await platform.close()  # never leave the execution lock held for the next test
+        raise
     made = Flow(platform, f"acc-{unique}")
 
     async def on_dead_letter(events: Sequence[Event]) -> None:

@@ -79,11 +79,11 @@ async def restart_execution(platform: Platform) -> Execution:
     execution = Execution(broker, gateway, engine)
     try:
         await engine.start()
+        assert engine.active, "the stopped engine released the execution lock; this one has it"
+        assert engine.reconciled, "the paper venue answers at once: the pass at start succeeded"
     except BaseException:
-        await execution.stop()
+        await execution.stop()  # never leave the execution lock held for the next test
         raise
-    assert engine.active, "the stopped engine released the execution lock; this one has it"
-    assert engine.reconciled, "the paper venue answers at once: the pass at start succeeded"
     return execution
 
 

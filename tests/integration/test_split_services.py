@@ -50,13 +50,15 @@ async def split(
         Settings(**common, services="market-data,execution,read-side")  # type: ignore[arg-type]
     )
     api = build_platform(Settings(**common, services="none"))  # type: ignore[arg-type]
-    await worker.start()
-    await api.start()
-    made = Split(api, worker, f"acc-{unique}")
-    await api.accounts.create(made.account, "alice", Decimal(1_000_000))
     try:
+        await worker.start()
+        await api.start()
+        made = Split(api, worker, f"acc-{unique}")
+        await api.accounts.create(made.account, "alice", Decimal(1_000_000))
         yield made
     finally:
+        # Closed even when starting failed: a worker left running would keep the execution
+        # lock of this session's database from every later test.
         await api.close()
         await worker.close()
         await delete_bus_streams(nats_url, f"SP{unique}".upper())

@@ -237,6 +237,7 @@ class BrokerGateway:
         ``query_failures``.
         """
         if self._loop is None:
+            self.query_failures += 1
             raise BrokerUnavailable("the broker gateway is not started")
         future: asyncio.Future[OpenOrdersAnswer] = self._loop.create_future()
         self._queries.add(future)
@@ -244,8 +245,10 @@ class BrokerGateway:
             try:
                 self._adapter.query_open_orders(self._answer_from_broker(self._loop, future))
             except Exception as exc:
+                # A warning, not a traceback: a broker that refuses queries is retried up to
+                # once a minute for as long as it does, and the error says what it refused.
                 self.query_failures += 1
-                log.exception("broker.open_orders_failed")
+                log.warning("broker.open_orders_refused", error=repr(exc))
                 raise BrokerUnavailable(f"the broker refused the query: {exc}") from exc
             timeout = self._query_timeout
             try:

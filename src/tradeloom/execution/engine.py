@@ -14,9 +14,11 @@ through the gateway and becomes order events there, never here.
   the execution lock (:mod:`tradeloom.execution.lock`). ``start`` tries it; if another
   process holds it, this one logs a warning and stands by in the background, consuming
   nothing, until it gets the lock: then it reconciles and only then subscribes. If the lock
-  is lost (its connection failed), the engine stops consuming at once, logs an error and
-  stands by again; whoever takes the lock next reconciles. ``active`` says whether this
-  process runs execution now. SQLite (one process) needs no lock.
+  looks lost (its connection failed or its session no longer holds it), the engine refuses
+  the batches it already fetched (the bus redelivers them), stops consuming, only then lets
+  the lock go, logs an error and stands by again; whoever takes the lock next reconciles.
+  The window: up to a lock check (2 s) and its timeout (5 s) plus a batch in flight.
+  ``active`` says whether this process runs execution now. SQLite (one process) needs no lock.
 * **Reconciled when it becomes active.** Before it consumes any command, the engine compares
   the orders execution believes live (its open ``broker_orders`` rows) with the broker's open
   orders, so no command of this run races it: an order claimed but never acknowledged that
@@ -88,6 +90,13 @@ from tradeloom.storage.outbox import Outbox
 log = structlog.get_logger("tradeloom.execution")
 
 BROKER_UNAVAILABLE = "BROKER_UNAVAILABLE"
+
+
+class ExecutionStepsDown(RuntimeError):
+    """A batch reached an engine that is stepping down: nothing was claimed or sent, and the
+    bus redelivers it (to the process holding the execution lock next)."""
+
+
 COMMAND_BATCH = 200
 """Commands per batch: enough to amortise the claim's commit over many orders."""
 
@@ -141,6 +150,9 @@ class ExecutionEngine:
         self._retry_delay = reconcile_retry_delay
         self._retry_max_delay = reconcile_retry_max_delay
         self._active = False
+        # Set while the engine steps down (lock lost, stopping): a batch already fetched must
+        # not claim or send (it raises, so the bus hands it to whoever holds the lock next).
+        self._refusing = False
         self._leading: asyncio.Task[None] | None = None
         # While a reconciliation is pending: the orders this run claimed (never the previous
         # run's to judge), and the lock that keeps batches and retries apart.
@@ -183,34 +195,44 @@ class ExecutionEngine:
             self._leading = asyncio.create_task(self._lead(), name="execution-lock")
 
     async def stop(self) -> None:
-        """Stop consuming (in-flight batches finish), stop retrying, release the lock."""
+        """Stop consuming (in-flight batches finish, fetched ones are refused), stop retrying,
+        release the lock: the lock is released whatever failed before."""
+        self._refusing = True
         leading, self._leading = self._leading, None
         if leading is not None:
             leading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await leading
-        await self._deactivate()
-        await self._lock.release()
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                log.exception("execution.leading_failed")
+        try:
+            await self._deactivate()
+        finally:
+            await self._lock.release()
 
     async def _lead(self) -> None:
         """In the background: while active, watch the lock and step down when it is lost
         (then wait ``retry_every`` before trying it again); while standing by, wait for it
         and take over (reconcile first)."""
         while True:
-            if not self._active:
-                await self._lock.take()
-                log.info("execution.lock_taken")
-                try:
+            try:
+                if not self._active:
+                    await self._lock.take()
+                    log.info("execution.lock_taken")
                     await self._activate()
-                except Exception:
-                    log.exception("execution.activation_failed")
-                    await self._deactivate()
-                    await self._lock.release()
-                    await asyncio.sleep(self._lock.retry_every)
-                    continue
-            await self._lock.lost()
-            log.error("execution stopped consuming: the execution lock was lost; standing by")
-            await self._deactivate()
+                await self._lock.lost()
+                log.error("execution stopped consuming: the execution lock was lost; standing by")
+            except Exception:
+                log.exception("execution.leading_failed")
+            # Refuse fetched batches first, then stop consuming, then let the lock go (so a
+            # lock that only looked lost is released after, never before, the last claim).
+            self._refusing = True
+            try:
+                await self._deactivate()
+            finally:
+                await self._lock.release()
             # Give a standby that noticed first the lock; it reconciles before it consumes.
             await asyncio.sleep(self._lock.retry_every)
 
@@ -219,6 +241,7 @@ class ExecutionEngine:
         and restarted engine (or one taking over again) starts over."""
         self._claimed_meanwhile = None
         self._unreconciled = asyncio.Lock()
+        self._refusing = False
         if self._reconcile_at_start and await self.reconciler.reconcile() is None:
             self._claimed_meanwhile = set()
             self._retry = asyncio.create_task(self._reconcile_until_done())
@@ -238,16 +261,20 @@ class ExecutionEngine:
         self._set_active(True)
 
     async def _deactivate(self) -> None:
-        """Stop consuming (in-flight batches finish) and stop retrying the reconciliation."""
+        """Stop retrying the reconciliation, then stop consuming (in-flight batches finish).
+        A subscription that fails to stop is logged: batches it still fetches are refused."""
         self._set_active(False)
-        subscription, self._subscription = self._subscription, None
-        if subscription is not None:
-            await subscription.stop()
         retry, self._retry = self._retry, None
         if retry is not None:
             retry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await retry
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            try:
+                await subscription.stop()
+            except Exception:
+                log.exception("execution.unsubscribe_failed")
 
     def _set_active(self, active: bool) -> None:
         self._active = active
@@ -285,6 +312,8 @@ class ExecutionEngine:
             await self._handle_batch(events)
 
     async def _handle_batch(self, events: Sequence[Event]) -> None:
+        if self._refusing:
+            raise ExecutionStepsDown("this process no longer runs execution; redeliver")
         claimed = await self._claim(events)
         commands = [
             _Command(event, request)

@@ -13,10 +13,13 @@ Guarantees:
   long as the process holds or waits for the lock (in autocommit, so it is never idle in a
   transaction). PostgreSQL releases a
   session lock when its session ends, so a holder that died frees it by itself.
-* **Loss is noticed.** :meth:`ExecutionLock.lost` pings the lock's connection every
-  ``check_every`` seconds and returns when it fails or does not answer within
-  ``check_timeout``: the connection is then closed (invalidated), which surely ends the
-  session and its lock, so the holder steps down knowing it no longer holds it.
+* **Loss is noticed.** :meth:`ExecutionLock.lost` asks every ``check_every`` seconds whether
+  the lock's session still holds it, and returns when it does not, or the connection fails or
+  does not answer within ``check_timeout``. The engine then refuses further batches, stops
+  consuming, and only then :meth:`release` s (an unlock, or the connection closed for good if
+  that fails: the session and its lock end). A network partition ends the session on the
+  server only when its TCP keepalive gives up: until then no standby takes over (an
+  availability gap, never two holders).
 * **No spin.** A standby tries the lock every ``retry_every`` seconds (``pg_try_advisory_lock``,
   which never blocks); a try that fails on the database is a "no" and is tried again.
 * **Cancel-safe.** A try or a release cancelled half-way closes its connection, so a lock
@@ -41,7 +44,12 @@ EXECUTION_LOCK_ID = 0x7472_6C6D_0003
 
 _TRY_LOCK = select(func.pg_try_advisory_lock(EXECUTION_LOCK_ID))
 _UNLOCK = select(func.pg_advisory_unlock(EXECUTION_LOCK_ID))
-_PING = text("SELECT 1")
+# Not "is the session alive" but "does it still hold an advisory lock" (this connection holds
+# no other): a session PostgreSQL ended and a lock released by mistake both read False.
+_STILL_HELD = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+    " AND pid = pg_backend_pid() AND granted)"
+)
 
 
 class ExecutionLock:
@@ -100,8 +108,11 @@ class ExecutionLock:
             await asyncio.sleep(self.retry_every)
 
     async def lost(self) -> None:
-        """Return once the held lock is lost (its connection failed or stopped answering);
-        its connection is closed by then. Never returns on SQLite."""
+        """Return once the held lock looks lost: its connection failed or stopped answering,
+        or its session no longer holds it. The caller stops consuming, then calls
+        :meth:`release` (which closes the connection): in that order a lock that only looked
+        lost (a slow answer) is given up after the last claim, never before. Never returns
+        on SQLite."""
         if not self.needed:
             await asyncio.Event().wait()
         while True:
@@ -111,10 +122,11 @@ class ExecutionLock:
                 if conn is None:
                     raise ConnectionError("the lock's connection is gone")
                 async with asyncio.timeout(self._check_timeout):
-                    await conn.execute(_PING)
+                    held = bool(await conn.scalar(_STILL_HELD))
+                if not held:
+                    raise ConnectionError("the session no longer holds the execution lock")
             except Exception as exc:
                 log.error("execution.lock_lost", error=repr(exc))
-                await self._drop()
                 return
 
     async def release(self) -> None:
@@ -125,9 +137,10 @@ class ExecutionLock:
         if conn is None:
             return
         try:
-            if was_held:
-                await conn.execute(_UNLOCK)
-            await conn.close()
+            async with asyncio.timeout(self._check_timeout):
+                if was_held:
+                    await conn.execute(_UNLOCK)
+                await conn.close()
         except Exception as exc:
             log.warning("execution.lock_release_failed", error=repr(exc))
             await _close_for_good(conn)

@@ -34,7 +34,7 @@ from tradeloom.domain.events import (
 )
 from tradeloom.domain.orders import OrderType, Side, TimeInForce
 from tradeloom.domain.time import ManualClock
-from tradeloom.execution.engine import ExecutionEngine
+from tradeloom.execution.engine import ExecutionEngine, ExecutionStepsDown
 from tradeloom.execution.lock import EXECUTION_LOCK_ID, ExecutionLock
 from tradeloom.execution.reconcile import NOT_SENT, NOT_SENT_REASON, Reconciler
 from tradeloom.execution.reports import OutboxItem, ReportRecorder
@@ -383,6 +383,29 @@ async def test_an_order_whose_earlier_report_is_stuck_is_left_out_of_the_pass(
     await restarted.gateway.wait_delivered()
     assert await world.closed_as() == {"o1": "filled", "o2": "venue_lost"}
     assert ("OrderCanceled", "o1") not in await world.kinds()
+
+
+async def test_a_batch_fetched_before_the_engine_stepped_down_is_refused_not_sent(
+    world: World,
+) -> None:
+    run = await world.run()
+    await run.engine.start()
+    await world.stop(run)
+    with pytest.raises(ExecutionStepsDown):
+        await run.engine.handle_batch([submitted("o1")])  # the bus redelivers it elsewhere
+    assert run.broker.requests == []
+    assert await world.closed_as() == {}, "nothing was claimed"
+
+
+@pytest.mark.postgres
+async def test_a_lock_released_under_the_engine_is_noticed_as_lost(pg_world: World) -> None:
+    lock = ExecutionLock(pg_world.database, check_every=0.05)
+    assert await lock.try_take()
+    conn = lock._conn
+    assert conn is not None
+    await conn.execute(text("SELECT pg_advisory_unlock_all()"))  # the session lives on
+    await asyncio.wait_for(lock.lost(), 5.0)
+    await lock.release()
 
 
 @pytest.fixture
