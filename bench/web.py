@@ -1277,7 +1277,9 @@ class Level:
     events: list[int] = field(default_factory=new_histogram)
     submitted: list[int] = field(default_factory=new_histogram)  # order.submitted among events
     counts: Counter[str] = field(default_factory=Counter)
-    gc_pauses: dict[str, tuple[float, float]] = field(default_factory=dict)  # count, seconds
+    # Per generation: collections, seconds in all, the longest's upper bound (see gc_between).
+    gc_pauses: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # the hold
+    gc_opening: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     health: list[float] = field(default_factory=list)
     placed: Counter[str] = field(default_factory=Counter)
     cpu: dict[str, float] = field(default_factory=dict)
@@ -1353,22 +1355,47 @@ async def probe_health(
     return samples
 
 
-async def gc_pauses(port: int) -> dict[str, tuple[float, float]]:
-    """The server's garbage-collector pauses so far (``tradeloom_gc_pause_seconds`` on
-    ``/metrics``): generation -> (collections, seconds in all); empty for a bare server."""
-    http, found = Http(port), dict[str, list[float]]()
+GcSamples = dict[tuple[str, str], float]
+"""``tradeloom_gc_pause_seconds`` samples of the server: (generation, ``count`` / ``sum`` /
+a bucket's upper bound) -> value."""
+
+
+async def gc_samples(port: int) -> GcSamples:
+    """The server's garbage-collector pauses so far, from ``/metrics``; empty for a bare
+    server (no such metric)."""
+    http, found = Http(port), GcSamples()
     try:
         status, _, body = await http.send(http_request("GET", "/metrics"))
     finally:
         http.close()
     if status != 200:
-        return {}
+        return found
+    pattern = re.compile(
+        r"tradeloom_gc_pause_seconds_(count|sum|bucket)"
+        r'\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)'
+    )
     for line in body.decode().splitlines():
-        match = re.match(r'tradeloom_gc_pause_seconds_(count|sum)\{generation="(\d)"\} (\S+)', line)
+        match = pattern.match(line)
         if match:
-            kind, generation, value = match.groups()
-            found.setdefault(generation, [0.0, 0.0])[kind == "sum"] = float(value)
-    return {generation: (count, seconds) for generation, (count, seconds) in found.items()}
+            kind, generation, bound, value = match.groups()
+            found[generation, bound if kind == "bucket" else kind] = float(value)
+    return found
+
+
+def gc_between(before: GcSamples, after: GcSamples) -> dict[str, tuple[float, float, float]]:
+    """Per generation, the collections between two scrapes: (count, seconds in all, an upper
+    bound of the longest: the smallest histogram bucket holding them all)."""
+    found: dict[str, tuple[float, float, float]] = {}
+    for generation in sorted({g for g, _ in after}):
+
+        def grew(key: str, g: str = generation) -> float:
+            return after.get((g, key), 0.0) - before.get((g, key), 0.0)
+
+        count = grew("count")
+        buckets = sorted((float(b), b) for g, b in after if g == generation and b[0].isdigit())
+        longest = next((bound for bound, label in buckets if grew(label) >= count), 0.0)
+        found[generation] = (count, grew("sum"), longest if count else 0.0)
+    return found
 
 
 async def open_streams(
@@ -1445,7 +1472,10 @@ async def hold_levels(
         for target in levels:
             level = Level(target)
             profiler = start_profiler(profile, f"opening to {target}", server.pid)
+            gc_before = await gc_samples(server.port) if logins else {}
             await open_streams(run.name, children, target, args.open_budget, level, opened)
+            if logins:
+                level.gc_opening = gc_between(gc_before, await gc_samples(server.port))
             await finish_profiler(profiler, profiles)
             opened = level.opened
             say(
@@ -1526,7 +1556,7 @@ async def measure_level(
     await probe.start()
     profiler = start_profiler(profile, f"hold at {level.streams}", server.pid)
     with_streams = logins[: min(len(logins), level.opened)]
-    gc_before = await gc_pauses(server.port) if logins else {}
+    gc_before = await gc_samples(server.port) if logins else {}
     level.placed, level.health = await asyncio.gather(
         place_orders(server.port, with_streams, args.stream_order_rate, hold, rng),
         probe_health(server.port, hold, "/healthz" if logins else "/docs"),
@@ -1537,11 +1567,7 @@ async def measure_level(
     await finish_profiler(profiler, profiles)
     await probe.stop()
     if logins:
-        gc_after = await gc_pauses(server.port)
-        level.gc_pauses = {
-            g: (count - gc_before.get(g, (0.0, 0.0))[0], seconds - gc_before.get(g, (0.0, 0.0))[1])
-            for g, (count, seconds) in sorted(gc_after.items())
-        }
+        level.gc_pauses = gc_between(gc_before, await gc_samples(server.port))
     level.window = hold + tail
     level.cpu, level.machine_busy = probe.cpu, probe.machine_busy
     level.rss_mb = rss_mb(server.pid)
@@ -1581,10 +1607,11 @@ def _hist(histogram: Sequence[int]) -> str:
     return f"{p50:.0f} / {p99:.0f} / {top:.0f} ms over {sum(histogram):,}"
 
 
-def _gc(pauses: dict[str, tuple[float, float]]) -> str:
+def _gc(pauses: dict[str, tuple[float, float, float]]) -> str:
     return ", ".join(
-        f"gen{g} x{count:.0f} ({seconds * 1000:.0f} ms in all)"
-        for g, (count, seconds) in pauses.items()
+        f"gen{g} x{count:.0f} ({seconds * 1000:,.0f} ms in all"
+        + (f", longest ≤ {longest * 1000:,.0f} ms)" if count else ")")
+        for g, (count, seconds, longest) in pauses.items()
     )
 
 
@@ -1719,7 +1746,10 @@ def stream_rows(args: argparse.Namespace, run: StreamRun) -> list[tuple[str, str
         rows += [
             (f"    {'/healthz' if run.users else '/docs'} p50/p99/max", _ms(level.health)),
             *(
-                [("    server GC pauses in the hold", _gc(level.gc_pauses))]
+                [
+                    ("    server GC pauses while opening", _gc(level.gc_opening)),
+                    ("    server GC pauses in the hold", _gc(level.gc_pauses)),
+                ]
                 if level.gc_pauses
                 else []
             ),
