@@ -5,6 +5,7 @@ whenever it cannot."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -91,6 +92,21 @@ class Received:
 @pytest.fixture
 def received() -> Received:
     return Received()
+
+
+class GapReads(ReplayBuffer):
+    """The buffer, whose reads after the open's (a gap's) are ``gap_read`` instead."""
+
+    def __init__(self, cache: MemoryCache, gap_read: Callable[[], Awaitable[Resume | Reset]]):
+        super().__init__(cache, capacity=8, ttl=300.0)
+        self._gap_read = gap_read
+        self._opened = False
+
+    async def since(self, owner: str, last_id: int) -> Resume | Reset:
+        if not self._opened:
+            self._opened = True
+            return await super().since(owner, last_id)
+        return await self._gap_read()
 
 
 @pytest.fixture
@@ -227,17 +243,10 @@ async def test_a_gap_holding_more_than_max_pending_ends_the_stream(users: Users)
 
 
 async def test_a_buffer_error_while_filling_a_gap_ends_the_stream(users: Users) -> None:
-    class Failing(ReplayBuffer):
-        reads = 0
+    async def failing() -> Reset:
+        raise ConnectionError("cache down")
 
-        async def since(self, owner: str, last_id: int) -> Resume | Reset:
-            Failing.reads += 1
-            if Failing.reads > 1:  # the open's read works, the gap's fails
-                raise ConnectionError("cache down")
-            return await super().since(owner, last_id)
-
-    failing = Failing(users.cache, capacity=8, ttl=300.0)
-    streams = UserStreams(users.cache, failing, gap_timeout=0.01)
+    streams = UserStreams(users.cache, GapReads(users.cache, failing), gap_timeout=0.01)
     received, ended = Received(), Received()
     async with await streams.stream_from("alice", 0, received, on_end=ended.end):
         _, second = await users.append("alice", 2)
@@ -284,20 +293,13 @@ async def test_a_gap_read_answered_after_live_arrivals_closed_the_gap_changes_no
 ) -> None:
     reading, answer = asyncio.Event(), asyncio.Event()
 
-    class Slow(ReplayBuffer):
-        """The gap's read waits until told, then says Reset (as if the buffer lost ids)."""
+    async def slow() -> Reset:
+        """Waits until told, then says Reset (as if the buffer had lost ids)."""
+        reading.set()
+        await answer.wait()
+        return Reset(1)
 
-        opened = False
-
-        async def since(self, owner: str, last_id: int) -> Resume | Reset:
-            if not self.opened:  # the open's read
-                self.opened = True
-                return await super().since(owner, last_id)
-            reading.set()
-            await answer.wait()
-            return Reset(1)
-
-    streams = UserStreams(users.cache, Slow(users.cache, capacity=8, ttl=300.0), gap_timeout=0.01)
+    streams = UserStreams(users.cache, GapReads(users.cache, slow), gap_timeout=0.01)
     async with await streams.stream_from("alice", 0, received):
         first, second, third = await users.append("alice", 3)
         await users.publish(second, third)
@@ -315,18 +317,12 @@ async def test_closing_during_a_gap_read_delivers_nothing_more(
 ) -> None:
     reading = asyncio.Event()
 
-    class Stuck(ReplayBuffer):
-        opened = False
+    async def stuck() -> Reset:
+        reading.set()
+        await asyncio.Event().wait()  # never answers
+        raise AssertionError("unreachable")
 
-        async def since(self, owner: str, last_id: int) -> Resume | Reset:
-            if not self.opened:  # the open's read
-                self.opened = True
-                return await super().since(owner, last_id)
-            reading.set()
-            await asyncio.Event().wait()  # never answers
-            raise AssertionError("unreachable")
-
-    streams = UserStreams(users.cache, Stuck(users.cache, capacity=8, ttl=300.0), gap_timeout=0.01)
+    streams = UserStreams(users.cache, GapReads(users.cache, stuck), gap_timeout=0.01)
     stream = await streams.stream_from("alice", 0, received)
     _, second = await users.append("alice", 2)
     await users.publish(second)
