@@ -143,9 +143,11 @@ class BrokerGateway:
         self._sent_at: dict[str, datetime] = {}
         # Per order, the numbers (1, 2, ... in arrival order) of its reports received and not
         # yet taken by the sink; an order's reports are taken in arrival order, so the first
-        # is the oldest still in transit. ``_progress`` is set (and replaced) at every take.
+        # is the oldest still in transit. ``_progress`` exists only while someone waits for
+        # takes (a reconciliation pass): it is set and dropped at the next take, so the report
+        # path allocates nothing for it the rest of the time.
         self._in_transit: dict[str, deque[int]] = {}
-        self._progress = asyncio.Event()
+        self._progress: asyncio.Event | None = None
         self.reports_received = 0
         self.query_failures = 0
 
@@ -187,6 +189,8 @@ class BrokerGateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         while late := self._in_transit_before(reports_before):
+            if self._progress is None:
+                self._progress = asyncio.Event()
             progress = self._progress
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -375,7 +379,11 @@ class BrokerGateway:
     def _receive(self, report: BrokerReport) -> None:
         """On the loop: answer whoever waits, measure latency, queue for the sink."""
         self.reports_received += 1
-        self._in_transit.setdefault(report.order_id, deque()).append(self.reports_received)
+        numbers = self._in_transit.get(report.order_id)
+        if numbers is None:
+            self._in_transit[report.order_id] = deque((self.reports_received,))
+        else:
+            numbers.append(self.reports_received)
         sent_at = self._sent_at.pop(report.order_id, None)
         if sent_at is not None:
             seconds = (self._clock.now() - sent_at).total_seconds()
@@ -419,8 +427,9 @@ class BrokerGateway:
         self._made_progress()
 
     def _made_progress(self) -> None:
-        self._progress.set()
-        self._progress = asyncio.Event()
+        progress, self._progress = self._progress, None
+        if progress is not None:
+            progress.set()
 
     def _in_transit_before(self, reports_before: int) -> frozenset[str]:
         return frozenset(
