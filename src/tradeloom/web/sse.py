@@ -43,7 +43,7 @@ import structlog
 from starlette.types import Send
 
 from tradeloom.cache.port import Cache, LocalSubscription
-from tradeloom.notifications.wakeup import Wakeup
+from tradeloom.web.wakeup import Wakeup
 
 log = structlog.get_logger("tradeloom.web.sse")
 

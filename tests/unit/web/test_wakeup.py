@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tradeloom.notifications.wakeup import Wakeup
+from tradeloom.web.wakeup import Wakeup
 
 
 async def test_a_wait_returns_at_once_while_set_and_blocks_once_cleared() -> None:
