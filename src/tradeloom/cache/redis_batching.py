@@ -85,9 +85,10 @@ class CommandBatcher:
         return await queued.reply  # cancelled while queued: its future is skipped
 
     async def close(self) -> None:
-        """Wait for the pipelines in flight (they end as their replies come or fail)."""
+        """Wait for the pipelines in flight (they end as their replies come or fail; a sender
+        never raises: every error goes to the callers waiting on its replies)."""
         if self._senders:
-            await asyncio.gather(*self._senders, return_exceptions=True)
+            await asyncio.wait(set(self._senders))
 
     def _send_queued(self) -> None:
         """Send what queued, one pipeline per free place in flight."""
