@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from tests.unit.oms.placement_world import (
     SCENARIOS,
@@ -22,7 +22,7 @@ from tests.unit.oms.placement_world import (
     write_all,
 )
 from tradeloom.messaging.topics import ORDER_COMMANDS
-from tradeloom.oms.repository import DuplicateClientOrderId, insert_orders
+from tradeloom.oms.repository import DuplicateClientOrderId, insert_orders, place_orders
 from tradeloom.storage.migrate import upgrade_database
 from tradeloom.storage.schema import outbox
 
@@ -46,18 +46,35 @@ async def test_placement(desk: Desk, scenario: Scenario) -> None:
     await scenario(desk)
 
 
-async def test_one_statement_text_whatever_the_batch_size(desk: Desk) -> None:
+async def test_a_batch_is_one_statement_of_one_text(desk: Desk) -> None:
     with statements_of(desk.database) as sent:
         for size in (1, 7, 120):
-            assert (
-                await write_all(desk.writer, [desk.order() for _ in range(size)]) == [None] * size
-            )
-    order_inserts = {s for s in sent if s.startswith("INSERT INTO orders")}
-    outbox_inserts = {s for s in sent if s.startswith("INSERT INTO outbox")}
-    assert len(order_inserts) == 1, order_inserts
-    assert len(outbox_inserts) == 1, outbox_inserts
+            written = await write_all(desk.writer, [desk.order() for _ in range(size)])
+            assert written == [None] * size
+    assert len(sent) == 3, sent  # one a batch, whatever its size
+    assert len(set(sent)) == 1
+    assert sent[0].startswith("WITH placed AS (INSERT INTO orders")
     assert desk.database.transactions == 3
     assert len(await desk.announced()) == 128
+
+
+async def test_events_of_orders_not_inserted_are_not_written(desk: Desk) -> None:
+    """A taken client order id writes neither the order nor its event; the others' events
+    are numbered in the order handed over, whatever order the orders are inserted in."""
+    taken = desk.order("taken")
+    await desk.writer.write(taken, submitted(taken))
+    batch = [desk.order(c) for c in ("z-last", "taken", "a-first", "m-middle")]
+    async with desk.database.single_statement() as conn:
+        inserted = await place_orders(
+            conn,
+            batch,
+            [(ORDER_COMMANDS.name, o.account_id, submitted(o)) for o in batch],
+            desk.outbox,
+        )
+        # Autocommit: the statement was its own transaction, committed as it returned.
+        assert (await conn.execute(text("SELECT txid_current_if_assigned()"))).scalar() is None
+    assert inserted == {batch[0].order_id, batch[2].order_id, batch[3].order_id}
+    assert await desk.announced() == [taken.order_id] + [batch[n].order_id for n in (0, 2, 3)]
 
 
 async def test_outbox_sequence_follows_the_order_of_the_items(desk: Desk) -> None:

@@ -45,7 +45,7 @@ from sqlalchemy.exc import DBAPIError
 from tradeloom.domain.events import Event
 from tradeloom.domain.orders import Order
 from tradeloom.messaging.topics import ORDER_COMMANDS
-from tradeloom.oms.repository import DuplicateClientOrderId, insert_orders
+from tradeloom.oms.repository import DuplicateClientOrderId, place_orders
 from tradeloom.storage.database import Database
 from tradeloom.storage.outbox import Outbox
 
@@ -159,18 +159,15 @@ class PlacementWriter:
                 log.exception("oms.placement_notify_failed")
 
     async def _transaction(self, batch: Sequence[_Placement]) -> set[str]:
-        """One transaction: the orders, then the events of those inserted; the ids inserted."""
-        async with self._database.transaction() as conn:
-            inserted = await insert_orders(conn, [placement.order for placement in batch])
-            await self._outbox.add_many(
+        """One transaction: the orders, and the events of those inserted; the ids inserted.
+        On PostgreSQL it is one statement in autocommit (one round trip)."""
+        async with self._database.single_statement() as conn:
+            return await place_orders(
                 conn,
-                [
-                    (ORDER_COMMANDS.name, p.order.account_id, p.event)
-                    for p in batch
-                    if p.order.order_id in inserted
-                ],
+                [placement.order for placement in batch],
+                [(ORDER_COMMANDS.name, p.order.account_id, p.event) for p in batch],
+                self._outbox,
             )
-        return inserted
 
 
 def _duplicate(order: Order) -> DuplicateClientOrderId:

@@ -16,11 +16,18 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.domain.errors import DomainError
+from tradeloom.domain.events import Event
 from tradeloom.domain.orders import Order
 from tradeloom.domain.time import require_utc
 from tradeloom.oms.order_rows import UPDATE_ORDER, order_from_row, order_state_values
 from tradeloom.storage.database import INSERT_CHUNK
-from tradeloom.storage.schema import order_fills, orders
+from tradeloom.storage.outbox import (
+    PG_INSERT_FROM_ARRAYS,
+    PG_KEY_LOCK,
+    PG_KEY_LOCK_IDS,
+    Outbox,
+)
+from tradeloom.storage.schema import UtcDateTime, order_fills, orders
 
 
 class DuplicateClientOrderId(DomainError):
@@ -32,7 +39,7 @@ class DuplicateClientOrderId(DomainError):
 # PostgreSQL: one statement text whatever the batch size, with the rows as arrays, so it is
 # prepared once per connection. WITH ORDINALITY and ORDER BY keep the rows in the order given:
 # of two rows with one client order id, the first is the one inserted.
-_INSERT_ORDERS_PG = text(
+_INSERT_ORDERS_PG_SQL = (
     "INSERT INTO orders (order_id, account_id, client_order_id, symbol, side, order_type,"
     " time_in_force, quantity, limit_price, stop_price, status, status_before_request,"
     " filled_quantity, average_fill_price, reason, correlation_id, created_at, updated_at)"
@@ -54,6 +61,31 @@ _INSERT_ORDERS_PG = text(
     " correlation_id, created_at, n) ORDER BY o.n"
     " ON CONFLICT (account_id, client_order_id) DO NOTHING RETURNING order_id"
 )
+_INSERT_ORDERS_PG = text(_INSERT_ORDERS_PG_SQL)
+
+# PostgreSQL: the orders and the events of those inserted in ONE statement, which in
+# autocommit is its own transaction: one round trip where BEGIN, the orders, the key locks,
+# the events and COMMIT took five, and the outbox key locks are held only while it runs.
+# Data-modifying CTEs run in an order their reads impose, and this one is spelled out:
+# ``locked`` waits for every row of ``placed`` (its gate counts them) before it takes the
+# outbox key locks, and ``written`` waits for ``locked`` (its gate) before it draws a
+# sequence number. So, as in a transaction of separate statements, the orders' unique index
+# is settled before any key lock is asked for (two batches racing over one client order id
+# cannot deadlock through the locks), and no outbox row of a key is numbered before its lock
+# is held. The events come with the id of their order (``event_order_id``); only those whose
+# order was inserted are written, in the order given.
+_PLACE_ORDERS_PG = text(
+    f"WITH placed AS ({_INSERT_ORDERS_PG_SQL}),"
+    f" locked AS (SELECT count({PG_KEY_LOCK}) AS n FROM {PG_KEY_LOCK_IDS}"
+    " WHERE (SELECT count(*) FROM placed) >= 0),"
+    " wanted AS (SELECT w.event_id FROM unnest(CAST(:event_order_id AS varchar[]),"
+    " CAST(:event_id AS varchar[])) AS w(order_id, event_id)"
+    " JOIN placed ON placed.order_id = w.order_id),"
+    f" written AS ({PG_INSERT_FROM_ARRAYS}"
+    " WHERE r.event_id IN (SELECT event_id FROM wanted)"
+    " AND (SELECT n FROM locked) >= 0 ORDER BY r.n RETURNING 1)"
+    " SELECT order_id FROM placed"
+).bindparams(bindparam("outbox_created_at", type_=UtcDateTime()))
 
 
 # Built once with bound parameters and reused: every cancel and amend reads its order, every
@@ -115,6 +147,42 @@ async def insert_orders(conn: AsyncConnection, new_orders: Sequence[Order]) -> s
         rows = [{**_new_row(order), "updated_at": order.created_at} for order in chunk]
         inserted.update((await conn.execute(_INSERT_ORDERS_SQLITE, rows)).scalars())
     return inserted
+
+
+async def place_orders(
+    conn: AsyncConnection,
+    new_orders: Sequence[Order],
+    events: Sequence[tuple[str, str, Event]],
+    outbox: Outbox,
+) -> set[str]:
+    """Insert the orders as :func:`insert_orders` does and, with them, record in ``outbox``
+    the ``(topic, key, event)`` of each one inserted (``events[i]`` belongs to
+    ``new_orders[i]``), in the order given; return the ids inserted.
+
+    PostgreSQL: one statement (see ``_PLACE_ORDERS_PG``), so on a connection in autocommit
+    (``Database.single_statement``) all of it commits in one round trip or none of it does.
+    SQLite: the two steps in the caller's transaction."""
+    if len(events) != len(new_orders):
+        raise ValueError("one event per order")
+    if not new_orders:
+        return set()
+    if conn.dialect.name != "postgresql":
+        inserted = await insert_orders(conn, new_orders)
+        await outbox.add_many(
+            conn,
+            [
+                item
+                for order, item in zip(new_orders, events, strict=True)
+                if order.order_id in inserted
+            ],
+        )
+        return inserted
+    ordered = sorted(new_orders, key=lambda o: (o.account_id, o.client_order_id))
+    rows = [_new_row(order) for order in ordered]
+    values: dict[str, object] = {name: [row[name] for row in rows] for name in rows[0]}
+    values.update(outbox.pg_parameters(events))
+    values["event_order_id"] = [order.order_id for order in new_orders]
+    return set((await conn.execute(_PLACE_ORDERS_PG, values)).scalars())
 
 
 async def load_order(

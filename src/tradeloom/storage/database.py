@@ -131,6 +131,20 @@ class Database:
                 yield conn
 
     @contextlib.asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[AsyncConnection]:
+        """A write whose block sends one statement on PostgreSQL: there the connection is in
+        autocommit, so that statement is its own transaction (atomic, one round trip, no
+        BEGIN or COMMIT, and row locks held only while it runs). On SQLite it is
+        :meth:`transaction`, so a block that needs several statements there (SQLite has no
+        data-modifying CTEs to combine them) still commits them together."""
+        if self._reads is None:
+            async with self.transaction() as conn:
+                yield conn
+            return
+        async with self._reads.connect() as conn:
+            yield conn
+
+    @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads. On PostgreSQL it is in autocommit: each statement is its
         own transaction (one round trip, no BEGIN or ROLLBACK), which READ COMMITTED gives a

@@ -56,24 +56,30 @@ RELAY_LOCK_ID = 0x7472_6C6D_0002
 _KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
 
 
-# The function scan takes the array's elements in order, so the locks are taken in it.
-_LOCK_KEYS = text(
-    "SELECT pg_advisory_xact_lock(:lock_class, k) FROM unnest(CAST(:lock_ids AS integer[])) AS k"
-)
-
-
 # PostgreSQL: the rows as arrays in one statement of one text whatever their number (an
 # executemany sends a differently sized VALUES list per batch, each prepared anew). The
 # identity column draws its numbers as the rows arrive at the insert, and ORDER BY the
 # ordinality makes them arrive in the order of the arrays: sequence order is the caller's.
-_INSERT_ROWS_PG = text(
+# PG_INSERT_FROM_ARRAYS is that insert before its ORDER BY, for a statement that inserts a
+# subset of the rows (a WHERE over ``r``) together with other writes: see
+# :meth:`Outbox.pg_parameters`.
+PG_INSERT_FROM_ARRAYS = (
     'INSERT INTO outbox (event_id, topic, "key", event_type, payload, created_at)'
     ' SELECT r.event_id, r.topic, r."key", r.event_type, r.payload,'
-    " CAST(:created_at AS timestamptz) FROM unnest(CAST(:event_id AS varchar[]),"
+    " CAST(:outbox_created_at AS timestamptz) FROM unnest(CAST(:event_id AS varchar[]),"
     " CAST(:topic AS varchar[]), CAST(:key AS varchar[]), CAST(:event_type AS varchar[]),"
     " CAST(:payload AS bytea[])) WITH ORDINALITY"
-    ' AS r(event_id, topic, "key", event_type, payload, n) ORDER BY r.n'
-).bindparams(bindparam("created_at", type_=UtcDateTime()))
+    ' AS r(event_id, topic, "key", event_type, payload, n)'
+)
+# The per-key locks of PostgreSQL rows (see the module doc): PG_KEY_LOCK over the rows of
+# PG_KEY_LOCK_IDS takes one lock a row, in the array's order (ascending; a function scan
+# keeps it).
+PG_KEY_LOCK = "pg_advisory_xact_lock(CAST(:lock_class AS integer), k)"
+PG_KEY_LOCK_IDS = "unnest(CAST(:lock_ids AS integer[])) AS k"
+_LOCK_KEYS = text(f"SELECT {PG_KEY_LOCK} FROM {PG_KEY_LOCK_IDS}")
+_INSERT_ROWS_PG = text(f"{PG_INSERT_FROM_ARRAYS} ORDER BY r.n").bindparams(
+    bindparam("outbox_created_at", type_=UtcDateTime())
+)
 
 
 # The relay's statements are built once with bound parameters and reused: building one and
@@ -126,24 +132,14 @@ class Outbox:
         items = list(items)
         if not items:
             return
-        now = self._clock.now()
         if conn.dialect.name == "postgresql":
             # Every key's lock in one round trip, in ascending order, so two transactions
-            # locking the same keys cannot deadlock each other.
-            lock_ids = sorted({_key_lock_id(key) for _, key, _ in items})
-            await conn.execute(_LOCK_KEYS, {"lock_class": _KEY_LOCK_CLASS, "lock_ids": lock_ids})
-            await conn.execute(
-                _INSERT_ROWS_PG,
-                {
-                    "event_id": [event.id for _, _, event in items],
-                    "topic": [topic for topic, _, _ in items],
-                    "key": [key for _, key, _ in items],
-                    "event_type": [event.type for _, _, event in items],
-                    "payload": [encode_event(event) for _, _, event in items],
-                    "created_at": now,
-                },
-            )
+            # locking the same keys cannot deadlock each other; then the rows.
+            values = self.pg_parameters(items)
+            await conn.execute(_LOCK_KEYS, values)
+            await conn.execute(_INSERT_ROWS_PG, values)
             return
+        now = self._clock.now()
         rows = [
             {
                 "event_id": event.id,
@@ -156,6 +152,22 @@ class Outbox:
             for topic, key, event in items
         ]
         await conn.execute(_INSERT_ROWS, rows)
+
+    def pg_parameters(self, items: Sequence[tuple[str, str, Event]]) -> dict[str, object]:
+        """``(topic, key, event)`` triples as the parameters of :data:`PG_INSERT_FROM_ARRAYS`
+        (its rows get sequence numbers in this order) and of :data:`PG_KEY_LOCK` (a lock
+        per key, ascending). A statement writing outbox rows must take those locks before
+        it inserts them (see the module doc)."""
+        return {
+            "event_id": [event.id for _, _, event in items],
+            "topic": [topic for topic, _, _ in items],
+            "key": [key for _, key, _ in items],
+            "event_type": [event.type for _, _, event in items],
+            "payload": [encode_event(event) for _, _, event in items],
+            "outbox_created_at": self._clock.now(),
+            "lock_class": _KEY_LOCK_CLASS,
+            "lock_ids": sorted({_key_lock_id(key) for _, key, _ in items}),
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,16 @@ class CountingDatabase(Database):
         async with super().transaction() as conn:
             yield conn
 
+    @contextlib.asynccontextmanager
+    async def single_statement(self) -> AsyncIterator[AsyncConnection]:
+        # On SQLite the base class runs it as transaction(), which counts it already.
+        if self.dialect == "postgresql":
+            self.transactions += 1
+            if self._door is not None:
+                await self._door.wait()
+        async with super().single_statement() as conn:
+            yield conn
+
 
 class RecordingRisk:
     """A pre-trade risk port that keeps one reservation per accepted order id and refuses the
