@@ -2,9 +2,12 @@
 
 A durable commit costs the same for one order as for five hundred, so :class:`PlacementWriter`
 writes every order handed to it while the previous transaction was in flight in the NEXT
-single transaction: one statement inserts the orders (a taken client order id is skipped),
-one ``add_many`` records the ``order.submitted`` events of those inserted, one commit, one
-notify of the relay. Nothing waits on purpose (no linger): a lone order is written at once,
+single transaction: the orders are inserted (a taken client order id is skipped) and the
+``order.submitted`` events of those inserted recorded in the outbox, then one notify of the
+relay. On PostgreSQL that transaction is ONE statement in autocommit
+(:func:`~tradeloom.oms.repository.place_orders`): one round trip, where BEGIN, the orders,
+the outbox key locks, the events and COMMIT took five, each of which the next batch waited
+behind. Nothing waits on purpose (no linger): a lone order is written at once,
 and batches grow only as far as the database is slower than the callers (up to
 ``max_batch``).
 

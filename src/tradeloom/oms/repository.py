@@ -67,13 +67,16 @@ _INSERT_ORDERS_PG = text(_INSERT_ORDERS_PG_SQL)
 # autocommit is its own transaction: one round trip where BEGIN, the orders, the key locks,
 # the events and COMMIT took five, and the outbox key locks are held only while it runs.
 # Data-modifying CTEs run in an order their reads impose, and this one is spelled out:
-# ``locked`` waits for every row of ``placed`` (its gate counts them) before it takes the
-# outbox key locks, and ``written`` waits for ``locked`` (its gate) before it draws a
-# sequence number. So, as in a transaction of separate statements, the orders' unique index
-# is settled before any key lock is asked for (two batches racing over one client order id
-# cannot deadlock through the locks), and no outbox row of a key is numbered before its lock
-# is held. The events come with the id of their order (``event_order_id``); only those whose
-# order was inserted are written, in the order given.
+# ``locked`` waits for every row of ``placed`` (its gate counts them; PostgreSQL also runs
+# ``written``, referenced by no one, only after the main SELECT read all of ``placed``)
+# before it takes the outbox key locks, and ``written`` waits for ``locked`` (its gate, a
+# one-time filter under the sort) before it draws a sequence number. That gate is also the
+# only reference to ``locked``: without it the locks would silently not be taken (a test
+# holds a key lock to pin this). So, as in a transaction of separate statements, the orders'
+# unique index is settled before any key lock is asked for (two batches racing over one
+# client order id cannot deadlock through the locks), and no outbox row of a key is numbered
+# before its lock is held. The events come with the id of their order (``event_order_id``);
+# only those whose order was inserted are written, in the order given.
 _PLACE_ORDERS_PG = text(
     f"WITH placed AS ({_INSERT_ORDERS_PG_SQL}),"
     f" locked AS (SELECT count({PG_KEY_LOCK}) AS n FROM {PG_KEY_LOCK_IDS}"
@@ -180,8 +183,11 @@ async def place_orders(
     ordered = sorted(new_orders, key=lambda o: (o.account_id, o.client_order_id))
     rows = [_new_row(order) for order in ordered]
     values: dict[str, object] = {name: [row[name] for row in rows] for name in rows[0]}
-    values.update(outbox.pg_parameters(events))
-    values["event_order_id"] = [order.order_id for order in new_orders]
+    recorded = outbox.pg_parameters(events)
+    recorded["event_order_id"] = [order.order_id for order in new_orders]
+    if not values.keys().isdisjoint(recorded):  # a rename in one would silently clobber
+        raise AssertionError(f"parameters of both parts: {values.keys() & recorded.keys()}")
+    values.update(recorded)
     return set((await conn.execute(_PLACE_ORDERS_PG, values)).scalars())
 
 

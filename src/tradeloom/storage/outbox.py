@@ -2,7 +2,10 @@
 publishes them afterwards.
 
 Writers call :meth:`Outbox.add` inside their own ``Database.transaction()``, so an order row
-and its ``order.submitted`` event commit together or not at all (no dual write). After the
+and its ``order.submitted`` event commit together or not at all (no dual write); or, on
+PostgreSQL, write state and events in one statement built from :data:`PG_INSERT_FROM_ARRAYS`
+and :data:`PG_KEY_LOCK` (the OMS's placements do), which must hold every key lock before it
+numbers a row (see ordering below). After the
 commit they call :meth:`OutboxRelay.notify` so the relay publishes at once; if they crash
 first, the relay finds the rows at its next start or poll. Nothing is lost between commit and
 publish.
@@ -53,7 +56,7 @@ log = structlog.get_logger("tradeloom.storage.outbox")
 
 # Advisory lock names. The one-key (bigint) and two-key (int, int) spaces do not overlap.
 RELAY_LOCK_ID = 0x7472_6C6D_0002
-_KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
+KEY_LOCK_CLASS = 0x7472_6C6D  # "trlm"
 
 
 # PostgreSQL: the rows as arrays in one statement of one text whatever their number (an
@@ -108,7 +111,7 @@ _TAKE_RELAY_LOCK = select(func.pg_advisory_lock(RELAY_LOCK_ID))
 _RELEASE_RELAY_LOCK = select(func.pg_advisory_unlock(RELAY_LOCK_ID))
 
 
-def _key_lock_id(key: str) -> int:
+def key_lock_id(key: str) -> int:
     """A stable signed 32-bit number for ``key``; a collision only serialises two keys."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), signed=True)
 
@@ -165,8 +168,8 @@ class Outbox:
             "event_type": [event.type for _, _, event in items],
             "payload": [encode_event(event) for _, _, event in items],
             "outbox_created_at": self._clock.now(),
-            "lock_class": _KEY_LOCK_CLASS,
-            "lock_ids": sorted({_key_lock_id(key) for _, key, _ in items}),
+            "lock_class": KEY_LOCK_CLASS,
+            "lock_ids": sorted({key_lock_id(key) for _, key, _ in items}),
         }
 
 
