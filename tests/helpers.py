@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
+
+from sqlalchemy import event
+
+from tradeloom.storage.database import Database
 
 T = TypeVar("T")
 
@@ -43,3 +48,19 @@ async def eventually_equals(
                 f"expected {expected!r}, still {value!r} after {within:.1f}s{waited}"
             )
         await asyncio.sleep(0.005)
+
+
+@contextlib.contextmanager
+def statements_of(database: Database) -> Iterator[list[str]]:
+    """Record the SQL text of every statement sent while the block runs (SQLite's BEGIN
+    included: the driver sends it as a statement)."""
+    seen: list[str] = []
+
+    def record(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", record)

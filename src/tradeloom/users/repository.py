@@ -4,6 +4,8 @@ Guarantees: a username is taken once (the primary key decides, even when two cre
 SQLite and PostgreSQL alike: the loser gets :class:`DuplicateUser` and nothing is written);
 only a password *hash* is ever stored; ``created_at`` is UTC from the injected clock. Callers
 pass usernames already normalized (:func:`~tradeloom.users.model.normalize_username`).
+Disabling or deleting a user changes the :class:`CredentialsVersion` (when given) before and
+after the commit, so no process goes on trusting a remembered token of that user.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from tradeloom.domain.time import Clock, SystemClock
 from tradeloom.storage.database import Database
 from tradeloom.storage.schema import users
+from tradeloom.users.credentials_version import CredentialsVersion
 from tradeloom.users.model import DuplicateUser, Role, User, UserNotFound
 
 
@@ -30,9 +33,16 @@ def user_from_row(row: Any) -> User:
 
 
 class UserRepository:
-    def __init__(self, database: Database, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        clock: Clock | None = None,
+        *,
+        version: CredentialsVersion | None = None,
+    ) -> None:
         self._database = database
         self._clock = clock or SystemClock()
+        self._version = version
 
     async def create(self, username: str, password_hash: str, role: Role) -> User:
         user = User(username=username, role=role, created_at=self._clock.now())
@@ -71,12 +81,22 @@ class UserRepository:
         await self._update(username, password_hash=password_hash)
 
     async def set_disabled(self, username: str, disabled: bool) -> None:
+        await self._credentials_changing()
         await self._update(username, disabled=disabled)
+        await self._credentials_changing()
 
     async def delete(self, username: str) -> None:
         """Remove a user (and, by cascade, their API tokens); accounts are not touched."""
+        await self._credentials_changing()
         async with self._database.transaction() as conn:
             await conn.execute(delete(users).where(users.c.username == username))
+        await self._credentials_changing()
+
+    async def _credentials_changing(self) -> None:
+        """Before the commit (a failure: nothing changed) and after it (what a request racing
+        the commit remembered is dropped)."""
+        if self._version is not None:
+            await self._version.changed()
 
     async def _update(self, username: str, **values: Any) -> None:
         async with self._database.transaction() as conn:

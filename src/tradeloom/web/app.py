@@ -22,6 +22,7 @@ from tradeloom.config import Settings
 from tradeloom.market_data.observers import price_channel
 from tradeloom.observability.gc_pauses import GcPauses
 from tradeloom.positions.queries import PositionQueries
+from tradeloom.users.credentials_version import CredentialsVersion
 from tradeloom.users.passwords import Passwords
 from tradeloom.users.repository import UserRepository
 from tradeloom.users.service import UserService
@@ -63,7 +64,8 @@ def build_web_services(
     """The API's services on the platform's database, cache and clock; what is not given
     comes from the platform's settings."""
     settings = platform.settings
-    users = UserRepository(platform.database, platform.clock)
+    version = CredentialsVersion(platform.cache)
+    users = UserRepository(platform.database, platform.clock, version=version)
     return WebServices(
         users=UserService(users, passwords or build_passwords(settings), platform.accounts),
         sessions=SessionStore(
@@ -72,7 +74,7 @@ def build_web_services(
             ttl=session_ttl or settings.session_ttl,
             max_lifetime=session_max_lifetime or settings.session_max_lifetime,
         ),
-        tokens=ApiTokens(platform.database, platform.clock),
+        tokens=ApiTokens(platform.database, platform.clock, version=version),
         rate_limiter=RateLimiter(platform.cache, rate_limits or rate_limits_of(settings)),
         limits=platform.limits,
         accounts=platform.accounts,

@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.helpers import eventually
+from tests.helpers import eventually, statements_of
 from tradeloom.accounts.repository import AccountRepository
 from tradeloom.domain.commands import PlaceOrder
 from tradeloom.domain.events import Event, OrderSubmitted, decode_event, new_event
@@ -218,21 +218,6 @@ async def write_all(writer: PlacementWriter, batch: list[Order]) -> list[BaseExc
     return await asyncio.gather(
         *(writer.write(order, submitted(order)) for order in batch), return_exceptions=True
     )
-
-
-@contextlib.contextmanager
-def statements_of(database: Database) -> Iterator[list[str]]:
-    """Record the SQL text of every statement sent while the block runs."""
-    seen: list[str] = []
-
-    def record(*args: object) -> None:
-        seen.append(str(args[2]))
-
-    event.listen(database.engine.sync_engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(database.engine.sync_engine, "before_cursor_execute", record)
 
 
 # --- scenarios ----------------------------------------------------------------------------

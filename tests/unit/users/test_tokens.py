@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
+from tests.helpers import statements_of
+from tests.unit.web.world import FailingCache
+from tradeloom.cache.memory import MemoryCache
+from tradeloom.cache.port import Cache
+from tradeloom.domain.time import ManualClock
+from tradeloom.storage.database import Database
+from tradeloom.users.credentials_version import KEY, CredentialsVersion
 from tradeloom.users.model import TokenLimitReached, TokenNotFound
 from tradeloom.users.repository import UserRepository
 from tradeloom.users.service import UserService
-from tradeloom.users.tokens import TOKEN_PREFIX, ApiTokens
+from tradeloom.users.tokens import TOKEN_PREFIX, ApiTokens, IssuedToken
 
 PASSWORD = "correct horse battery"
 
@@ -75,3 +84,147 @@ async def test_tokens_of_a_disabled_or_deleted_user_authenticate_nobody(
     assert await tokens.authenticate(issued.token) is None
     await repository.delete(name)
     assert await tokens.list_for(name) == []
+
+
+# --- remembered tokens (a process's memory of what a token authenticates) -----------------
+
+
+class Seconds:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def cache() -> FailingCache:
+    return FailingCache(MemoryCache())
+
+
+@pytest.fixture
+def seconds() -> Seconds:
+    return Seconds()
+
+
+def process(database: Database, cache: Cache, seconds: Seconds) -> ApiTokens:
+    """The token store of one web process; processes share the database and the cache."""
+    return ApiTokens(database, version=CredentialsVersion(cache), remember_for=30.0, timer=seconds)
+
+
+@dataclass
+class Held:
+    tokens: ApiTokens  # of the process that remembers the token
+    issued: IssuedToken
+
+
+@pytest.fixture
+async def held(
+    users: UserService, database: Database, cache: FailingCache, seconds: Seconds, name: str
+) -> Held:
+    """A user's token, authenticated once by a process that now remembers it."""
+    await users.register(name, PASSWORD)
+    tokens = process(database, cache, seconds)
+    issued = await tokens.issue(name, "bot")
+    assert await tokens.authenticate(issued.token) is not None
+    return Held(tokens, issued)
+
+
+def queries(sent: list[str]) -> list[str]:
+    return [s for s in sent if not s.startswith("BEGIN")]  # SQLite sends its BEGIN too
+
+
+async def test_a_remembered_token_is_not_read_from_the_database_again(
+    held: Held, database: Database, name: str
+) -> None:
+    with statements_of(database) as sent:
+        again = await held.tokens.authenticate(held.issued.token)
+    assert queries(sent) == []
+    assert again is not None
+    assert (again[0].username, again[1]) == (name, held.issued.info.token_id)
+
+
+async def test_a_token_revoked_in_one_process_authenticates_nobody_in_another_at_once(
+    users: UserService, database: Database, cache: FailingCache, seconds: Seconds, name: str
+) -> None:
+    await users.register(name, PASSWORD)
+    here, there = process(database, cache, seconds), process(database, cache, seconds)
+    issued = await here.issue(name, "bot")
+    kept = await here.issue(name, "kept")
+    assert await here.authenticate(issued.token) is not None  # remembered here
+    assert await here.authenticate(kept.token) is not None
+    await there.revoke(name, issued.info.token_id)
+    assert await here.authenticate(issued.token) is None
+    assert await here.authenticate(kept.token) is not None
+
+
+async def test_a_user_disabled_in_one_process_is_refused_in_another_at_once(
+    held: Held, database: Database, cache: FailingCache, clock: ManualClock, name: str
+) -> None:
+    here, issued = held.tokens, held.issued
+    there = UserRepository(database, clock, version=CredentialsVersion(cache))
+    await there.set_disabled(name, True)
+    assert await here.authenticate(issued.token) is None
+    await there.set_disabled(name, False)
+    assert await here.authenticate(issued.token) is not None
+    await there.delete(name)
+    assert await here.authenticate(issued.token) is None
+
+
+async def test_a_cache_that_lost_the_version_trusts_nothing_remembered(
+    held: Held, database: Database, cache: FailingCache, name: str
+) -> None:
+    """Redis restarted (it keeps nothing): a fresh random version, so every token is read
+    again, and a user disabled behind the platform's back meanwhile is refused."""
+    tokens, issued = held.tokens, held.issued
+    await UserRepository(database).set_disabled(name, True)  # no version: behind our back
+    await cache.delete(KEY)
+    assert await tokens.authenticate(issued.token) is None
+
+
+async def test_a_token_is_remembered_for_a_bounded_time(
+    held: Held, database: Database, seconds: Seconds, name: str
+) -> None:
+    tokens, issued = held.tokens, held.issued
+    await UserRepository(database).set_disabled(name, True)  # no version: behind our back
+    seconds.now += 29.0
+    assert await tokens.authenticate(issued.token) is not None  # still remembered
+    seconds.now += 1.0
+    assert await tokens.authenticate(issued.token) is None
+
+
+async def test_an_unreadable_cache_means_the_database_is_asked_every_time(
+    held: Held, database: Database, cache: FailingCache, name: str
+) -> None:
+    tokens, issued = held.tokens, held.issued
+    cache.down = True
+    with statements_of(database) as sent:
+        assert await tokens.authenticate(issued.token) is not None
+    assert len(queries(sent)) == 1
+    await UserRepository(database).set_disabled(name, True)
+    assert await tokens.authenticate(issued.token) is None
+
+
+async def test_a_revoke_while_the_cache_is_unreachable_revokes_nothing(
+    users: UserService, database: Database, cache: FailingCache, seconds: Seconds, name: str
+) -> None:
+    """Other processes could not be told, so the change is refused, not half made."""
+    await users.register(name, PASSWORD)
+    tokens = process(database, cache, seconds)
+    issued = await tokens.issue(name, "bot")
+    cache.down = True
+    with pytest.raises(ConnectionError):
+        await tokens.revoke(name, issued.info.token_id)
+    cache.down = False
+    assert [t.token_id for t in await tokens.list_for(name)] == [issued.info.token_id]
+
+
+async def test_unknown_tokens_are_never_remembered(
+    users: UserService, database: Database, cache: FailingCache, seconds: Seconds, name: str
+) -> None:
+    await users.register(name, PASSWORD)
+    tokens = process(database, cache, seconds)
+    for _ in range(2):
+        with statements_of(database) as sent:
+            assert await tokens.authenticate(f"{TOKEN_PREFIX}nobody") is None
+        assert len(queries(sent)) == 1

@@ -18,6 +18,7 @@ from tradeloom.cache.port import Cache
 from tradeloom.domain.time import Clock, ManualClock
 from tradeloom.risk.limits import LimitsStore
 from tradeloom.storage.database import Database
+from tradeloom.users.credentials_version import CredentialsVersion
 from tradeloom.users.model import Role
 from tradeloom.users.passwords import CHEAP_PARAMETERS, Passwords
 from tradeloom.users.repository import UserRepository
@@ -76,10 +77,13 @@ def make_services(
     session_max_lifetime: float = 24 * 3600.0,
 ) -> WebServices:
     accounts = AccountRepository(database, clock)
+    version = CredentialsVersion(cache)
     return WebServices(
-        users=UserService(UserRepository(database, clock), Passwords(CHEAP_PARAMETERS), accounts),
+        users=UserService(
+            UserRepository(database, clock, version=version), Passwords(CHEAP_PARAMETERS), accounts
+        ),
         sessions=SessionStore(cache, clock, ttl=session_ttl, max_lifetime=session_max_lifetime),
-        tokens=ApiTokens(database, clock),
+        tokens=ApiTokens(database, clock, version=version),
         rate_limiter=RateLimiter(cache, {**GENEROUS, **(rate_limits or {})}),
         limits=LimitsStore(cache),
         accounts=accounts,
