@@ -19,7 +19,12 @@ call :meth:`CredentialsVersion.changed` before and after they commit):
 * **Nothing is trusted blindly**: a cache that cannot be read gives no version (None), and a
   caller then reads the database; an entry is also forgotten after ``remember_for`` seconds
   (see :class:`~tradeloom.users.tokens.ApiTokens`), which bounds what a change made behind
-  the platform's back (an edit in the database itself) or a failed second write can leave.
+  the platform's back (an edit in the database itself) can leave.
+* **A security change is never refused for want of the cache.** Revoking a token or
+  disabling a user must work during a cache outage, so a failed version change is logged (an
+  error) and the change goes ahead. Every process that cannot read the cache asks the
+  database anyway; only one that can (a partition) and holds an entry remembered before the
+  change trusts it, for at most ``remember_for``.
 """
 
 from __future__ import annotations
@@ -54,7 +59,12 @@ class CredentialsVersion:
             log.warning("auth.credentials_version_unreadable", error=repr(exc))
             return None
 
-    async def changed(self) -> None:
-        """A credential changed (or is about to): replace the version. Raises what the cache
-        raised; a caller about to change a credential must then not change it."""
-        await self._cache.set(KEY, secrets.token_hex(16).encode())
+    async def changed(self) -> bool:
+        """A credential changed (or is about to): replace the version. Never raises: False
+        (and an error logged) when the cache could not be written; see the module doc."""
+        try:
+            await self._cache.set(KEY, secrets.token_hex(16).encode())
+        except Exception as exc:
+            log.error("auth.credentials_version_not_changed", error=repr(exc))
+            return False
+        return True

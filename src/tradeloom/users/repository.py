@@ -5,7 +5,8 @@ SQLite and PostgreSQL alike: the loser gets :class:`DuplicateUser` and nothing i
 only a password *hash* is ever stored; ``created_at`` is UTC from the injected clock. Callers
 pass usernames already normalized (:func:`~tradeloom.users.model.normalize_username`).
 Disabling or deleting a user changes the :class:`CredentialsVersion` (when given) before and
-after the commit, so no process goes on trusting a remembered token of that user.
+after the commit, so no process goes on trusting a remembered token of that user (within the
+bounds that module states for a cache outage).
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ class UserRepository:
         await self._credentials_changing()
 
     async def _credentials_changing(self) -> None:
-        """Before the commit (a failure: nothing changed) and after it (what a request racing
-        the commit remembered is dropped)."""
+        """Before the commit and after it (what a request racing the commit remembered is
+        dropped); never raises (see :mod:`~tradeloom.users.credentials_version`)."""
         if self._version is not None:
             await self._version.changed()
 

@@ -169,7 +169,7 @@ class ApiTokens:
             api_tokens.c.token_id == token_id, api_tokens.c.username == username
         )
         if self._version is not None:
-            await self._version.changed()  # raises: nothing revoked
+            await self._version.changed()
         async with self._database.transaction() as conn:
             result = await conn.execute(statement)
         if self._version is not None:

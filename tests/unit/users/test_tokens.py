@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.helpers import statements_of
 from tests.unit.web.world import FailingCache
+from tradeloom.accounts.repository import AccountRepository
 from tradeloom.cache.memory import MemoryCache
 from tradeloom.cache.port import Cache
+from tradeloom.domain.accounts import DuplicateAccount
 from tradeloom.domain.time import ManualClock
 from tradeloom.storage.database import Database
 from tradeloom.users.credentials_version import KEY, CredentialsVersion
 from tradeloom.users.model import TokenLimitReached, TokenNotFound
+from tradeloom.users.passwords import CHEAP_PARAMETERS, Passwords
 from tradeloom.users.repository import UserRepository
 from tradeloom.users.service import UserService
 from tradeloom.users.tokens import TOKEN_PREFIX, ApiTokens, IssuedToken
@@ -171,6 +177,94 @@ async def test_a_user_disabled_in_one_process_is_refused_in_another_at_once(
     assert await here.authenticate(issued.token) is None
 
 
+class Interleaved(Database):
+    """Runs ``after_read`` once right after a read's connection is given back, and
+    ``before_commit`` once inside a write transaction, after its statements and before its
+    commit: the two moments where another process's request or change can slip in."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.after_read: Callable[[], Awaitable[object]] | None = None
+        self.before_commit: Callable[[], Awaitable[object]] | None = None
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        async with super().connect() as conn:
+            yield conn
+        hook, self.after_read = self.after_read, None
+        if hook is not None:
+            await hook()
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with super().transaction() as conn:
+            yield conn
+            hook, self.before_commit = self.before_commit, None
+            if hook is not None:
+                await hook()
+
+
+@pytest.fixture
+async def interleaved(database: Database) -> AsyncIterator[Interleaved]:
+    made = Interleaved(database.url)
+    yield made
+    await made.dispose()
+
+
+async def test_a_request_racing_a_revoke_is_not_trusted_after_it(
+    users: UserService, interleaved: Interleaved, cache: FailingCache, seconds: Seconds, name: str
+) -> None:
+    """A request of another process reads the token while the revoke is not committed yet:
+    it is answered as before the revoke, and the next request is refused."""
+    await users.register(name, PASSWORD)
+    here, there = process(interleaved, cache, seconds), process(interleaved, cache, seconds)
+    issued = await there.issue(name, "bot")
+
+    async def racing_request() -> None:
+        assert await here.authenticate(issued.token) is not None
+
+    interleaved.before_commit = racing_request
+    await there.revoke(name, issued.info.token_id)
+    assert interleaved.before_commit is None  # the race did happen
+    assert await here.authenticate(issued.token) is None
+
+
+async def test_a_request_that_read_the_database_before_a_revoke_is_not_trusted_after_it(
+    users: UserService, interleaved: Interleaved, cache: FailingCache, seconds: Seconds, name: str
+) -> None:
+    """The whole revoke runs between a request's database read and its remembering."""
+    await users.register(name, PASSWORD)
+    here, there = process(interleaved, cache, seconds), process(interleaved, cache, seconds)
+    issued = await there.issue(name, "bot")
+    interleaved.after_read = lambda: there.revoke(name, issued.info.token_id)
+    assert await here.authenticate(issued.token) is not None  # read before the revoke
+    assert interleaved.after_read is None
+    assert await here.authenticate(issued.token) is None
+
+
+async def test_a_request_racing_a_disable_is_not_trusted_after_it(
+    users: UserService,
+    interleaved: Interleaved,
+    cache: FailingCache,
+    seconds: Seconds,
+    clock: ManualClock,
+    name: str,
+) -> None:
+    await users.register(name, PASSWORD)
+    here = process(interleaved, cache, seconds)
+    issued = await here.issue(name, "bot")
+
+    async def racing_request() -> None:
+        assert await here.authenticate(issued.token) is not None
+
+    interleaved.before_commit = racing_request
+    await UserRepository(interleaved, clock, version=CredentialsVersion(cache)).set_disabled(
+        name, True
+    )
+    assert interleaved.before_commit is None
+    assert await here.authenticate(issued.token) is None
+
+
 async def test_a_cache_that_lost_the_version_trusts_nothing_remembered(
     held: Held, database: Database, cache: FailingCache, name: str
 ) -> None:
@@ -205,18 +299,32 @@ async def test_an_unreadable_cache_means_the_database_is_asked_every_time(
     assert await tokens.authenticate(issued.token) is None
 
 
-async def test_a_revoke_while_the_cache_is_unreachable_revokes_nothing(
-    users: UserService, database: Database, cache: FailingCache, seconds: Seconds, name: str
+async def test_security_changes_go_ahead_while_the_cache_is_unreachable(
+    users: UserService,
+    accounts: AccountRepository,
+    database: Database,
+    cache: FailingCache,
+    seconds: Seconds,
+    clock: ManualClock,
+    name: str,
 ) -> None:
-    """Other processes could not be told, so the change is refused, not half made."""
+    """A revoke or a disable is never refused for want of the cache (every process that
+    cannot read it asks the database), and a failed registration still leaves nothing."""
     await users.register(name, PASSWORD)
     tokens = process(database, cache, seconds)
-    issued = await tokens.issue(name, "bot")
+    revoked, kept = await tokens.issue(name, "revoked"), await tokens.issue(name, "kept")
+    repository = UserRepository(database, clock, version=CredentialsVersion(cache))
     cache.down = True
-    with pytest.raises(ConnectionError):
-        await tokens.revoke(name, issued.info.token_id)
-    cache.down = False
-    assert [t.token_id for t in await tokens.list_for(name)] == [issued.info.token_id]
+    await tokens.revoke(name, revoked.info.token_id)
+    assert await tokens.authenticate(revoked.token) is None
+    await repository.set_disabled(name, True)
+    assert await tokens.authenticate(kept.token) is None
+
+    registering = UserService(repository, Passwords(CHEAP_PARAMETERS), accounts)
+    taken = await accounts.create(f"ACC-{name}-taken", name, 1)
+    with pytest.raises(DuplicateAccount):  # the account fails, so the user is deleted again
+        await registering.register(f"{name}-b", PASSWORD, account_id=taken.account_id)
+    assert await repository.get(f"{name}-b") is None
 
 
 async def test_unknown_tokens_are_never_remembered(
