@@ -9,12 +9,13 @@ pass asks the broker for its open orders, then, for every open row the broker do
   the send timed out and never arrived, or its acknowledgement was lost in a crash: either way
   the broker does not work it now);
 * acknowledged → ``order.canceled``: the venue forgot it (the paper venue lives in the worker
-  process and restarts empty). That verdict is right for a venue that forgets, and wrong for
-  a live broker: an order it filled while this process was down is no longer open there
-  either, and its fills, lost with the process, would be announced as a cancel. Before a live
-  adapter is used, the adapter must answer for such an order its final state and fills (one
-  query per order missing from the open list), and the pass must record those as reports
-  (idempotent by fill id) instead of the cancel.
+  process and restarts empty). For a live broker the verdict is right only if the adapter
+  first reports what it missed: an order filled while this process was down is no longer
+  open there either. So a live adapter must, on connecting, report the executions since the
+  last one recorded (as a FIX session's resend or a broker's executions query gives them)
+  BEFORE it answers the open-orders query; the pass then waits for those reports (below),
+  they close the order's row, and it is not judged. Without that, such fills would be
+  announced as a cancel.
 
 An order the broker has is left alone. Those events release the order's risk reservation and
 end it in the OMS, the read model and the owner's stream like any other rejection or cancel.
