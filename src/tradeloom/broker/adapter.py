@@ -54,7 +54,11 @@ class BrokerAdapter(Protocol):
 
     def query_open_orders(self, on_answer: OpenOrdersCallback) -> None:
         """Ask which orders the broker still works; ``on_answer`` gets the :class:`OpenOrders`
-        later, from any thread (a real broker's query is a network round trip)."""
+        later, from any thread (a real broker's query is a network round trip). Every report
+        the adapter produced before it answers must have gone to the callbacks first; a live
+        adapter reports on connecting the executions it missed while disconnected, so an
+        order filled meanwhile is closed by its fills before reconciliation sees it missing
+        (see :mod:`tradeloom.execution.reconcile`)."""
         ...
 
     def on_price(self, update: PriceUpdate) -> None:
