@@ -5,10 +5,9 @@ Writers call :meth:`Outbox.add` inside their own ``Database.transaction()``, so 
 and its ``order.submitted`` event commit together or not at all (no dual write); or, on
 PostgreSQL, write state and events in one statement built from :data:`PG_INSERT_FROM_ARRAYS`
 and :data:`PG_KEY_LOCK` (the OMS's placements do), which must hold every key lock before it
-numbers a row (see ordering below). After the
-commit they call :meth:`OutboxRelay.notify` so the relay publishes at once; if they crash
-first, the relay finds the rows at its next start or poll. Nothing is lost between commit and
-publish.
+numbers a row (see **Order** below). After the commit they call :meth:`OutboxRelay.notify` so
+the relay publishes at once; if they crash first, the relay finds the rows at its next start
+or poll. Nothing is lost between commit and publish.
 
 Delivery is **at least once**: a row is marked published only after the bus acknowledged it,
 so a crash between publish and mark publishes it again with the same event id, and the bus's
