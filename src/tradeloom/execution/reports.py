@@ -62,6 +62,7 @@ from tradeloom.execution.store import (
     SentOrder,
     load_sent_orders,
     mark_orders,
+    record_batch_pg,
     record_report_ids,
 )
 from tradeloom.messaging.topics import DEAD_LETTER, ORDER_EVENTS
@@ -107,6 +108,55 @@ class ReportRecorder:
         if not reports:
             return
         now = self._clock.now()
+        if self._database.dialect == "postgresql":
+            outcome = await self._record_in_one_statement(reports, now)
+        else:
+            outcome = await self._record_in_transaction(reports, now)
+        self.recorded += len(outcome.items) - outcome.unknown
+        self.duplicates += outcome.duplicates
+        self.unknown += outcome.unknown
+        if outcome.items:
+            self._notify()
+
+    async def _record_in_one_statement(
+        self, reports: Sequence[BrokerReport], now: datetime
+    ) -> _Outcome:
+        """PostgreSQL: read the orders, then everything else in one statement (see
+        ``store.record_batch_pg``). The read needs no transaction of its own: an order's row
+        exists before its first report (the claim commits before the send), and what it says
+        of acknowledgement and end only spares marks the statement would not apply anyway."""
+        async with self._database.connect() as conn:
+            sent = await load_sent_orders(conn, {report.order_id for report in reports})
+        keys: dict[str, str] = {}
+        candidates: list[tuple[str | None, OutboxItem]] = []
+        parked = 0
+        repeated = 0  # a key seen earlier in this batch: never announced
+        marks = _Outcome()
+        for report in reports:
+            order = sent.get(report.order_id)
+            if order is None:
+                candidates.append((None, self._parked(report)))
+                parked += 1
+                continue
+            key = report_id(report)
+            first = key is None or key not in keys
+            if key is not None and first:
+                keys[key] = report.order_id
+            if first:
+                candidates.append((key, self._announced(report, order)))
+            else:
+                repeated += 1
+            marks.learn(order, report, first=first)
+        async with self._database.single_statement() as conn:
+            fresh = await record_batch_pg(conn, keys, marks.marks, candidates, self._outbox, now)
+        outcome = _Outcome(marks=marks.marks, unknown=parked)
+        outcome.items = [item for key, item in candidates if key is None or key in fresh]
+        outcome.duplicates = repeated + sum(1 for key, _ in candidates if key and key not in fresh)
+        return outcome
+
+    async def _record_in_transaction(
+        self, reports: Sequence[BrokerReport], now: datetime
+    ) -> _Outcome:
         async with self._database.transaction() as conn:
             sent = await load_sent_orders(conn, {report.order_id for report in reports})
             keys = {
@@ -130,11 +180,7 @@ class ReportRecorder:
                 outcome.learn(order, report, first=first)
             await mark_orders(conn, outcome.marks, now)
             await self._outbox.add_many(conn, outcome.items)
-        self.recorded += len(outcome.items) - outcome.unknown
-        self.duplicates += outcome.duplicates
-        self.unknown += outcome.unknown
-        if outcome.items:
-            self._notify()
+        return outcome
 
     def _announced(self, report: BrokerReport, sent: SentOrder) -> OutboxItem:
         return announcement(report, sent, self._clock.now())

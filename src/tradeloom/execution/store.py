@@ -19,8 +19,10 @@ from typing import Any
 from sqlalchemy import String, bindparam, delete, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from tradeloom.domain.events import Event
 from tradeloom.domain.orders import Side
 from tradeloom.storage.database import insert_if_absent
+from tradeloom.storage.outbox import PG_INSERT_FROM_ARRAYS, PG_KEY_LOCK, PG_KEY_LOCK_IDS, Outbox
 from tradeloom.storage.schema import UtcDateTime, broker_orders, broker_reports
 from tradeloom.storage.statements import ByDialect
 
@@ -72,26 +74,62 @@ _CLAIM_PG = text(
     " ON CONFLICT (order_id) DO NOTHING RETURNING order_id"
 )
 
-_RECORD_REPORTS_PG = text(
+_RECORD_REPORTS_PG_SQL = (
     "INSERT INTO broker_reports (report_id, order_id, received_at)"
     " SELECT r.*, CAST(:received_at AS timestamptz) FROM unnest("
-    "CAST(:report_id AS varchar[]), CAST(:order_id AS varchar[])) AS r"
+    "CAST(:report_id AS varchar[]), CAST(:report_order_id AS varchar[])) AS r"
     " ON CONFLICT (report_id) DO NOTHING RETURNING report_id"
 )
+_RECORD_REPORTS_PG = text(_RECORD_REPORTS_PG_SQL)
+
+
+def _mark_orders_pg(broker_id: str) -> str:
+    """The UPDATE of what batches learned of orders, ``broker_id`` choosing which broker
+    order id is kept (an SQL expression over the stored and the given one)."""
+    return (
+        f"UPDATE broker_orders SET broker_order_id = {broker_id},"
+        " acknowledged_at = COALESCE(broker_orders.acknowledged_at,"
+        " CASE WHEN v.acknowledged THEN CAST(:at AS timestamptz) END),"
+        " closed_as = COALESCE(broker_orders.closed_as, v.closed_as),"
+        " closed_at = COALESCE(broker_orders.closed_at,"
+        " CASE WHEN v.closed_as IS NOT NULL THEN CAST(:at AS timestamptz) END)"
+        " FROM unnest(CAST(:order_id AS varchar[]), CAST(:broker_order_id AS varchar[]),"
+        " CAST(:acknowledged AS boolean[]), CAST(:closed_as AS varchar[]))"
+        " AS v(order_id, broker_order_id, acknowledged, closed_as)"
+        " WHERE broker_orders.order_id = v.order_id"
+    )
+
 
 _MARK_ORDERS_PG = text(
-    "UPDATE broker_orders SET"
-    " broker_order_id = COALESCE(v.broker_order_id, broker_orders.broker_order_id),"
-    " acknowledged_at = COALESCE(broker_orders.acknowledged_at,"
-    " CASE WHEN v.acknowledged THEN CAST(:at AS timestamptz) END),"
-    " closed_as = COALESCE(broker_orders.closed_as, v.closed_as),"
-    " closed_at = COALESCE(broker_orders.closed_at,"
-    " CASE WHEN v.closed_as IS NOT NULL THEN CAST(:at AS timestamptz) END)"
-    " FROM unnest(CAST(:order_id AS varchar[]), CAST(:broker_order_id AS varchar[]),"
-    " CAST(:acknowledged AS boolean[]), CAST(:closed_as AS varchar[]))"
-    " AS v(order_id, broker_order_id, acknowledged, closed_as)"
-    " WHERE broker_orders.order_id = v.order_id"
+    _mark_orders_pg("COALESCE(v.broker_order_id, broker_orders.broker_order_id)")
 )
+
+# PostgreSQL: a batch of reports in ONE statement, which in autocommit is its own transaction
+# (one round trip where BEGIN, four statements and COMMIT took six): the reports' keys, the
+# marks of their orders, the outbox key locks, and the events of the reports that are new.
+# Its parts run in the order their reads impose (as ``oms.repository._PLACE_ORDERS_PG``,
+# whose comment says why), the order of the transaction it replaces: the keys (``fresh``),
+# then the orders' row locks (``marked``, gated on ``fresh``), then the key locks (``locked``,
+# gated on ``marked``), then the events (``written``, gated on ``locked``), numbered in the
+# order given. An event comes with the
+# key of its report (``event_report_id``), written only if that key is new, or with NULL
+# (a report that may repeat, a parked report): always written. The stored broker order id
+# wins, since the first acknowledgement's is the one kept and a repeat may come in the batch.
+_RECORD_BATCH_PG = text(
+    f"WITH fresh AS ({_RECORD_REPORTS_PG_SQL}),"
+    " marked AS ("
+    + _mark_orders_pg("COALESCE(broker_orders.broker_order_id, v.broker_order_id)")
+    + " AND (SELECT count(*) FROM fresh) >= 0 RETURNING 1),"
+    f" locked AS (SELECT count({PG_KEY_LOCK}) AS n FROM {PG_KEY_LOCK_IDS}"
+    " WHERE (SELECT count(*) FROM marked) >= 0),"
+    " wanted AS (SELECT w.event_id FROM unnest(CAST(:event_report_id AS varchar[]),"
+    " CAST(:event_id AS varchar[])) AS w(report_id, event_id)"
+    " WHERE w.report_id IS NULL OR w.report_id IN (SELECT report_id FROM fresh)),"
+    f" written AS ({PG_INSERT_FROM_ARRAYS}"
+    " WHERE r.event_id IN (SELECT event_id FROM wanted)"
+    " AND (SELECT n FROM locked) >= 0 ORDER BY r.n RETURNING 1)"
+    " SELECT report_id FROM fresh"
+).bindparams(bindparam("outbox_created_at", type_=UtcDateTime()))
 
 # The other statements are built once with bound parameters and reused too: building one and
 # deriving its cache key costs more here than PostgreSQL's part of running it (see
@@ -200,7 +238,7 @@ async def record_report_ids(
         return set()
     if conn.dialect.name == "postgresql":
         ordered = sorted(keys)
-        arrays = {"report_id": ordered, "order_id": [keys[key] for key in ordered]}
+        arrays = {"report_id": ordered, "report_order_id": [keys[key] for key in ordered]}
         result = await conn.execute(_RECORD_REPORTS_PG, {**arrays, "received_at": received_at})
         return set(result.scalars())
     fresh: set[str] = set()
@@ -218,13 +256,7 @@ async def mark_orders(conn: AsyncConnection, marks: Mapping[str, OrderMark], at:
         return
     ordered = sorted(marks)
     if conn.dialect.name == "postgresql":
-        arrays = {
-            "order_id": ordered,
-            "broker_order_id": [marks[key].broker_order_id for key in ordered],
-            "acknowledged": [marks[key].acknowledged for key in ordered],
-            "closed_as": [_value(marks[key].closed_as) for key in ordered],
-        }
-        await conn.execute(_MARK_ORDERS_PG, {**arrays, "at": at})
+        await conn.execute(_MARK_ORDERS_PG, {**_mark_arrays(marks), "at": at})
         return
     rows = [
         {
@@ -237,6 +269,44 @@ async def mark_orders(conn: AsyncConnection, marks: Mapping[str, OrderMark], at:
         for key in ordered
     ]
     await conn.execute(_MARK_ORDER_SQLITE, rows)
+
+
+async def record_batch_pg(
+    conn: AsyncConnection,
+    keys: Mapping[str, str],
+    marks: Mapping[str, OrderMark],
+    events: Sequence[tuple[str | None, tuple[str, str, Event]]],
+    outbox: Outbox,
+    at: datetime,
+) -> set[str]:
+    """PostgreSQL, on a connection in autocommit (``Database.single_statement``): in one
+    statement, record the ``report_id → order_id`` pairs not recorded yet, write ``marks``
+    (the stored broker order id kept), and put in ``outbox`` each ``(report key or None,
+    item)`` of ``events``, in order, whose key was new (None: always); return the new keys."""
+    ordered = sorted(keys)
+    values: dict[str, object] = {
+        "report_id": ordered,
+        "report_order_id": [keys[key] for key in ordered],
+        "received_at": at,
+        **_mark_arrays(marks),
+        "at": at,
+    }
+    recorded = outbox.pg_parameters([item for _, item in events])
+    recorded["event_report_id"] = [key for key, _ in events]
+    if not values.keys().isdisjoint(recorded):  # a rename in one would silently clobber
+        raise AssertionError(f"parameters of both parts: {values.keys() & recorded.keys()}")
+    values.update(recorded)
+    return set((await conn.execute(_RECORD_BATCH_PG, values)).scalars())
+
+
+def _mark_arrays(marks: Mapping[str, OrderMark]) -> dict[str, list[Any]]:
+    ordered = sorted(marks)  # rows locked in key order: overlapping batches never deadlock
+    return {
+        "order_id": ordered,
+        "broker_order_id": [marks[key].broker_order_id for key in ordered],
+        "acknowledged": [marks[key].acknowledged for key in ordered],
+        "closed_as": [_value(marks[key].closed_as) for key in ordered],
+    }
 
 
 def _value(closing: Closing | None) -> str | None:

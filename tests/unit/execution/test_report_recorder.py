@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,7 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from tests.helpers import statements_of
 from tradeloom.broker.reports import (
     BrokerAccepted,
     BrokerCanceled,
@@ -27,6 +30,7 @@ from tradeloom.broker.reports import (
 from tradeloom.domain.events import (
     AnyPayload,
     DeadLettered,
+    Event,
     OrderAccepted,
     OrderCancelRejected,
     OrderFilled,
@@ -268,15 +272,34 @@ async def test_a_report_for_an_order_never_sent_is_parked_in_dead_letter(desk: D
 
 
 async def test_a_failed_batch_records_nothing_and_can_be_recorded_again(desk: Desk) -> None:
+    """The events fail last (on PostgreSQL inside the one statement, after its keys and marks
+    were written): nothing of the batch stays, so it is recorded in full the second time."""
+
     class Refusing(Outbox):
         async def add_many(self, conn: object, items: object) -> None:
             raise ConnectionError("database went away")
 
+        def pg_parameters(self, items: Sequence[tuple[str, str, Event]]) -> dict[str, object]:
+            values = super().pg_parameters(items)
+            values["outbox_created_at"] = None  # NOT NULL: the database refuses the events
+            return values
+
     refusing = ReportRecorder(desk.database, Refusing(), ManualClock(NOW))
     batch: list[BrokerReport] = [desk.ack("o1"), desk.fill("o1", 1)]
-    with pytest.raises(ConnectionError):
+    with pytest.raises((ConnectionError, IntegrityError)):
         await refusing.record_many(batch)
     assert await desk.kinds() == []
+    async with desk.database.connect() as conn:
+        keys = (await conn.execute(select(broker_reports.c.report_id))).all()
+        marked = (
+            await conn.execute(
+                select(broker_orders.c.acknowledged_at).where(
+                    broker_orders.c.order_id == desk.order("o1")
+                )
+            )
+        ).scalar()
+    assert [key for (key,) in keys if desk.order("o1") in key] == []
+    assert marked is None
     await desk.recorder.record_many(batch)
     assert await desk.kinds() == ["OrderAccepted", "OrderFilled"]
 
@@ -352,3 +375,30 @@ def reports(desk: Desk, picks: list[tuple[str, str]]) -> list[BrokerReport]:
         else:
             out.append(desk.fill(f"never-{name}", 1))
     return out
+
+
+async def test_the_first_acknowledgements_broker_order_id_is_kept(desk: Desk) -> None:
+    """A repeated acknowledgement (the broker's, or ours after a crash) names no new broker
+    id, in the same batch or a later one."""
+    again = BrokerAccepted(
+        order_id=desk.order("o1"), account_id=desk.account, broker_order_id="B-other"
+    )
+    await desk.recorder.record_many([desk.ack("o1"), again])
+    await desk.recorder.record_many([again])
+    query = select(broker_orders.c.broker_order_id).where(
+        broker_orders.c.order_id == desk.order("o1")
+    )
+    async with desk.database.connect() as conn:
+        assert (await conn.execute(query)).scalar() == "B-o1"
+    assert await desk.kinds() == ["OrderAccepted"]
+    assert desk.recorder.duplicates == 2
+
+
+async def test_on_postgresql_a_batch_is_one_statement_after_one_read(desk: Desk) -> None:
+    if desk.database.dialect != "postgresql":
+        pytest.skip("SQLite records a batch in a transaction of several statements")
+    batch: list[BrokerReport] = [desk.ack("o1"), desk.fill("o1", 1), desk.ack("o2")]
+    with statements_of(desk.database) as sent:
+        await desk.recorder.record_many(batch)
+    assert [s.split()[0] for s in sent] == ["SELECT", "WITH"]
+    assert await desk.kinds() == ["OrderAccepted", "OrderFilled", "OrderAccepted"]
