@@ -4,7 +4,8 @@ The gateway hands reports here in batches (many accounts at once, each account's
 the broker's order). A batch is recorded and turned into its events in ONE transaction with
 the outbox, in a fixed number of statements whatever its size: one read of the orders, one
 insert of idempotency keys, one update of what was learned of the orders (broker order id,
-first acknowledgement, end), one outbox write. A fill is keyed
+first acknowledgement, end), one outbox write. On PostgreSQL everything after the read is
+one statement in autocommit (``store.record_batch_pg``). A fill is keyed
 by its fill id, an acknowledgement, rejection, cancel or expiry by order, so a report repeated
 by the broker (in the same batch or a later one, or handled again after a crash) publishes
 nothing new. Recording a batch is equivalent to recording its reports one after another: the
