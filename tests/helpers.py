@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import event, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tradeloom.storage.database import Database
+from tradeloom.storage.outbox import KEY_LOCK_CLASS, key_lock_id
 
 T = TypeVar("T")
 
@@ -64,3 +66,36 @@ def statements_of(database: Database) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(database.engine.sync_engine, "before_cursor_execute", record)
+
+
+async def outbox_numbers_drawn(database: Database) -> object:
+    """PostgreSQL: the last number the outbox's sequence gave (None before the first). It
+    moves as soon as a row draws one, committed or not."""
+    async with database.connect() as conn:
+        name = (
+            await conn.execute(text("SELECT pg_get_serial_sequence('outbox', 'sequence')"))
+        ).scalar()
+        assert name is not None
+        query = text("SELECT last_value FROM pg_sequences WHERE sequencename = :name")
+        return (await conn.execute(query, {"name": name.rpartition(".")[2]})).scalar()
+
+
+async def hold_outbox_key_lock(conn: AsyncConnection, key: str) -> None:
+    """PostgreSQL: take the outbox's lock of ``key`` in ``conn``'s transaction, as a writer
+    of that key's events does until it commits."""
+    await conn.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_class, :key)"),
+        {"lock_class": KEY_LOCK_CLASS, "key": key_lock_id(key)},
+    )
+
+
+async def outbox_key_lock_is_free(database: Database, key: str) -> bool:
+    """PostgreSQL: whether another session could take the outbox's lock of ``key`` now."""
+    values = {"lock_class": KEY_LOCK_CLASS, "key": key_lock_id(key)}
+    async with database.connect() as conn:
+        took = (
+            await conn.execute(text("SELECT pg_try_advisory_lock(:lock_class, :key)"), values)
+        ).scalar()
+        if took:
+            await conn.execute(text("SELECT pg_advisory_unlock(:lock_class, :key)"), values)
+    return bool(took)

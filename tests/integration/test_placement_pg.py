@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy import select, text
 
+from tests.helpers import hold_outbox_key_lock, outbox_numbers_drawn
 from tests.unit.oms.placement_world import (
     SCENARIOS,
     CountingDatabase,
@@ -24,7 +25,6 @@ from tests.unit.oms.placement_world import (
 from tradeloom.messaging.topics import ORDER_COMMANDS
 from tradeloom.oms.repository import DuplicateClientOrderId, insert_orders, place_orders
 from tradeloom.storage.migrate import upgrade_database
-from tradeloom.storage.outbox import KEY_LOCK_CLASS, key_lock_id
 from tradeloom.storage.schema import outbox
 
 pytestmark = pytest.mark.postgres
@@ -82,25 +82,14 @@ async def test_a_batch_numbers_its_events_only_once_it_holds_their_keys_lock(des
     """Another transaction writing the account's events holds its outbox key lock: the batch
     waits for it and draws no outbox sequence number meanwhile (the relay's per-key order
     rests on this), then writes its events in the order handed over."""
-    sequence = "SELECT last_value FROM pg_sequences WHERE sequencename = :name"
-    async with desk.database.connect() as conn:
-        name = (
-            await conn.execute(text("SELECT pg_get_serial_sequence('outbox', 'sequence')"))
-        ).scalar()
-        assert name is not None
-        name = name.rpartition(".")[2]
-        drawn_before = (await conn.execute(text(sequence), {"name": name})).first()
+    drawn_before = await outbox_numbers_drawn(desk.database)
     batch = [desk.order(c) for c in ("z", "a", "m")]
     async with desk.database.transaction() as holder:
-        await holder.execute(
-            text("SELECT pg_advisory_xact_lock(:lock_class, :key)"),
-            {"lock_class": KEY_LOCK_CLASS, "key": key_lock_id(desk.account)},
-        )
+        await hold_outbox_key_lock(holder, desk.account)
         placing = asyncio.ensure_future(write_all(desk.writer, batch))
         await asyncio.sleep(0.5)
         assert not placing.done()
-        async with desk.database.connect() as conn:
-            assert (await conn.execute(text(sequence), {"name": name})).first() == drawn_before
+        assert await outbox_numbers_drawn(desk.database) == drawn_before
     assert await placing == [None] * 3
     assert await desk.announced() == [o.order_id for o in batch]
 

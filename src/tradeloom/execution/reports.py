@@ -105,7 +105,8 @@ class ReportRecorder:
         self.unknown = 0
 
     async def record_many(self, reports: Sequence[BrokerReport]) -> None:
-        """Record ``reports`` in one transaction: all of them or, when it raises, none."""
+        """Record ``reports`` in one transaction (on PostgreSQL one statement after a read):
+        all of them or, when it raises, none."""
         if not reports:
             return
         now = self._clock.now()

@@ -56,7 +56,8 @@ class SentOrder:
 @dataclass(slots=True)
 class OrderMark:
     """What a batch learned of one order. Only what is still unknown is written: a first
-    acknowledgement, a first closing (a broker order id, when given, replaces the stored one)."""
+    acknowledgement, a first closing, and a broker order id (the reports' one-statement path
+    keeps a stored id; :func:`mark_orders` lets a given one replace it)."""
 
     broker_order_id: str | None = None
     acknowledged: bool = False
@@ -83,9 +84,18 @@ _RECORD_REPORTS_PG_SQL = (
 _RECORD_REPORTS_PG = text(_RECORD_REPORTS_PG_SQL)
 
 
-def _mark_orders_pg(broker_id: str) -> str:
-    """The UPDATE of what batches learned of orders, ``broker_id`` choosing which broker
-    order id is kept (an SQL expression over the stored and the given one)."""
+def _mark_orders_pg(*, keep_stored_broker_id: bool) -> str:
+    """The UPDATE of what batches learned of orders. Only rows it changes are written (a
+    repeated report rewrites no row): an id given and kept, a first acknowledgement, a first
+    closing."""
+    if keep_stored_broker_id:
+        broker_id = "COALESCE(broker_orders.broker_order_id, v.broker_order_id)"
+        new_id = "broker_orders.broker_order_id IS NULL AND v.broker_order_id IS NOT NULL"
+    else:
+        broker_id = "COALESCE(v.broker_order_id, broker_orders.broker_order_id)"
+        new_id = "v.broker_order_id IS DISTINCT FROM broker_orders.broker_order_id" + (
+            " AND v.broker_order_id IS NOT NULL"
+        )
     return (
         f"UPDATE broker_orders SET broker_order_id = {broker_id},"
         " acknowledged_at = COALESCE(broker_orders.acknowledged_at,"
@@ -96,29 +106,31 @@ def _mark_orders_pg(broker_id: str) -> str:
         " FROM unnest(CAST(:order_id AS varchar[]), CAST(:broker_order_id AS varchar[]),"
         " CAST(:acknowledged AS boolean[]), CAST(:closed_as AS varchar[]))"
         " AS v(order_id, broker_order_id, acknowledged, closed_as)"
-        " WHERE broker_orders.order_id = v.order_id"
+        f" WHERE broker_orders.order_id = v.order_id AND ({new_id}"
+        " OR (broker_orders.acknowledged_at IS NULL AND v.acknowledged)"
+        " OR (broker_orders.closed_at IS NULL AND v.closed_as IS NOT NULL))"
     )
 
 
-_MARK_ORDERS_PG = text(
-    _mark_orders_pg("COALESCE(v.broker_order_id, broker_orders.broker_order_id)")
-)
+_MARK_ORDERS_PG = text(_mark_orders_pg(keep_stored_broker_id=False))
 
 # PostgreSQL: a batch of reports in ONE statement, which in autocommit is its own transaction
 # (one round trip where BEGIN, four statements and COMMIT took six): the reports' keys, the
 # marks of their orders, the outbox key locks, and the events of the reports that are new.
 # Its parts run in the order their reads impose (as ``oms.repository._PLACE_ORDERS_PG``,
-# whose comment says why), the order of the transaction it replaces: the keys (``fresh``),
-# then the orders' row locks (``marked``, gated on ``fresh``), then the key locks (``locked``,
-# gated on ``marked``), then the events (``written``, gated on ``locked``), numbered in the
-# order given. An event comes with the
+# whose comment says why), the order of the transaction it replaces: the keys (``fresh``,
+# read whole by the main SELECT, and gating ``marked`` besides), then the orders' row locks
+# (``marked``), then the key locks (``locked``, gated on ``marked``: the other way round
+# deadlocks against reconciliation's transaction), then the events (``written``, gated on
+# ``locked``, which its gate alone runs), numbered in the order given. Tests hold a row lock
+# and a key lock to pin the two gates. An event comes with the
 # key of its report (``event_report_id``), written only if that key is new, or with NULL
 # (a report that may repeat, a parked report): always written. The stored broker order id
 # wins, since the first acknowledgement's is the one kept and a repeat may come in the batch.
 _RECORD_BATCH_PG = text(
     f"WITH fresh AS ({_RECORD_REPORTS_PG_SQL}),"
     " marked AS ("
-    + _mark_orders_pg("COALESCE(broker_orders.broker_order_id, v.broker_order_id)")
+    + _mark_orders_pg(keep_stored_broker_id=True)
     + " AND (SELECT count(*) FROM fresh) >= 0 RETURNING 1),"
     f" locked AS (SELECT count({PG_KEY_LOCK}) AS n FROM {PG_KEY_LOCK_IDS}"
     " WHERE (SELECT count(*) FROM marked) >= 0),"
@@ -300,7 +312,10 @@ async def record_batch_pg(
 
 
 def _mark_arrays(marks: Mapping[str, OrderMark]) -> dict[str, list[Any]]:
-    ordered = sorted(marks)  # rows locked in key order: overlapping batches never deadlock
+    # In key order, which an index scan keeps: overlapping batches then lock their rows in
+    # one order. (A plan that hashes a very large batch locks in storage order; a deadlock
+    # there fails one side, whose caller retries.)
+    ordered = sorted(marks)
     return {
         "order_id": ordered,
         "broker_order_id": [marks[key].broker_order_id for key in ordered],

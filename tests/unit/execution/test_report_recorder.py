@@ -14,10 +14,15 @@ from decimal import Decimal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
-from tests.helpers import statements_of
+from tests.helpers import (
+    hold_outbox_key_lock,
+    outbox_key_lock_is_free,
+    outbox_numbers_drawn,
+    statements_of,
+)
 from tradeloom.broker.reports import (
     BrokerAccepted,
     BrokerCanceled,
@@ -402,3 +407,58 @@ async def test_on_postgresql_a_batch_is_one_statement_after_one_read(desk: Desk)
         await desk.recorder.record_many(batch)
     assert [s.split()[0] for s in sent] == ["SELECT", "WITH"]
     assert await desk.kinds() == ["OrderAccepted", "OrderFilled", "OrderAccepted"]
+
+
+async def test_on_postgresql_events_are_numbered_only_once_their_keys_lock_is_held(
+    desk: Desk,
+) -> None:
+    if desk.database.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: no key locks")
+    drawn_before = await outbox_numbers_drawn(desk.database)
+    async with desk.database.transaction() as holder:
+        await hold_outbox_key_lock(holder, desk.account)
+        recording = asyncio.ensure_future(desk.recorder.record_many([desk.ack("o1")]))
+        await asyncio.sleep(0.5)
+        assert not recording.done()
+        assert await outbox_numbers_drawn(desk.database) == drawn_before
+    await recording
+    assert await desk.kinds() == ["OrderAccepted"]
+
+
+async def test_on_postgresql_a_batch_waiting_for_an_orders_row_holds_no_key_lock(
+    desk: Desk,
+) -> None:
+    """Row locks first, then key locks, as reconciliation takes them: the other way round the
+    two deadlock."""
+    if desk.database.dialect != "postgresql":
+        pytest.skip("SQLite has one writer: no row or key locks")
+    locked_row = (
+        select(broker_orders.c.order_id)
+        .where(broker_orders.c.order_id == desk.order("o1"))
+        .with_for_update()
+    )
+    async with desk.database.transaction() as holder:
+        await holder.execute(locked_row)
+        recording = asyncio.ensure_future(desk.recorder.record_many([desk.ack("o1")]))
+        await asyncio.sleep(0.5)
+        assert not recording.done()
+        assert await outbox_key_lock_is_free(desk.database, desk.account)
+    await recording
+    assert await desk.kinds() == ["OrderAccepted"]
+
+
+async def test_on_postgresql_a_repeated_report_rewrites_no_row(desk: Desk) -> None:
+    if desk.database.dialect != "postgresql":
+        pytest.skip("a row version is PostgreSQL's")
+    version = text("SELECT xmin::text FROM broker_orders WHERE order_id = :order_id")
+
+    async def row_version() -> object:
+        async with desk.database.connect() as conn:
+            return (await conn.execute(version, {"order_id": desk.order("o1")})).scalar()
+
+    await desk.recorder.record_many([desk.ack("o1")])
+    written = await row_version()
+    await desk.recorder.record_many([desk.ack("o1")])
+    assert await row_version() == written
+    await desk.recorder.record_many([desk.fill("o1", 1)])
+    assert await row_version() != written  # the closing is news: written
