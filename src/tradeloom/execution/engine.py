@@ -355,7 +355,8 @@ class ExecutionEngine:
                 )
         if not rows:
             return set()
-        async with self._database.transaction() as conn:
+        # One statement on PostgreSQL, so in autocommit: one round trip, not three.
+        async with self._database.single_statement() as conn:
             claimed = await claim_orders(conn, list(rows.values()), self._clock.now())
         if self._claimed_meanwhile is not None:
             self._claimed_meanwhile.update(claimed)
