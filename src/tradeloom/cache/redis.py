@@ -13,7 +13,7 @@ Guarantees beyond the port's:
   given (``KEYS``), which are prefixed for them.
 * **Pub/sub** holds ONE upstream connection per adapter whatever the number of local
   subscribers (see :class:`tradeloom.cache.redis_pubsub.PubSubHub`).
-* **Automatic pipelining.** Single commands issued while four sends are in flight go to Redis
+* **Automatic pipelining.** Single commands issued while two sends are in flight go to Redis
   together as one pipeline (:mod:`tradeloom.cache.redis_batching`): each caller still gets
   its own reply or error, nothing waits on purpose, and a lone command is sent at once.
   ``ping``, the batch methods and script loading use the pool directly.
