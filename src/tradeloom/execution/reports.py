@@ -133,7 +133,7 @@ class ReportRecorder:
         candidates: list[tuple[str | None, OutboxItem]] = []
         parked = 0
         repeated = 0  # a key seen earlier in this batch: never announced
-        marks = _Outcome()
+        learned = _Outcome()  # only its marks: what is announced depends on the statement
         for report in reports:
             order = sent.get(report.order_id)
             if order is None:
@@ -148,10 +148,10 @@ class ReportRecorder:
                 candidates.append((key, self._announced(report, order)))
             else:
                 repeated += 1
-            marks.learn(order, report, first=first)
+            learned.learn(order, report, first=first)
         async with self._database.single_statement() as conn:
-            fresh = await record_batch_pg(conn, keys, marks.marks, candidates, self._outbox, now)
-        outcome = _Outcome(marks=marks.marks, unknown=parked)
+            fresh = await record_batch_pg(conn, keys, learned.marks, candidates, self._outbox, now)
+        outcome = _Outcome(marks=learned.marks, unknown=parked)
         outcome.items = [item for key, item in candidates if key is None or key in fresh]
         outcome.duplicates = repeated + sum(1 for key, _ in candidates if key and key not in fresh)
         return outcome

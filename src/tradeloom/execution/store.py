@@ -93,8 +93,9 @@ def _mark_orders_pg(*, keep_stored_broker_id: bool) -> str:
         new_id = "broker_orders.broker_order_id IS NULL AND v.broker_order_id IS NOT NULL"
     else:
         broker_id = "COALESCE(v.broker_order_id, broker_orders.broker_order_id)"
-        new_id = "v.broker_order_id IS DISTINCT FROM broker_orders.broker_order_id" + (
-            " AND v.broker_order_id IS NOT NULL"
+        new_id = (
+            "v.broker_order_id IS NOT NULL"
+            " AND v.broker_order_id IS DISTINCT FROM broker_orders.broker_order_id"
         )
     return (
         f"UPDATE broker_orders SET broker_order_id = {broker_id},"
@@ -123,10 +124,10 @@ _MARK_ORDERS_PG = text(_mark_orders_pg(keep_stored_broker_id=False))
 # (``marked``), then the key locks (``locked``, gated on ``marked``: the other way round
 # deadlocks against reconciliation's transaction), then the events (``written``, gated on
 # ``locked``, which its gate alone runs), numbered in the order given. Tests hold a row lock
-# and a key lock to pin the two gates. An event comes with the
-# key of its report (``event_report_id``), written only if that key is new, or with NULL
-# (a report that may repeat, a parked report): always written. The stored broker order id
-# wins, since the first acknowledgement's is the one kept and a repeat may come in the batch.
+# and a key lock to pin the two gates. An event comes with the key of its report
+# (``event_report_id``), written only if that key is new, or with NULL (a report that may
+# repeat, a parked report): always written. The stored broker order id wins, since the first
+# acknowledgement's is the one kept and a repeat may come in the batch.
 _RECORD_BATCH_PG = text(
     f"WITH fresh AS ({_RECORD_REPORTS_PG_SQL}),"
     " marked AS ("
