@@ -7,10 +7,9 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import asyncpg
 import pytest
 
-from tests.servers import NATS_URL, POSTGRES_ADMIN_URL, REDIS_URL, require_server
+from tests.servers import NATS_URL, POSTGRES_ADMIN_URL, REDIS_URL, require_server, run_admin_sql
 
 
 @pytest.fixture(scope="session")
@@ -20,20 +19,13 @@ def postgres_url() -> Iterator[str]:
 
     name = f"tradeloom_test_{uuid.uuid4().hex[:12]}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
     # In a thread of its own: the fixture may be first asked for from inside a running loop.
     with ThreadPoolExecutor(max_workers=1) as admin_thread:
-        admin_thread.submit(asyncio.run, admin(f'CREATE DATABASE "{name}"')).result()
+        admin_thread.submit(asyncio.run, run_admin_sql(f'CREATE DATABASE "{name}"')).result()
         base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
         yield f"{base}/{name}"
         admin_thread.submit(
-            asyncio.run, admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            asyncio.run, run_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         ).result()
 
 

@@ -10,6 +10,7 @@ import os
 import socket
 from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -35,3 +36,13 @@ def require_server(name: str, url: str) -> None:
         if IN_CI:
             pytest.fail(message)
         pytest.skip(message)
+
+
+async def run_admin_sql(sql: str, url: str = POSTGRES_ADMIN_URL) -> None:
+    """Run one statement on PostgreSQL's administrative database (``CREATE``/``DROP
+    DATABASE``, which no transaction may hold), on a connection of its own."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 from typer.testing import CliRunner
 
+from tests.servers import run_admin_sql
 from tradeloom.cli import app
 from tradeloom.storage.migrate import head_revision
 
@@ -18,16 +18,10 @@ def empty_database(postgres_url: str, unique: str) -> Iterator[str]:
     base = postgres_url.rsplit("/", 1)[0]
     name = f"tl_cli_{unique}"
 
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(f"{base}/postgres")
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    admin = f"{base}/postgres"
+    asyncio.run(run_admin_sql(f'CREATE DATABASE "{name}"', admin))
     yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    asyncio.run(run_admin_sql(f'DROP DATABASE "{name}" WITH (FORCE)', admin))
 
 
 def test_upgrade_brings_an_empty_database_to_the_latest_revision_twice_over(

@@ -8,10 +8,9 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from tests.servers import POSTGRES_ADMIN_URL, require_server
+from tests.servers import POSTGRES_ADMIN_URL, require_server, run_admin_sql
 from tradeloom.storage.database import Database
 from tradeloom.storage.migrate import upgrade_database
 
@@ -45,11 +44,11 @@ async def own_postgres_database() -> AsyncIterator[Database]:
 async def _own_postgres() -> AsyncIterator[str]:
     require_server("PostgreSQL", POSTGRES_ADMIN_URL)
     name = f"tradeloom_own_{uuid.uuid4().hex[:12]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    await run_admin_sql(f'CREATE DATABASE "{name}"')
     try:
         yield f"{POSTGRES_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await run_admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextlib.asynccontextmanager
@@ -60,11 +59,3 @@ async def _migrated(url: str) -> AsyncIterator[Database]:
         yield database
     finally:
         await database.dispose()
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
